@@ -1,0 +1,177 @@
+"""Versioned event schemas: what goes on the topics and into S3.
+
+``ProductImageUploaded`` (topic_images) -> ``ProductLabeled`` (topic_labels, and
+topic_review when ``needs_review``) or ``DeadLetter`` (topic_dlq). Keys are product ids.
+Every schema carries ``schema_version``; readers accept the versions they know.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A product id becomes part of S3 keys and Kafka keys: keep it to a safe alphabet.
+PRODUCT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def validate_product_id(value: str) -> str:
+    """Refuse ids that could escape a key prefix (``..``, ``/``, control characters)."""
+    if not PRODUCT_ID_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "product_id must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "start with a letter or digit and contain no '..'"
+        )
+    return value
+
+
+ProductId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class S3Location(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bucket: str = Field(min_length=3, max_length=63)
+    key: str = Field(min_length=1, max_length=1024)
+
+    @field_validator("key")
+    @classmethod
+    def _safe_key(cls, key: str) -> str:
+        if key.startswith("/") or any(part == ".." for part in key.split("/")):
+            raise ValueError("key must be relative and contain no '..' segment")
+        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ValueError("key must contain no control characters")
+        return key
+
+
+class ImageLocation(BaseModel):
+    """Where the photo is: an object in the configured bucket, or an allow-listed URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    s3: S3Location | None = None
+    url: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageLocation":
+        if (self.s3 is None) == (self.url is None):
+            raise ValueError("give exactly one of s3 or url")
+        return self
+
+
+class ProductImageUploaded(_Event):
+    schema_version: Literal[1] = 1
+    type: Literal["product.image.uploaded"] = "product.image.uploaded"
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    product_id: ProductId
+    image: ImageLocation
+    uploaded_at: datetime = Field(default_factory=_now)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+    @field_validator("product_id")
+    @classmethod
+    def _check_product_id(cls, value: str) -> str:
+        return validate_product_id(value)
+
+
+class TaskLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    probabilities: dict[str, float]
+    threshold: float = Field(ge=0, le=1)
+    needs_review: bool
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    version: str
+    backbone: str
+    weights_source: str
+
+
+class ProductLabeled(_Event):
+    schema_version: Literal[1] = 1
+    type: Literal["product.labeled"] = "product.labeled"
+    product_id: ProductId
+    source_event_id: str
+    image: ImageLocation
+    labels: dict[Literal["style", "gender", "season"], TaskLabel]
+    model: ModelInfo
+    needs_review: bool
+    latency_ms: float = Field(ge=0, description="From consumption of the event to publication.")
+    labeled_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _all_tasks(self) -> "ProductLabeled":
+        missing = {"style", "gender", "season"} - set(self.labels)
+        if missing:
+            raise ValueError(f"labels missing for {sorted(missing)}")
+        if self.needs_review != any(t.needs_review for t in self.labels.values()):
+            raise ValueError("needs_review must be true exactly when a task needs review")
+        return self
+
+
+class ErrorCode(StrEnum):
+    """Why an event was dead-lettered. Only bad input lands here, never a transient failure."""
+
+    event_too_large = "event_too_large"
+    malformed_json = "malformed_json"
+    schema_invalid = "schema_invalid"
+    bucket_not_allowed = "bucket_not_allowed"
+    url_not_allowed = "url_not_allowed"
+    image_not_found = "image_not_found"
+    image_too_large = "image_too_large"
+    image_empty = "image_empty"
+    image_unreadable = "image_unreadable"
+    image_too_many_pixels = "image_too_many_pixels"
+    image_unsupported = "image_unsupported"
+    processing_failed = "processing_failed"  # failed max_attempts times (poison message)
+
+
+class DeadLetter(_Event):
+    schema_version: Literal[1] = 1
+    type: Literal["product.image.dead_letter"] = "product.image.dead_letter"
+    code: ErrorCode
+    message: str = Field(max_length=2000)
+    original_b64: str = Field(description="The original event bytes, base64.")
+    original_key: str | None = None
+    topic: str
+    partition: int
+    offset: int
+    product_id: str | None = None
+    event_id: str | None = None
+    worker: str
+    attempts: int = 1
+    failed_at: datetime = Field(default_factory=_now)
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+    @staticmethod
+    def encode_original(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+
+def label_key(prefix: str, product_id: str) -> str:
+    """The S3 key of a product's label record (``labels/<product_id>.json``).
+
+    The record names its model version; a rerun with the same version leaves it as it is.
+    """
+    return f"{prefix}{validate_product_id(product_id)}.json"

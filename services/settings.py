@@ -1,0 +1,191 @@
+"""Every setting of autolabel, typed and env-driven (prefix ``AUTOLABEL_``).
+
+The embedded stack and production differ only in these values. ``autolabel stack up``
+writes the endpoints it started to ``<state_dir>/stack.env``; :func:`load_settings`
+reads that file (and ``.env``) beneath the real environment, so a variable you export
+always wins.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "AUTOLABEL_"
+TASKS: tuple[str, ...] = ("style", "gender", "season")
+
+
+class TritonProtocol(StrEnum):
+    grpc = "grpc"
+    http = "http"
+
+
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class Settings(BaseSettings):
+    """All settings. Field ``foo_bar`` is read from ``AUTOLABEL_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, validate_default=True
+    )
+
+    # --- Kafka -------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        KafkaSecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    topic_images: str = Field("product-images", description="Input topic: ProductImageUploaded.")
+    topic_labels: str = Field("product-labels", description="Output topic: every ProductLabeled.")
+    topic_review: str = Field(
+        "product-labels-review", description="Low-confidence ProductLabeled (also on topic_labels)."
+    )
+    topic_dlq: str = Field("product-images-dlq", description="Dead-letter records.")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions when topics are created.")
+    consumer_group: str = Field("autolabel-worker", description="Consumer group of the workers.")
+    kafka_session_timeout_s: float = Field(
+        10.0, gt=0, description="Consumer session timeout (a group join waits about half of it)."
+    )
+
+    # --- S3 ----------------------------------------------------------------------
+    s3_endpoint_url: str | None = Field(
+        "http://127.0.0.1:8333", description="S3 endpoint; empty for AWS's default."
+    )
+    s3_bucket: str = Field("autolabel", description="The one bucket read and written.")
+    s3_region: str = Field("us-east-1", description="S3 region (signature v4).")
+    s3_access_key_id: SecretStr = Field(SecretStr("autolabel"), description="S3 access key (secret).")
+    s3_secret_access_key: SecretStr = Field(
+        SecretStr("autolabel-secret"), description="S3 secret key (secret)."
+    )
+    s3_verify_tls: bool = Field(True, description="Verify the S3 endpoint's TLS certificate.")
+    s3_images_prefix: str = Field("images/", description="Key prefix of uploaded images.")
+    s3_labels_prefix: str = Field("labels/", description="Key prefix of label records.")
+
+    # --- Triton ------------------------------------------------------------------
+    triton_url: str = Field("127.0.0.1:8001", description="Triton endpoint host:port (gRPC or HTTP).")
+    triton_protocol: TritonProtocol = Field(TritonProtocol.grpc, description="grpc or http.")
+    triton_model: str = Field(
+        "autolabel", description="Model to call for all three labels (ensemble or multi-output)."
+    )
+    triton_timeout_s: float = Field(30.0, gt=0, description="Timeout of one inference call.")
+    model_repository: Path = Field(
+        Path("model_repository"), description="Model repository Triton loads (embedded stack)."
+    )
+
+    # --- Worker ------------------------------------------------------------------
+    batch_max_size: int = Field(8, ge=1, le=256, description="Events per inference batch at most.")
+    batch_max_ms: int = Field(50, ge=0, le=60_000, description="Wait at most this long to fill a batch.")
+    threshold_style: float = Field(0.6, ge=0, le=1, description="needs_review below this confidence.")
+    threshold_gender: float = Field(0.8, ge=0, le=1, description="needs_review below this confidence.")
+    threshold_season: float = Field(0.5, ge=0, le=1, description="needs_review below this confidence.")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Larger images are dead-lettered.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are dead-lettered.")
+    max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger events are dead-lettered.")
+    url_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) image URLs may be fetched (comma-separated); empty = none.",
+    )
+    retry_initial_s: float = Field(0.5, gt=0, description="First backoff of a transient failure.")
+    retry_max_s: float = Field(10.0, gt=0, description="Longest backoff of a transient failure.")
+    max_attempts: int = Field(
+        5, ge=1, description="Attempts before an event failing in processing is dead-lettered."
+    )
+    worker_name: str = Field(
+        default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
+        description="Name of this worker in dead-letter records and logs.",
+    )
+    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images off the loop.")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port of the worker; 0 = off.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # --- Embedded stack ----------------------------------------------------------
+    state_dir: Path = Field(Path(".autolabel"), description="Data, logs, PIDs of the embedded stack.")
+    stack_timeout_s: float = Field(90.0, gt=0, description="How long `stack up` waits for health.")
+
+    @field_validator("url_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("s3_images_prefix", "s3_labels_prefix")
+    @classmethod
+    def _prefix_form(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value or not value.endswith("/"):
+            raise ValueError("must be relative, end with '/' and contain no '..'")
+        return value
+
+    def threshold(self, task: str) -> float:
+        return float(getattr(self, f"threshold_{task}"))
+
+    def kafka_client_kwargs(self) -> dict[str, object]:
+        """Security settings in kafka-python's keyword names."""
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers.split(","),
+            "security_protocol": self.kafka_security_protocol.value,
+        }
+        if self.kafka_security_protocol.value.startswith("SASL"):
+            kw["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kw["sasl_plain_username"] = self.kafka_sasl_username
+            kw["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_ssl_cafile:
+            kw["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return kw
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def stack_env_file(state_dir: Path | None = None) -> Path:
+    if state_dir is None:
+        state_dir = Path(os.environ.get(f"{ENV_PREFIX}STATE_DIR", ".autolabel"))
+    return state_dir / "stack.env"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, over ``.env`` and the running stack's ``stack.env``."""
+    env_files = [p for p in (Path(".env"), stack_env_file()) if p.is_file()]
+    try:
+        return Settings(_env_file=env_files or None, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = f"{ENV_PREFIX}{str(err['loc'][0]).upper()}" if err["loc"] else "settings"
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid setting: " + "; ".join(lines)) from None
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every setting, for the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=False)
+        if field.default_factory is not None:
+            default = "(computed)" if name == "worker_name" else "(empty)"
+        elif isinstance(default, SecretStr):
+            default = "(secret)"
+        elif hasattr(default, "value"):
+            default = default.value
+        rows.append((f"{ENV_PREFIX}{name.upper()}", str(default), field.description or ""))
+    return rows
