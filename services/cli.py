@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "training.cli:train",
     "sweep": "training.cli:sweep",
     "evaluate": "training.cli:evaluate",
-    "models": "training.cli:models",
+    "models": "training.export:models",
     "bench": "services.bench:bench",
 }
 
@@ -42,11 +42,18 @@ HELP = {
 
 
 class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use from ``lazy_commands``."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, lazy_help: dict[str, str] | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = COMMANDS if lazy_commands is None else lazy_commands
+        self.lazy_help = HELP if lazy_help is None else lazy_help
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(self.lazy_commands)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
+        target = self.lazy_commands.get(cmd_name)
         if target is None:
             return None
         module_name, attr = target.split(":")
@@ -62,7 +69,7 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
-            formatter.write_dl([(name, HELP.get(name, "")) for name in self.list_commands(ctx)])
+            formatter.write_dl([(n, self.lazy_help.get(n, "")) for n in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
