@@ -56,6 +56,8 @@ RUN groupadd --system --gid 10001 autolabel \
 
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/compose/healthcheck.py /usr/local/bin/autolabel-healthcheck
+# Topic creation (compose topic-init, k8s topic-init Job): topics from the settings.
+COPY deploy/compose/init_topics.py /usr/local/bin/autolabel-init-topics
 
 WORKDIR /app
 USER 10001:10001
