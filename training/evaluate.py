@@ -1,0 +1,213 @@
+"""`autolabel evaluate`: score the models the repository serves on a labeled dataset.
+
+It loads the same SavedModels Triton loads (``model_repository/``) with TensorFlow:
+the shared ``backbone`` + ``<task>_head`` pair when present (what the ``autolabel``
+ensemble runs: one backbone pass for all tasks), else the standalone ``<task>`` model.
+``--from-heads`` instead stacks the committed heads (``models/``) on the backbone in
+process, for a machine where the repository has not been built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from services.images import ImageError, ResizeMode, prepare
+from training.datasets import Dataset, Sample
+from training.metrics import classification_metrics, confusion
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class ModelsError(RuntimeError):
+    """The models to evaluate are missing or do not fit together; the message says what to do."""
+
+
+@dataclass
+class TaskModel:
+    task: str
+    classes: tuple[str, ...]
+    predict: Predict  # uint8 (n, H, W, 3) -> probabilities (n, C)
+    input_size: tuple[int, int]
+    resize: ResizeMode
+    origin: str  # where it came from, for the report
+    backbone: Callable[[np.ndarray], np.ndarray] | None = None  # set: ``predict`` takes its features
+
+
+def read_config_parameters(config: Path) -> dict[str, str]:
+    """``parameters { key: "k" value: { string_value: "v" } }`` entries of a config.pbtxt."""
+    text = config.read_text() if config.is_file() else ""
+    pattern = re.compile(r'key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', re.S)
+    return dict(pattern.findall(text))
+
+
+def _savedmodel(path: Path) -> tuple[Any, str, str, tuple[int, ...]]:
+    """Load a SavedModel; return (signature, input name, output name, input shape)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    sig = loaded.signatures["serving_default"]
+    _, inputs = sig.structured_input_signature
+    (in_name, spec), *_ = inputs.items()
+    outputs = sig.structured_outputs
+    out_name = next((n for n in ("probs", "features") if n in outputs), next(iter(outputs)))
+    sig._autolabel_keepalive = loaded  # noqa: SLF001 - keep the trackable alive with the signature
+    return sig, in_name, out_name, tuple(spec.shape)
+
+
+def _runner(sig: Any, in_name: str, out_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    dtype = sig.structured_input_signature[1][in_name].dtype
+    return lambda x: np.asarray(sig(**{in_name: tf.constant(x, dtype=dtype)})[out_name])
+
+
+def _model_dir(repo: Path, name: str) -> Path | None:
+    versions = sorted((p for p in (repo / name).glob("*/model.savedmodel") if p.parent.name.isdigit()), key=lambda p: int(p.parent.name))
+    return versions[-1] if versions else None
+
+
+def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] | None = None) -> list[TaskModel]:
+    """The served models of ``tasks`` from a built Triton repository."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
+    ens = read_config_parameters(repo / "autolabel" / "config.pbtxt")
+    backbone_dir = _model_dir(repo, "backbone")
+    backbone_run = None
+    models = []
+    for task in tasks:
+        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task)
+        params = {**ens, **read_config_parameters(repo / task / "config.pbtxt")}
+        labels = params.get("labels") or params.get(f"labels_{task}")
+        if not labels and manifest and task in manifest.get("tasks", {}):
+            labels = ",".join(manifest["tasks"][task]["classes"])
+        if not labels:
+            raise ModelsError(f"{repo}: no class names for {task} (config parameter 'labels'/'labels_{task}')")
+        classes = tuple(labels.split(","))
+        resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
+        if backbone_dir is not None and head_dir is not None:
+            if backbone_run is None:
+                sig, i, o, shape = _savedmodel(backbone_dir)
+                backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
+            hsig, hi, ho, _ = _savedmodel(head_dir)
+            head_run = _runner(hsig, hi, ho)
+            models.append(TaskModel(task, classes, head_run, size, resize, f"{repo}/backbone + {repo}/{task}_head", backbone_run))
+        elif standalone is not None:
+            sig, i, o, shape = _savedmodel(standalone)
+            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}"))
+        else:
+            raise ModelsError(f"{repo} serves no model for {task} (neither {task}/ nor backbone/ + {task}_head/)")
+    return models
+
+
+def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any]) -> list[TaskModel]:
+    """The committed heads stacked on the manifest's backbone, in process."""
+    import keras
+
+    from training.backbones import BackboneSpec, build_backbone
+
+    spec = BackboneSpec.from_dict(manifest["backbone"])
+    backbone = build_backbone(spec)
+    run = lambda x: np.asarray(backbone.predict_on_batch(x))  # noqa: E731
+    models = []
+    for task in tasks:
+        entry = manifest["tasks"].get(task)
+        if entry is None:
+            raise ModelsError(f"{models_dir}/manifest.json has no task {task!r}")
+        head = keras.models.load_model(Path(models_dir) / entry["head"])
+        models.append(
+            TaskModel(task, tuple(entry["classes"]), lambda f, h=head: np.asarray(h.predict_on_batch(f)), spec.input_size,
+                      manifest.get("resize", "pad"), f"{models_dir}/{entry['head']} on {spec.describe()}", run)
+        )
+    return models
+
+
+@dataclass
+class TaskEvaluation:
+    metrics: dict[str, Any]
+    confusion: np.ndarray
+    classes: tuple[str, ...]
+    skipped: dict[str, int]
+
+
+def _rows(dataset: Dataset, m: TaskModel, keys: dict[str, set[str]] | None, skipped: dict[str, int]) -> list[Sample]:
+    rows = dataset.labeled(m.task)
+    if keys is not None and m.task in keys:
+        rows = [s for s in rows if s.key in keys[m.task]]
+    known = [s for s in rows if s.label(m.task) in m.classes]
+    skipped["unknown class"] = len(rows) - len(known)
+    return known
+
+
+def _load(s: Sample, size: tuple[int, int], resize: ResizeMode) -> np.ndarray | None:
+    try:
+        return prepare(s.path.read_bytes(), size, resize)
+    except (OSError, ImageError):
+        return None
+
+
+def evaluate(
+    dataset: Dataset,
+    models: Sequence[TaskModel],
+    keys: dict[str, set[str]] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, TaskEvaluation]:
+    """Predict every labeled row of every task and score it.
+
+    ``keys`` restricts a task to those sample keys (e.g. a split's test part). Rows whose
+    class the model does not know are skipped and counted, as are unreadable images.
+    Models with a shared backbone are run in one pass over the union of their rows."""
+    models = [m for m in models if m.task in dataset.tasks]
+    skipped = {m.task: {"unknown class": 0, "unreadable": 0} for m in models}
+    rows = {m.task: _rows(dataset, m, keys, skipped[m.task]) for m in models}
+    y_true: dict[str, list[int]] = {m.task: [] for m in models}
+    y_pred: dict[str, list[int]] = {m.task: [] for m in models}
+    groups: list[list[TaskModel]] = []
+    shared = [m for m in models if m.backbone is not None]
+    if shared:
+        groups.append(shared)
+    groups += [[m] for m in models if m.backbone is None]
+    for group in groups:
+        first = group[0]
+        wanted = {m.task: {s.key for s in rows[m.task]} for m in group}
+        union = [s for s in dataset.samples if any(s.key in w for w in wanted.values())]
+        desc = f"evaluate {'+'.join(m.task for m in group)}"
+        for start in tqdm(range(0, len(union), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch, arrays = [], []
+            for s in union[start : start + batch_size]:
+                arr = _load(s, first.input_size, first.resize)
+                if arr is None:
+                    for m in group:
+                        skipped[m.task]["unreadable"] += s.key in wanted[m.task]
+                    continue
+                batch.append(s)
+                arrays.append(arr)
+            if not batch:
+                continue
+            x = np.stack(arrays)
+            if first.backbone is not None:
+                x = first.backbone(x)
+            for m in group:
+                pick = [i for i, s in enumerate(batch) if s.key in wanted[m.task]]
+                if not pick:
+                    continue
+                probs = m.predict(x[pick])
+                y_true[m.task] += [m.classes.index(batch[i].label(m.task)) for i in pick]  # type: ignore[arg-type]
+                y_pred[m.task] += [int(v) for v in np.argmax(probs, axis=1)]
+    return {
+        m.task: TaskEvaluation(
+            classification_metrics(y_true[m.task], y_pred[m.task], m.classes),
+            confusion(y_true[m.task], y_pred[m.task], len(m.classes)),
+            m.classes,
+            skipped[m.task],
+        )
+        for m in models
+    }

@@ -1,0 +1,207 @@
+"""`autolabel train`: dataset -> split -> cached features -> balanced heads -> models/.
+
+Writes ``models/manifest.json`` and ``models/heads/<task>.keras`` (the contract in
+docs/model-repository.md) and a run folder with the split, histories and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.images import ResizeMode
+from training.augment import augmented_array, augmented_key, balance_plan
+from training.backbones import BackboneSpec
+from training.datasets import Dataset, Sample
+from training.features import DEFAULT_CACHE_DIR, ExtractReport, FeatureCache, extract, extract_paths
+from training.heads import STUDY_CHAMPIONS, HeadConfig, History, class_weights, predict, train_head
+from training.metrics import classification_metrics
+from training.split import Split, make_split
+
+BALANCE_MODES = ("augment", "class_weight", "none")
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: BackboneSpec = BackboneSpec()
+    resize: ResizeMode = "pad"
+    heads: Mapping[str, HeadConfig] = field(default_factory=lambda: dict(STUDY_CHAMPIONS))
+    balance: str = "augment"
+    augment_max_factor: float = 2.0
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    batch_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"unknown balance {self.balance!r}; choose one of {', '.join(BALANCE_MODES)}")
+
+
+@dataclass
+class TaskData:
+    """One task's cached features per split part (rows whose image was readable)."""
+
+    classes: tuple[str, ...]
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    samples: dict[str, list[Sample]]
+
+
+@dataclass
+class TaskResult:
+    task: str
+    classes: tuple[str, ...]
+    config: HeadConfig
+    balance: str
+    history: History
+    val: dict[str, Any]
+    test: dict[str, Any]
+    n_train: int
+    n_augmented: int
+    y_test: np.ndarray
+    p_test: np.ndarray
+    model: Any = None
+
+
+@dataclass
+class Prepared:
+    """Everything heads train on: the split and the cached features, per task."""
+
+    split: Split
+    tasks: dict[str, TaskData]
+    extract_report: ExtractReport
+    cache: FeatureCache
+
+
+def prepare(dataset: Dataset, cfg: TrainConfig, split: Split | None = None, tasks: Sequence[str] | None = None) -> Prepared:
+    """Split (or reuse ``split``) and compute/reuse the backbone features of every labeled row."""
+    split = split or make_split(dataset, cfg.seed, cfg.fractions)
+    cache = FeatureCache(cfg.cache_dir, cfg.backbone, cfg.resize)
+    tasks = [t for t in (tasks or dataset.tasks) if t in dataset.tasks]
+    if not tasks:
+        raise ValueError("no task to train: the dataset has none of the requested tasks")
+    feats, ok, report = extract_paths(
+        [s.path for s in dataset.samples], [s.digest for s in dataset.samples], cache, cfg.batch_size, cfg.progress
+    )
+    row = {s.key: i for i, s in enumerate(dataset.samples)}
+    out: dict[str, TaskData] = {}
+    for task in tasks:
+        classes = dataset.classes[task]
+        td = TaskData(classes, {}, {}, {})
+        for part in ("train", "val", "test"):
+            idx = [row[k] for k in split.keys(task, part) if k in row and ok[row[k]]]
+            td.samples[part] = [dataset.samples[i] for i in idx]
+            td.x[part] = feats[idx]
+            td.y[part] = np.array([classes.index(dataset.samples[i].label(task)) for i in idx], dtype=np.int64)  # type: ignore[arg-type]
+        out[task] = td
+    return Prepared(split, out, report, cache)
+
+
+def augmented_features(
+    samples: Sequence[Sample], y: np.ndarray, cache: FeatureCache, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of the offline-augmented copies that balance ``samples``."""
+    plan = balance_plan([str(v) for v in y], cfg.augment_max_factor)
+    if not plan:
+        return np.zeros((0,)), np.zeros((0,), np.int64)
+    keys = [augmented_key(samples[i].digest, copy) for i, copy in plan]
+    size, mode = cache.spec.input_size, cache.resize
+
+    def load(j: int) -> np.ndarray:
+        i, copy = plan[j]
+        return augmented_array(samples[i].path, samples[i].digest, copy, size, mode)
+
+    feats, ok, _ = extract(keys, load, cache, cfg.batch_size, cfg.progress)
+    labels = np.array([y[i] for i, _ in plan], dtype=np.int64)
+    return feats[ok], labels[ok]
+
+
+def train_task(
+    task: str, data: TaskData, head: HeadConfig, cfg: TrainConfig, cache: FeatureCache, balance: str | None = None
+) -> TaskResult:
+    balance = balance or cfg.balance
+    x_train, y_train = data.x["train"], data.y["train"]
+    n_aug = 0
+    weights = None
+    if balance == "augment":
+        xa, ya = augmented_features(data.samples["train"], y_train, cache, cfg)
+        if len(ya):
+            x_train, y_train, n_aug = np.concatenate([x_train, xa]), np.concatenate([y_train, ya]), len(ya)
+    elif balance == "class_weight":
+        weights = class_weights(y_train, len(data.classes))
+    if len(y_train) == 0:
+        raise ValueError(f"{task}: no training rows")
+    model, hist = train_head(
+        head, x_train, y_train, data.x["val"], data.y["val"], len(data.classes), weights, name=f"{task}_head",
+        seed=cfg.seed, progress=cfg.progress,
+    )
+    metrics = {}
+    p_test = np.zeros((0, len(data.classes)))
+    for part in ("val", "test"):
+        if len(data.y[part]):
+            p = predict(model, data.x[part])
+            metrics[part] = classification_metrics(data.y[part], p.argmax(1), data.classes)
+            if part == "test":
+                p_test = p
+        else:
+            metrics[part] = classification_metrics([], [], data.classes)
+    return TaskResult(
+        task, data.classes, head, balance, hist, metrics["val"], metrics["test"], len(data.y["train"]), n_aug,
+        data.y["test"], p_test, model,
+    )
+
+
+def git_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "nogit"
+    return f"{datetime.now(timezone.utc):%Y.%m.%d}-{sha}"
+
+
+def write_models(results: Sequence[TaskResult], cfg: TrainConfig, out_dir: Path, data_source: str) -> Path:
+    """Save heads and the manifest (docs/model-repository.md); tasks not retrained are kept."""
+    heads_dir = out_dir / "heads"
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    old: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    same_backbone = old.get("backbone") == cfg.backbone.to_dict() and old.get("resize") == cfg.resize
+    tasks: dict[str, Any] = dict(old.get("tasks", {})) if same_backbone else {}
+    for r in results:
+        r.model.save(heads_dir / f"{r.task}.keras")
+        tasks[r.task] = {
+            "classes": list(r.classes),
+            "head": f"heads/{r.task}.keras",
+            **{k: v for k, v in r.config.to_dict().items() if k in ("hidden", "dropout", "pooling", "optimizer", "learning_rate", "epochs")},
+            "balance": r.balance,
+            "trained_on": {"data": data_source, "train_rows": r.n_train, "augmented_rows": r.n_augmented},
+            "metrics": {k: r.test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")},
+        }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "model_version": git_version(),
+        "backbone": cfg.backbone.to_dict(),
+        "resize": cfg.resize,
+        "tasks": {t: tasks[t] for t in sorted(tasks, key=lambda t: ("style", "gender", "season", t).index(t))},
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest_path
+
+
+def read_manifest(models_dir: Path) -> dict[str, Any]:
+    path = Path(models_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained models: {path} is missing (run `autolabel train`)")
+    return json.loads(path.read_text())
