@@ -388,8 +388,9 @@ def test_worker_metric_names_match_observability_module() -> None:
         pytest.skip("services/observability.py not written yet")
     src = module.read_text()
     for metric in WORKER_METRICS:
-        base = metric.removeprefix("autolabel_").removesuffix("_total")
-        assert base in src, f"services/observability.py defines no {metric}"
+        assert f'"{metric}"' in src, f"services/observability.py defines no {metric}"
+    # The dead-letter counter is labelled by `code`, which the DLQ panel groups by.
+    assert re.search(r'"autolabel_dead_letters_total"[^\n]*\["code"\]', src)
 
 
 # --- Dockerfile ---------------------------------------------------------------------------
