@@ -114,7 +114,7 @@ class ProductLabeled(_Event):
     labels: dict[Literal["style", "gender", "season"], TaskLabel]
     model: ModelInfo
     needs_review: bool
-    latency_ms: float = Field(ge=0, description="From consumption of the event to publication.")
+    latency_ms: float = Field(ge=0, description="From uploaded_at to labeled_at (upload to label).")
     labeled_at: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")

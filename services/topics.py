@@ -31,3 +31,53 @@ def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    follow: bool = False,
+    idle_s: float = 2.0,
+    max_wait_s: float | None = None,
+):  # noqa: ANN201 - generator of kafka-python ConsumerRecord
+    """Yield every record of ``topic`` from the beginning (no consumer group, nothing committed).
+
+    Without ``follow`` it stops once every partition's position reached the high watermark
+    seen in fetch responses and nothing came for ``idle_s`` (Tansu's ListOffsets "latest"
+    is not trusted). ``max_wait_s`` bounds the whole read.
+    """
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        **settings.kafka_client_kwargs(), enable_auto_commit=False, group_id=None,
+        auto_offset_reset="earliest", consumer_timeout_ms=int(idle_s * 1000) if not follow else float("inf"),
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        started = time.monotonic()
+        last_record = time.monotonic()
+        while True:
+            batch = consumer.poll(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    last_record = time.monotonic()
+                    yield record
+            now = time.monotonic()
+            if max_wait_s is not None and now - started > max_wait_s:
+                return
+            if follow or batch:
+                continue
+            caught_up = all(
+                (hw := consumer.highwater(tp)) is not None and consumer.position(tp) >= hw for tp in tps
+            )
+            if caught_up and now - last_record >= min(idle_s, 0.5):
+                return
+            if now - last_record >= idle_s:
+                return
+    finally:
+        consumer.close()

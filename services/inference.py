@@ -1,0 +1,187 @@
+"""Triton client: find out what the repository serves, then batch -> probabilities per task.
+
+The worker calls one model for all three labels (``AUTOLABEL_TRITON_MODEL``, default the
+``autolabel`` ensemble: one backbone pass per image). Where the repository has no such
+model, it calls the standalone ``style``, ``gender`` and ``season`` models. Class names,
+model version and weight source come from the served configs (docs/model-repository.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.events import ModelInfo
+from services.images import ResizeMode
+from services.settings import TASKS, Settings
+from services.storage import TransientError
+
+
+class InferenceError(RuntimeError):
+    """Triton answered but refused this input: not transient, counts as a failed attempt."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Triton model to call: its input and which output holds which task."""
+
+    model: str
+    input_name: str
+    outputs: dict[str, str]  # output name -> task
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    calls: tuple[Call, ...]
+    input_size: tuple[int, int]  # (height, width)
+    resize: ResizeMode
+    classes: dict[str, list[str]]
+    info: ModelInfo
+    max_batch: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _params(config: dict) -> dict[str, str]:
+    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
+def _input_hw(config: dict) -> tuple[int, int]:
+    dims = [int(d) for d in config["input"][0]["dims"]]
+    if len(dims) == 4:  # without max_batch_size the batch dim is explicit
+        dims = dims[1:]
+    if len(dims) != 3 or dims[2] != 3:
+        raise InferenceError(f"model input dims {dims} are not H x W x 3")
+    return dims[0], dims[1]
+
+
+def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
+    """Pure: from Triton model configs (JSON form) to what the worker needs."""
+    if model_name in configs:
+        cfg = configs[model_name]
+        params = _params(cfg)
+        outputs = {o["name"]: o["name"] for o in cfg["output"] if o["name"] in TASKS}
+        missing = set(TASKS) - set(outputs)
+        if missing:
+            raise InferenceError(f"model {model_name!r} has no output for {sorted(missing)}")
+        classes = {t: params.get(f"labels_{t}", "").split(",") for t in TASKS}
+        calls = (Call(model_name, cfg["input"][0]["name"], outputs),)
+        main = cfg
+    elif all(t in configs for t in TASKS):
+        calls_list, classes, params = [], {}, {}
+        for t in TASKS:
+            cfg = configs[t]
+            p = _params(cfg)
+            params = params or p
+            classes[t] = p.get("labels", "").split(",")
+            calls_list.append(Call(t, cfg["input"][0]["name"], {cfg["output"][0]["name"]: t}))
+        calls = tuple(calls_list)
+        main = configs[TASKS[0]]
+    else:
+        raise InferenceError(
+            f"Triton serves neither {model_name!r} nor the standalone models {', '.join(TASKS)}: "
+            "run `autolabel models build`"
+        )
+    for t, names in classes.items():
+        if not names or names == [""]:
+            raise InferenceError(f"no class names for task {t!r} in the served config (parameters labels_*)")
+    info = ModelInfo(
+        name=model_name if len(calls) == 1 else "+".join(TASKS),
+        version=params.get("model_version", "unknown"),
+        backbone=params.get("backbone", "unknown"),
+        weights_source=params.get("weights_source", "unknown"),
+    )
+    resize = params.get("resize", "pad")
+    return ServedModel(
+        calls=calls,
+        input_size=_input_hw(main),
+        resize="stretch" if resize == "stretch" else "pad",
+        classes=classes,
+        info=info,
+        max_batch=int(main.get("max_batch_size", 0) or 0),
+    )
+
+
+class TritonLabeler:
+    """Async gRPC (or HTTP) client for the served labeler."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+        self.served: ServedModel | None = None
+
+    async def _connect(self):  # noqa: ANN202
+        if self._client is None:
+            if self.settings.triton_protocol.value == "grpc":
+                import tritonclient.grpc.aio as tc
+            else:
+                import tritonclient.http.aio as tc
+            self._client = tc.InferenceServerClient(url=self.settings.triton_url)
+            self._tc = tc
+        return self._client
+
+    async def discover(self) -> ServedModel:
+        """Ask the repository what it serves. Unreachable Triton -> TransientError."""
+        client = await self._connect()
+        try:
+            index = await client.get_model_repository_index(as_json=True) if self._grpc else await client.get_model_repository_index()
+            models = index.get("models", index) if isinstance(index, dict) else index
+            ready = {m["name"] for m in models if m.get("state") == "READY"}
+            wanted = [self.settings.triton_model] if self.settings.triton_model in ready else [t for t in TASKS if t in ready]
+            configs = {}
+            for name in wanted:
+                cfg = await client.get_model_config(name, as_json=True) if self._grpc else await client.get_model_config(name)
+                configs[name] = cfg.get("config", cfg)
+        except Exception as exc:  # noqa: BLE001 - classify below
+            raise self._classify(exc, "discover") from exc
+        self.served = describe(self.settings.triton_model, configs)
+        return self.served
+
+    @property
+    def _grpc(self) -> bool:
+        return self.settings.triton_protocol.value == "grpc"
+
+    def _classify(self, exc: Exception, what: str) -> Exception:
+        text = str(exc)
+        transient_markers = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connect", "connect", "refused", "timed out",
+                             "Timeout", "unavailable", "Broken pipe", "reset by peer", "not ready", "Socket closed",
+                             "RESOURCE_EXHAUSTED", "CANCELLED", "failed to connect", "Server disconnected", "UNKNOWN")
+        if isinstance(exc, (OSError, asyncio.TimeoutError)) or any(m in text for m in transient_markers):
+            return TransientError(f"Triton {what} failed: {text[:300]}")
+        return InferenceError(f"Triton {what} failed: {text[:300]}")
+
+    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, 3) -> {task: (N, C) probabilities}."""
+        if self.served is None:
+            await self.discover()
+        served = self.served
+        assert served is not None
+        client = await self._connect()
+        tc = self._tc
+        results: dict[str, np.ndarray] = {}
+        try:
+            for call in served.calls:
+                inp = tc.InferInput(call.input_name, list(images.shape), "UINT8")
+                inp.set_data_from_numpy(images)
+                outs = [tc.InferRequestedOutput(name) for name in call.outputs]
+                kwargs = {"client_timeout": self.settings.triton_timeout_s} if self._grpc else {"timeout": int(self.settings.triton_timeout_s * 1e6)}
+                resp = await client.infer(call.model, [inp], outputs=outs, **kwargs)
+                for name, task in call.outputs.items():
+                    results[task] = resp.as_numpy(name)
+        except Exception as exc:  # noqa: BLE001
+            err = self._classify(exc, "infer")
+            lowered = str(exc).lower()
+            if isinstance(err, InferenceError) and ("not found" in lowered or "unknown model" in lowered):
+                self.served = None  # the repository changed: discover again, and retry
+                raise TransientError(str(err)) from exc
+            raise err from exc
+        for task, probs in results.items():
+            if probs is None or probs.shape[0] != images.shape[0]:
+                raise InferenceError(f"Triton returned {None if probs is None else probs.shape} for {task}")
+        return results
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

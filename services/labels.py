@@ -1,0 +1,54 @@
+"""`autolabel labels`: label events as a table or JSON lines."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from pydantic import ValidationError
+
+from services.events import ProductLabeled
+from services.settings import Settings, load_settings
+from services.topics import read_topic
+
+
+def read_labels(settings: Settings, follow: bool = False, product_id: str | None = None, topic: str | None = None, idle_s: float = 2.0):  # noqa: ANN201
+    """Yield ProductLabeled events from the label topic (invalid records are skipped)."""
+    for record in read_topic(settings, topic or settings.topic_labels, follow=follow, idle_s=idle_s):
+        try:
+            event = ProductLabeled.model_validate_json(record.value)
+        except ValidationError:
+            continue
+        if product_id is None or event.product_id == product_id:
+            yield event
+
+
+def format_row(e: ProductLabeled) -> str:
+    cells = [f"{e.product_id:<14}"]
+    for task in ("style", "gender", "season"):
+        lab = e.labels[task]
+        cells.append(f"{lab.label + ' ' + format(lab.confidence, '.2f'):<18}")
+    cells.append("yes" if e.needs_review else "no")
+    return " ".join(cells)
+
+
+HEADER = f"{'product_id':<14} {'style':<18} {'gender':<18} {'season':<18} needs_review"
+
+
+@click.command("labels")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new label events.")
+@click.option("--product-id", default=None, help="Only this product.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option("--review", is_flag=True, help="Read the review topic (low-confidence labels) instead.")
+def labels_command(follow: bool, product_id: str | None, as_json: bool, review: bool) -> None:
+    """Show label events (latest per record, in topic order)."""
+    settings = load_settings()
+    topic = settings.topic_review if review else settings.topic_labels
+    if not as_json:
+        click.echo(HEADER)
+    count = 0
+    for event in read_labels(settings, follow=follow, product_id=product_id, topic=topic):
+        count += 1
+        click.echo(event.model_dump_json() if as_json else format_row(event))
+    if not as_json and not follow:
+        click.echo(f"({count} label event(s))", err=True)

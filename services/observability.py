@@ -1,0 +1,56 @@
+"""structlog JSON logs and the worker's Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+EVENTS_IN = Counter("autolabel_events_in_total", "Product-image events consumed")
+EVENTS_OUT = Counter("autolabel_events_out_total", "Label events published and stored")
+REVIEW_OUT = Counter("autolabel_review_total", "Label events flagged needs_review")
+DEAD_LETTERS = Counter("autolabel_dead_letters_total", "Events dead-lettered", ["code"])
+RETRIES = Counter("autolabel_transient_retries_total", "Transient failures retried", ["stage"])
+BATCH_SIZE = Histogram("autolabel_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+E2E_LATENCY = Histogram("autolabel_e2e_latency_seconds", "Upload to label published", buckets=_LATENCY_BUCKETS)
+TRITON_LATENCY = Histogram("autolabel_triton_latency_seconds", "One Triton inference call", buckets=_LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("autolabel_in_flight", "Events consumed and not yet acknowledged")
+
+
+def start_metrics_server(port: int) -> None:
+    if port:
+        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped by Prometheus
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines on stderr; stdlib loggers (Faust, aiokafka) go through the same renderer."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=structlog.processors.JSONRenderer(),
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(lvl, logging.WARNING))  # libraries: warnings and up
+
+
+def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger("autolabel").bind(**bound)

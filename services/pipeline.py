@@ -1,0 +1,207 @@
+"""One batch of raw events -> label events or dead letters. Decides between the two in one place.
+
+- Bad input (unparseable, schema-invalid, missing or undecodable photo, refused URL)
+  becomes a :class:`DeadLetter` with its :class:`ErrorCode` at once.
+- Transient failures (:class:`TransientError`: Triton, S3 or the network unreachable)
+  are retried with capped exponential backoff, forever: never dead-lettered.
+- Anything else is a failed attempt; after ``max_attempts`` attempts on the same event
+  (a poison message) it is dead-lettered with ``processing_failed``.
+
+Publishing and storing happen in :mod:`services.worker`; nothing here commits offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import numpy as np
+from pydantic import ValidationError
+
+from services import observability as obs
+from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
+from services.images import ImageError, ImageLimits, prepare
+from services.inference import InferenceError, TritonLabeler
+from services.labeling import label_batch
+from services.settings import TASKS, Settings
+from services.sources import fetch
+from services.storage import Storage, TransientError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    @property
+    def ref(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+
+Outcome = ProductLabeled | DeadLetter
+
+
+class Backoff:
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum, self.delay = initial, maximum, initial
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.maximum, self.delay * 2)
+
+
+def parse_event(msg: RawMessage, max_bytes: int) -> ProductImageUploaded:
+    """Raw bytes -> event, or ImageError-like _BadEvent with a dead-letter code."""
+    if len(msg.value) > max_bytes:
+        raise BadEvent(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
+    try:
+        data = json.loads(msg.value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadEvent(ErrorCode.malformed_json, f"not JSON: {exc}") from None
+    try:
+        return ProductImageUploaded.model_validate(data)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadEvent(ErrorCode.schema_invalid, errors) from None
+
+
+class BadEvent(ValueError):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, storage: Storage, labeler: TritonLabeler) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.labeler = labeler
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3")
+        self.cpu_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
+        self.attempts: dict[tuple[str, int, int], int] = {}
+        self.thresholds = {t: settings.threshold(t) for t in TASKS}
+        self.log = obs.get_logger(worker=settings.worker_name)
+
+    def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: ProductImageUploaded | None = None) -> DeadLetter:
+        obs.DEAD_LETTERS.labels(code=code.value).inc()
+        self.log.warning("dead_letter", code=code.value, reason=message[:300], product_id=event.product_id if event else None,
+                         event_id=event.event_id if event else None, partition=msg.partition, offset=msg.offset)
+        return DeadLetter(
+            code=code, message=message[:2000], original_b64=DeadLetter.encode_original(msg.value),
+            original_key=msg.key.decode(errors="replace") if msg.key else None,
+            topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            product_id=event.product_id if event else None, event_id=event.event_id if event else None,
+            worker=self.settings.worker_name, attempts=self.attempts.pop(msg.ref, 0) + 1,
+        )
+
+    async def retry_transient(self, stage: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await ``fn()`` until it does not raise TransientError (capped backoff, forever)."""
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            try:
+                return await fn()
+            except TransientError as exc:
+                obs.RETRIES.labels(stage=stage).inc()
+                self.log.warning("transient_failure", stage=stage, error=str(exc)[:300], retry_in_s=backoff.delay)
+                await backoff.sleep()
+
+    async def _attempt(self, msg: RawMessage, event: ProductImageUploaded | None, stage: str, fn: Callable[[], Awaitable[T]]) -> T | DeadLetter:
+        """Transient -> retry; bad input -> dead letter; other errors -> counted attempts."""
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            try:
+                return await self.retry_transient(stage, fn)
+            except (ImageError, BadEvent) as exc:
+                return self.dead_letter(msg, exc.code, str(exc), event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed attempt, whatever it is
+                n = self.attempts.get(msg.ref, 0) + 1
+                self.attempts[msg.ref] = n
+                self.log.error("processing_failed", stage=stage, attempt=n, error=repr(exc)[:300],
+                               product_id=event.product_id if event else None)
+                if n >= self.settings.max_attempts:
+                    self.attempts[msg.ref] = n - 1
+                    return self.dead_letter(msg, ErrorCode.processing_failed, f"{stage}: {exc!r} (after {n} attempts)", event)
+                await backoff.sleep()
+
+    async def _load(self, msg: RawMessage) -> tuple[ProductImageUploaded, np.ndarray] | DeadLetter:
+        try:
+            event = parse_event(msg, self.settings.max_event_bytes)
+        except BadEvent as exc:
+            return self.dead_letter(msg, exc.code, str(exc))
+        loop = asyncio.get_running_loop()
+        served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
+
+        async def load() -> np.ndarray:
+            data = await loop.run_in_executor(self.io_pool, fetch, event.image, self.storage, self.settings)
+            return await loop.run_in_executor(self.cpu_pool, prepare, data, served.input_size, served.resize, self.limits)
+
+        result = await self._attempt(msg, event, "load", load)
+        return result if isinstance(result, DeadLetter) else (event, result)
+
+    async def _infer(self, batch: list[np.ndarray]) -> dict[str, np.ndarray]:
+        async def call() -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            out = await self.labeler.infer(np.stack(batch))
+            obs.TRITON_LATENCY.observe(time.perf_counter() - started)
+            return out
+
+        return await self.retry_transient("infer", call)
+
+    async def process(self, messages: list[RawMessage]) -> list[Outcome]:
+        """Outcomes in the order of ``messages``: a label event or a dead letter each."""
+        loaded = await asyncio.gather(*(self._load(m) for m in messages))
+        outcomes: list[Outcome | None] = [r if isinstance(r, DeadLetter) else None for r in loaded]
+        good = [i for i, r in enumerate(loaded) if not isinstance(r, DeadLetter)]
+        if not good:
+            return [o for o in outcomes if o is not None]
+        arrays = [loaded[i][1] for i in good]  # type: ignore[index]
+        obs.BATCH_SIZE.observe(len(arrays))
+        try:
+            probs = await self._infer(arrays)
+            per_index = dict(zip(good, _split(probs, len(good)), strict=True))
+        except (InferenceError, ValueError) as exc:
+            # one bad input must not sink the batch: infer one by one, counting attempts
+            self.log.warning("batch_inference_failed", error=str(exc)[:300], size=len(good))
+            per_index = {}
+            for i, arr in zip(good, arrays, strict=True):
+                event = loaded[i][0]  # type: ignore[index]
+                single = await self._attempt(messages[i], event, "infer", lambda arr=arr: self._infer([arr]))
+                if isinstance(single, DeadLetter):
+                    outcomes[i] = single
+                else:
+                    per_index[i] = _split(single, 1)[0]
+        served = self.labeler.served
+        assert served is not None
+        now = datetime.now(UTC)
+        for i, probs_i in per_index.items():
+            event = loaded[i][0]  # type: ignore[index]
+            labels = label_batch({t: probs_i[t][None, :] for t in TASKS}, served.classes, self.thresholds)[0]
+            outcomes[i] = ProductLabeled(
+                product_id=event.product_id, source_event_id=event.event_id, image=event.image,
+                labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
+                latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
+            )
+            self.attempts.pop(messages[i].ref, None)
+        return [o for o in outcomes if o is not None]
+
+    def close(self) -> None:
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
+        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _split(probs: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    return [{t: probs[t][i] for t in TASKS} for i in range(n)]

@@ -1,0 +1,165 @@
+"""The Faust worker: consume -> pipeline -> publish + store -> ack (commit). At-least-once.
+
+An event's offset is acknowledged only after its label event is on the label topic(s)
+and its record is in S3, or its dead letter is on the DLQ topic. Faust commits acked
+offsets; a SIGKILL at any point means the unacknowledged events are consumed again, and
+the label record in S3 is rewritten only if its model version changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import click
+import faust
+
+from services import observability as obs
+from services.events import DeadLetter, ProductLabeled
+from services.inference import TritonLabeler
+from services.pipeline import Pipeline, RawMessage
+from services.settings import Settings, load_settings
+from services.storage import Storage
+
+
+def _broker_credentials(settings: Settings):  # noqa: ANN202
+    proto = settings.kafka_security_protocol.value
+    if proto == "PLAINTEXT":
+        return None
+    import ssl
+
+    ssl_context = None
+    if proto in {"SSL", "SASL_SSL"}:
+        ssl_context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)
+
+
+def create_app(settings: Settings) -> faust.App:
+    servers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
+    datadir = settings.state_dir / "faust" / settings.worker_name
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=servers,
+        broker_credentials=_broker_credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout_s / 5),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        stream_buffer_maxsize=max(64, settings.batch_max_size * 4),
+        broker_max_poll_records=max(64, settings.batch_max_size * 4),
+        autodiscover=False,
+    )
+    images = app.topic(settings.topic_images, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    runtime: dict[str, object] = {}
+
+    @app.task
+    async def start() -> None:
+        storage = Storage(settings)
+        labeler = TritonLabeler(settings)
+        runtime["pipeline"] = Pipeline(settings, storage, labeler)
+        runtime["storage"] = storage
+        obs.start_metrics_server(settings.metrics_port)
+        obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
+
+    async def publish(outcome: ProductLabeled | DeadLetter, pipeline: Pipeline, storage: Storage) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def send(topic: str, key: str | None, value: bytes) -> None:
+            await asyncio.wait_for(
+                app.producer.send_and_wait(topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None),
+                timeout=30,
+            )
+
+        async def with_retry(stage: str, coro_fn) -> None:  # noqa: ANN001
+            from services.storage import TransientError
+
+            async def wrapped():  # noqa: ANN202
+                try:
+                    return await coro_fn()
+                except (TimeoutError, asyncio.TimeoutError, OSError) as exc:
+                    raise TransientError(f"{stage}: {exc!r}") from exc
+                except Exception as exc:  # noqa: BLE001 - producer errors are broker trouble
+                    if exc.__class__.__module__.startswith(("aiokafka", "kafka")):
+                        raise TransientError(f"{stage}: {exc!r}") from exc
+                    raise
+
+            await pipeline.retry_transient(stage, wrapped)
+
+        if isinstance(outcome, DeadLetter):
+            await with_retry("publish_dlq", lambda: send(settings.topic_dlq, outcome.original_key, outcome.to_bytes()))
+            return
+        log = obs.get_logger(product_id=outcome.product_id, event_id=outcome.source_event_id)
+        await with_retry("store", lambda: loop.run_in_executor(pipeline.io_pool, storage.put_label, outcome))
+        body = outcome.to_bytes()
+        await with_retry("publish", lambda: send(settings.topic_labels, outcome.product_id, body))
+        if outcome.needs_review:
+            await with_retry("publish_review", lambda: send(settings.topic_review, outcome.product_id, body))
+            obs.REVIEW_OUT.inc()
+        obs.EVENTS_OUT.inc()
+        obs.E2E_LATENCY.observe(outcome.latency_ms / 1000)
+        log.info("labeled", needs_review=outcome.needs_review, latency_ms=round(outcome.latency_ms, 1),
+                 **{t: lab.label for t, lab in outcome.labels.items()})
+
+    @app.agent(images, concurrency=1)
+    async def label(stream):  # noqa: ANN001, ANN202
+        while "pipeline" not in runtime:
+            await asyncio.sleep(0.05)
+        pipeline: Pipeline = runtime["pipeline"]  # type: ignore[assignment]
+        storage: Storage = runtime["storage"]  # type: ignore[assignment]
+        within = settings.batch_max_ms / 1000 if settings.batch_max_ms else 0.001
+        async for events in stream.noack_take(settings.batch_max_size, within=within):
+            obs.EVENTS_IN.inc(len(events))
+            obs.IN_FLIGHT.inc(len(events))
+            messages = [
+                RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
+                for e in events
+            ]
+            try:
+                outcomes = await pipeline.process(messages)
+                await asyncio.gather(*(publish(o, pipeline, storage) for o in outcomes))
+            finally:
+                obs.IN_FLIGHT.dec(len(events))
+            # only now: the offsets may be committed
+            for e in events:
+                await stream.ack(e)
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    obs.configure_logging(settings.log_level)
+    app = create_app(settings)
+    # Faust's own chatter (banners, assignment tables) only from warnings up
+    faust_level = "DEBUG" if settings.log_level == "debug" else "WARNING"
+    worker = faust.Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+@click.command("worker")
+@click.option("--batch-size", type=int, default=None, help="Override AUTOLABEL_BATCH_MAX_SIZE.")
+@click.option("--metrics-port", type=int, default=None, help="Override AUTOLABEL_METRICS_PORT (0 = off).")
+def worker_command(batch_size: int | None, metrics_port: int | None) -> None:
+    """Run one labeling worker until SIGTERM/SIGINT (graceful: in-flight work is not committed)."""
+    overrides: dict[str, object] = {}
+    if batch_size is not None:
+        overrides["batch_max_size"] = batch_size
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    settings = load_settings(**overrides)
+    started = time.monotonic()
+    run_worker(settings)
+    obs.get_logger().info("worker_stopped", ran_s=round(time.monotonic() - started, 1))
