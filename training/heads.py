@@ -73,7 +73,7 @@ STUDY_CHAMPIONS: dict[str, HeadConfig] = {
 STUDY_TEST_ACCURACY: dict[str, float] = {"style": 0.83, "gender": 0.96, "season": 0.85}
 
 
-def _optimizer(name: str, lr: float):  # noqa: ANN202 - keras optimizer
+def make_optimizer(name: str, lr: float):  # noqa: ANN201 - keras optimizer
     import keras
 
     return {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[name](
@@ -103,7 +103,7 @@ def build_head(feature_shape: tuple[int, ...], n_classes: int, cfg: HeadConfig, 
         n_classes, activation="softmax", name="probs", kernel_initializer=keras.initializers.GlorotUniform(seed + 99)
     )(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=_optimizer(cfg.optimizer, cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
