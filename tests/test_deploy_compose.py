@@ -572,3 +572,30 @@ def test_docker_compose_config_passes() -> None:
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
+
+
+def test_built_configs_run_on_the_triton_that_serves_them(services: dict) -> None:
+    """Render a config.pbtxt for each compose build target (training.triton_config, no
+    TensorFlow) and check the Triton serving that volume can run it."""
+    tc = pytest.importorskip("training.triton_config")
+    spec = tc.ModelSpec(
+        name=default_of("triton_model") + "_probe",
+        inputs=[tc.Tensor("image", "uint8", (224, 224, 3))],
+        outputs=[tc.Tensor("probs", "float32", (3,))],
+    )
+    tag = image_tag(services["triton"]["image"])
+    release = tuple(int(x) for x in tag.split("-")[0].split("."))
+    cpu_dockerfile = (COMPOSE_DIR / services["triton-cpu"]["build"]["dockerfile"]).read_text()
+    for build, triton in (("model-build", "triton"), ("model-build-cpu", "triton-cpu")):
+        target = flag_after(services[build]["command"], "--target")
+        assert target in tc.TARGETS, f"{build}: unknown target {target}"
+        text = tc.config_pbtxt(spec, target, tc.default_tuning(target))
+        gpu = "deploy" in services[triton]
+        if "KIND_GPU" in text:
+            assert gpu, f"{triton} has no GPU but --target {target} asks for KIND_GPU"
+        if 'platform: "tensorflow_savedmodel"' in text:
+            assert release <= LAST_TF_TRITON, f"{triton} {tag} has no TensorFlow backend"
+        if 'backend: "python"' in text:
+            assert "tensorflow" in cpu_dockerfile and triton == "triton-cpu", (
+                f"{triton}: the Python backend models need TensorFlow in the Triton image"
+            )
