@@ -528,6 +528,18 @@ def test_served_model_names_agree_with_the_model_contract() -> None:
     assert re.search(r"--target cpu\|gpu-tf\|gpu-onnx", contract)
 
 
+def test_served_model_names_agree_with_the_repository_build() -> None:
+    """The names `autolabel models build` writes (training.export, no TensorFlow needed)
+    include the model the workers call, and match the contract's table."""
+    export = pytest.importorskip("training.export")
+    built = export.managed_names()
+    assert default_of("triton_model") in built
+    contract = (ROOT / "docs" / "model-repository.md").read_text()
+    rows = re.findall(r"^\|(.+?)\|", contract, re.M)
+    table = {m for row in rows for m in re.findall(r"`([a-z_]+)`", row)}
+    assert built <= table, f"built but not in the contract: {sorted(built - table)}"
+
+
 def test_deploy_docs_cover_the_commands() -> None:
     doc = (ROOT / "docs" / "deploy.md").read_text()
     for needle in (
