@@ -220,6 +220,7 @@ def load_fpi(root: Path, categories: Sequence[str] | None = None, progress: bool
     report = LoadReport(f"fpi:{root}")
     wanted = {c.lower() for c in categories} if categories else None
     candidates = []
+    reasons: dict[str, dict[str, str]] = {}
     with csv_path.open(newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f)
         missing = {"id", "gender", "season", "usage"} - set(reader.fieldnames or [])
@@ -238,12 +239,15 @@ def load_fpi(root: Path, categories: Sequence[str] | None = None, progress: bool
             if all(v is None for v in labels.values()):
                 report.drop("no task label defined")
                 continue
-            for task, reason in why.items():
-                report.unlabel(task, reason)
+            reasons[key] = why
             candidates.append((key, root / "images" / f"{key}.jpg", labels))
     # Sort by numeric id so the kept copy of a duplicate does not depend on the CSV order.
     candidates.sort(key=lambda c: (len(c[0]), c[0]))
-    return _finish(_read_images(candidates, report, progress), dict(TASK_CLASSES), report)
+    dataset = _finish(_read_images(candidates, report, progress), dict(TASK_CLASSES), report)
+    for sample in dataset.samples:  # why a kept row has no label for a task
+        for task, reason in reasons.get(sample.key, {}).items():
+            report.unlabel(task, reason)
+    return dataset
 
 
 def _image_column(fieldnames: Sequence[str]) -> str:
