@@ -1,0 +1,252 @@
+"""`autolabel models build`: trained heads (``models/``) -> served repository (``model_repository/``).
+
+Python API (docs/model-repository.md is the contract):
+
+- :func:`build_repository` ``(models_dir, out_dir, target="cpu") -> Path``
+- :func:`make_tiny_models` ``(models_dir, input_size=(32, 32)) -> Path``: a real, tiny model set
+  for tests (re-exported from :mod:`training.untrained`).
+
+The repository holds ``backbone``, ``<task>_head``, the standalone ``<task>`` models (full
+SavedModels) and ``autolabel``: an ensemble (backbone once, then the three heads) or, with
+``serving="fused"``, one multi-output model. A task that no longer shares the base (its own
+backbone or a fine-tuned full model in the manifest) is served standalone, and the
+``autolabel`` ensemble calls that standalone model for it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from services.settings import TASKS
+from training.repository_check import check_repository
+from training.serving_models import ModelsError, ModelSet, Servable, build_graphs, describe_weights, export_savedmodel, read_models, servables
+from training.triton_config import MODEL_FILE, TARGETS, ModelSpec, Step, Tensor, Tuning, config_pbtxt, default_tuning, with_overrides
+from training.untrained import make_tiny_models, write_untrained_models
+
+__all__ = ["build_repository", "make_tiny_models", "write_untrained_models", "models", "ModelsError", "BUILD_INFO"]
+
+SERVING_MODES = ("ensemble", "fused")
+BUILD_INFO = "autolabel-build.json"  # beside the models; Triton ignores files at the top level
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+
+
+def managed_names(tasks: list[str] | tuple[str, ...] = TASKS) -> set[str]:
+    """Model folders this build owns (others in the repository are left alone)."""
+    return {"autolabel", "backbone", *tasks, *(f"{t}_head" for t in tasks)}
+
+
+def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str, str]:
+    entry = models.tasks[task] if task else None
+    spec = (entry.backbone if entry and entry.backbone else models.backbone)
+    weights = spec.weights if not (entry and entry.model) else f"fine-tuned:{entry.model.name}"
+    return {"model_version": models.version, "backbone": spec.name, "weights_source": weights, "resize": models.resize}
+
+
+def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, list[str]]]:
+    """Config contents and label files of one servable."""
+    inputs = [Tensor(s.input_name, s.input_dtype, s.input_shape)]
+    labels: dict[str, list[str]] = {}
+    if s.name == "backbone":
+        params = {"backbone": models.backbone.name, "weights_source": models.backbone.weights}
+        return ModelSpec(s.name, inputs, [Tensor("features", "float32", s.outputs["features"])], params), labels
+    if s.name == "autolabel":  # fused
+        outputs = []
+        params = _contract_parameters(models)
+        for task, dims in s.outputs.items():
+            labels[f"{task}_labels.txt"] = list(models.tasks[task].classes)
+            outputs.append(Tensor(task, "float32", dims, f"{task}_labels.txt"))
+            params[f"labels_{task}"] = ",".join(models.tasks[task].classes)
+        return ModelSpec(s.name, inputs, outputs, params), labels
+    task = s.name.removesuffix("_head")
+    classes = list(models.tasks[task].classes)
+    labels["labels.txt"] = classes
+    params = {"labels": ",".join(classes)}
+    if s.name == task:
+        params = {**_contract_parameters(models, task), **params}
+    out = [Tensor("probs", "float32", s.outputs["probs"], "labels.txt")]
+    return ModelSpec(s.name, inputs, out, params, heavy=s.name == task), labels
+
+
+def _ensemble_spec(models: ModelSet, image: tuple[int, ...]) -> tuple[ModelSpec, dict[str, list[str]]]:
+    steps: list[Step] = []
+    if models.shared_tasks:
+        steps.append(Step("backbone", {"image": "image"}, {"features": "features"}))
+    outputs, labels = [], {}
+    params = _contract_parameters(models)
+    for task, entry in models.tasks.items():
+        if entry.shared:
+            steps.append(Step(f"{task}_head", {"features": "features"}, {"probs": task}))
+        else:
+            steps.append(Step(task, {"image": "image"}, {"probs": task}))
+        labels[f"{task}_labels.txt"] = list(entry.classes)
+        outputs.append(Tensor(task, "float32", (len(entry.classes),), f"{task}_labels.txt"))
+        params[f"labels_{task}"] = ",".join(entry.classes)
+    return ModelSpec("autolabel", [Tensor("image", "uint8", image)], outputs, params, steps=steps), labels
+
+
+def _write_model(folder: Path, spec: ModelSpec, labels: dict[str, list[str]], target: str, tuning: Tuning, tensorrt: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(config_pbtxt(spec, target, tuning, tensorrt))
+    for name, lines in labels.items():
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def _export(s: Servable, version_dir: Path, target: str) -> None:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    if target == "gpu-onnx":
+        from training.onnx_export import export_onnx
+
+        export_onnx(s, version_dir / MODEL_FILE[target])
+        return
+    export_savedmodel(s, version_dir / MODEL_FILE[target])
+    if target == "cpu":
+        shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
+
+
+def build_repository(
+    models_dir: Path | str = "models",
+    out_dir: Path | str = "model_repository",
+    target: str = "cpu",
+    *,
+    tuning: Tuning | None = None,
+    serving: str = "ensemble",
+    tensorrt: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build the served repository for ``target`` from ``models_dir``; return ``out_dir``.
+
+    Raises :class:`ModelsError` (no trained heads, inconsistent files) and ``ValueError``
+    (bad target/serving/tuning). Model folders this build does not own are left in place.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if serving not in SERVING_MODES:
+        raise ValueError(f"unknown serving mode {serving!r}; choose one of {', '.join(SERVING_MODES)}")
+    tuning = tuning or default_tuning(target)
+    models_dir, out_dir = Path(models_dir), Path(out_dir)
+    started = time.monotonic()
+    models = read_models(models_dir)
+    h, w = models.backbone.input_size
+    log(f"backbone: {describe_weights(models.backbone)}, input {h}x{w} uint8, resize {models.resize}")
+    for task, entry in models.tasks.items():
+        if not entry.shared:
+            own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone)  # type: ignore[arg-type]
+            log(f"{task}: does not share the base ({own}): served standalone, the ensemble calls `{task}`")
+    graphs = build_graphs(models)
+    todo = servables(graphs, fused=serving == "fused")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.building"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for s in tqdm(todo, desc=f"export {target}", unit="model", disable=not progress):
+            spec, labels = _model_spec(s, models)
+            _write_model(staging / s.name, spec, labels, target, tuning, tensorrt)
+            _export(s, staging / s.name / "1", target)
+        if serving == "ensemble":
+            spec, labels = _ensemble_spec(models, graphs.input_shape)
+            _write_model(staging / "autolabel", spec, labels, target, tuning, tensorrt)
+            (staging / "autolabel" / "1").mkdir()
+            (staging / "autolabel" / "1" / "README").write_text("ensemble: no model file (kept so object stores keep the folder)\n")
+        problems = check_repository(staging)
+        if problems:
+            raise ModelsError("the built repository does not check out:\n  " + "\n  ".join(problems))
+        built = sorted(p.name for p in staging.iterdir() if p.is_dir())
+        for name in managed_names(tuple(models.tasks)):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in built:
+            (staging / name).rename(out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    info = {
+        "target": target,
+        "serving": serving,
+        "model_version": models.version,
+        "backbone": models.backbone.to_dict(),
+        "weights": describe_weights(models.backbone),
+        "resize": models.resize,
+        "models": built,
+        "tuning": {k: list(v) if isinstance(v, tuple) else v for k, v in tuning.__dict__.items()},
+        "tensorrt": tensorrt,
+        "from": str(models.root),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    layout = "ensemble: backbone -> " + ", ".join(f"{t}_head" if e.shared else t for t, e in models.tasks.items())
+    if serving == "fused":
+        layout = "one multi-output model"
+    log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "
+        f"autolabel ({layout}); standalone {', '.join(models.tasks)}")
+    return out_dir
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+@click.group("models")
+def models() -> None:
+    """Build and check the served model repository (docs/model-repository.md)."""
+
+
+@models.command("build")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
+              help="manifest.json + heads/ written by `autolabel train`.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Repository folder (default: AUTOLABEL_MODEL_REPOSITORY).")
+@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
+              help="cpu: embedded tritonserver (Python backend); gpu-tf: Triton <= 25.02 TF backend; gpu-onnx: ONNX Runtime backend.")
+@click.option("--serving", type=click.Choice(SERVING_MODES), default="ensemble", show_default=True,
+              help="`autolabel` as an ensemble (backbone once + heads) or one fused multi-output model.")
+@click.option("--max-batch", type=click.IntRange(1, 1024), default=None, help="max_batch_size of every model.")
+@click.option("--queue-delay-us", type=click.IntRange(0), default=None, help="Dynamic batching max_queue_delay_microseconds.")
+@click.option("--preferred-batch", default=None, help="Comma-separated preferred batch sizes ('' for none).")
+@click.option("--instances", type=click.IntRange(1, 64), default=None, help="Instances of the backbone and standalone models.")
+@click.option("--head-instances", type=click.IntRange(1, 64), default=None, help="Instances of each head model.")
+@click.option("--tf-threads", type=click.IntRange(0, 256), default=None, help="cpu target: TensorFlow intra-op threads per instance (0 = all cores).")
+@click.option("--tensorrt", is_flag=True, help="gpu-onnx: enable the TensorRT execution accelerator (FP32).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(models_dir: Path, out: Path | None, target: str, serving: str, max_batch: int | None, queue_delay_us: int | None,
+          preferred_batch: str | None, instances: int | None, head_instances: int | None, tf_threads: int | None,
+          tensorrt: bool, quiet: bool) -> None:
+    """Put the trained task models into the repository, with configs and label files."""
+    if out is None:
+        from services.settings import load_settings
+
+        out = load_settings().model_repository
+    if tensorrt and target != "gpu-onnx":
+        raise click.BadParameter("--tensorrt applies to --target gpu-onnx only", param_hint="--tensorrt")
+    preferred = None
+    if preferred_batch is not None:
+        try:
+            preferred = tuple(int(p) for p in preferred_batch.split(",") if p.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {preferred_batch!r}", param_hint="--preferred-batch") from None
+    try:
+        tuning = with_overrides(default_tuning(target), max_batch_size=max_batch, max_queue_delay_us=queue_delay_us,
+                                preferred_batch_sizes=preferred, backbone_instances=instances, head_instances=head_instances,
+                                intra_op_threads=tf_threads)
+        build_repository(models_dir, out, target, tuning=tuning, serving=serving, tensorrt=tensorrt, progress=not quiet, log=click.echo)
+    except (ModelsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@models.command("check")
+@click.argument("repository", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+def check(repository: Path | None) -> None:
+    """Check that every config parses and matches its model files (names, dims, dtypes)."""
+    if repository is None:
+        from services.settings import load_settings
+
+        repository = load_settings().model_repository
+    problems = check_repository(repository, only=sorted(managed_names()))
+    if problems:
+        raise click.ClickException(f"{repository}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    info = repository / BUILD_INFO
+    what = json.loads(info.read_text()) if info.is_file() else {}
+    click.echo(f"{repository}: ok (target {what.get('target', '?')}, {what.get('weights', 'unknown weights')})")

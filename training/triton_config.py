@@ -1,0 +1,154 @@
+"""``config.pbtxt`` text for each repository target: pure functions, no TensorFlow.
+
+Targets (``autolabel models build --target``):
+
+- ``cpu``: the embedded tritonserver (Python backend only): each model is the generic
+  ``model.py`` running its SavedModel with TensorFlow, KIND_CPU;
+- ``gpu-tf``: official Triton containers up to 25.02 (TensorFlow backend):
+  ``platform: "tensorflow_savedmodel"``, KIND_GPU;
+- ``gpu-onnx``: newer Triton: tf2onnx-converted models on the ONNX Runtime backend,
+  KIND_GPU, TensorRT execution accelerator optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+TARGETS = ("cpu", "gpu-tf", "gpu-onnx")
+DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
+MODEL_FILE = {"cpu": "model.savedmodel", "gpu-tf": "model.savedmodel", "gpu-onnx": "model.onnx"}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Dynamic batching and instance groups. CPU values measured in docs/benchmarks.md."""
+
+    max_batch_size: int = 16
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 2000
+    backbone_instances: int = 1  # backbone and standalone task models (the heavy ones)
+    head_instances: int = 1
+    intra_op_threads: int = 0  # cpu target: TensorFlow threads per instance; 0 = all cores
+    inter_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.backbone_instances < 1 or self.head_instances < 1:
+            raise ValueError("max_batch_size and instance counts must be >= 1")
+        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("queue delay and thread counts must be >= 0")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred batch sizes must be in 1..{self.max_batch_size}")
+
+
+# Chosen on this 2-core machine with VGG16 (docs/benchmarks.md, "Serving"): one instance
+# per model with both cores to its TensorFlow pool; a short queue delay lets concurrent
+# requests share a batch.
+CPU_TUNING = Tuning(max_batch_size=16, preferred_batch_sizes=(), max_queue_delay_us=2000,
+                    backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1)
+# GPU starting point, not yet measured on a GPU (deploy/gpu/bench_serving.sh measures it).
+GPU_TUNING = Tuning(max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=1000,
+                    backbone_instances=2, head_instances=1)
+
+
+def default_tuning(target: str) -> Tuning:
+    return CPU_TUNING if target == "cpu" else GPU_TUNING
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # "uint8" | "float32"
+    dims: tuple[int, ...]  # without the batch dimension
+    label_filename: str | None = None
+
+    def pbtxt(self) -> str:
+        dims = ", ".join(str(d) for d in self.dims)
+        label = f'\n    label_filename: "{self.label_filename}"' if self.label_filename else ""
+        return f'  {{\n    name: "{self.name}"\n    data_type: {DTYPES[self.dtype]}\n    dims: [ {dims} ]{label}\n  }}'
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    inputs: Mapping[str, str]  # model input -> ensemble tensor
+    outputs: Mapping[str, str]  # model output -> ensemble tensor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that goes in one model's config.pbtxt."""
+
+    name: str
+    inputs: Sequence[Tensor]
+    outputs: Sequence[Tensor]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    heavy: bool = True  # backbone-sized: gets backbone_instances
+    steps: Sequence[Step] = ()  # non-empty: an ensemble
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _parameters(params: Mapping[str, str]) -> str:
+    return "".join(
+        f'parameters {{\n  key: "{_quote(k)}"\n  value: {{ string_value: "{_quote(str(v))}" }}\n}}\n' for k, v in params.items()
+    )
+
+
+def _io(kind: str, tensors: Sequence[Tensor]) -> str:
+    return f"{kind} [\n" + ",\n".join(t.pbtxt() for t in tensors) + "\n]\n"
+
+
+def _batching(t: Tuning) -> str:
+    pref = f"\n  preferred_batch_size: [ {', '.join(map(str, t.preferred_batch_sizes))} ]" if t.preferred_batch_sizes else ""
+    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {t.max_queue_delay_us}\n}}\n"
+
+
+def _ensemble(spec: ModelSpec) -> str:
+    steps = []
+    for s in spec.steps:
+        ins = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in s.inputs.items())
+        outs = "".join(f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in s.outputs.items())
+        steps.append(f'    {{\n      model_name: "{s.model}"\n      model_version: -1\n{ins}{outs}    }}')
+    return "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+
+
+def config_pbtxt(spec: ModelSpec, target: str, tuning: Tuning, tensorrt: bool = False) -> str:
+    """The config.pbtxt of one model for ``target``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    head = f'name: "{spec.name}"\n'
+    if spec.steps:
+        head += 'platform: "ensemble"\n'
+    elif target == "cpu":
+        head += 'backend: "python"\n'
+    elif target == "gpu-tf":
+        head += 'platform: "tensorflow_savedmodel"\n'
+    else:
+        head += 'platform: "onnxruntime_onnx"\n'
+    text = head + f"max_batch_size: {tuning.max_batch_size}\n" + _io("input", spec.inputs) + _io("output", spec.outputs)
+    params = dict(spec.parameters)
+    if spec.steps:
+        return text + _ensemble(spec) + _parameters(params)
+    count = tuning.backbone_instances if spec.heavy else tuning.head_instances
+    kind = "KIND_CPU" if target == "cpu" else "KIND_GPU"
+    text += f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n" + _batching(tuning)
+    if target == "cpu":
+        params["tf_intra_op_threads"] = str(tuning.intra_op_threads)
+        params["tf_inter_op_threads"] = str(tuning.inter_op_threads)
+    if target == "gpu-onnx" and tensorrt:
+        text += (
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n      {\n"
+            '        name: "tensorrt"\n'
+            '        parameters { key: "precision_mode" value: "FP32" }\n'
+            '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+            "      }\n    ]\n  }\n}\n"
+        )
+    return text + _parameters(params)
+
+
+def with_overrides(base: Tuning, **values: object) -> Tuning:
+    """``base`` with the given non-None fields replaced (CLI options)."""
+    return replace(base, **{k: v for k, v in values.items() if v is not None})

