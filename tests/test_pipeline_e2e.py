@@ -1,0 +1,173 @@
+"""End to end on the real stack: events -> worker (subprocess) -> label events + S3 records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from conftest import SAMPLES, wait_for
+from corpus import bad_images, hard_but_valid_images
+from services.events import DeadLetter, ErrorCode, ImageLocation, ProductImageUploaded, ProductLabeled, S3Location
+from services.labels import read_labels
+from services.publisher import collect, publish_files
+from services.storage import Storage
+from services.topics import read_topic
+
+pytestmark = pytest.mark.stack
+
+
+def _labels(settings, topic=None) -> list[ProductLabeled]:
+    return list(read_labels(settings, topic=topic, idle_s=1.0))
+
+
+def _dead_letters(settings) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(r.value) for r in read_topic(settings, settings.topic_dlq, idle_s=1.0)]
+
+
+def _wait_for_products(settings, expected: set[str], timeout: float) -> list[ProductLabeled]:
+    def done():
+        events = _labels(settings)
+        return events if {e.product_id for e in events} >= expected else None
+
+    events = wait_for(done, timeout, interval=1.0)
+    got = {e.product_id for e in (events or _labels(settings))}
+    assert got >= expected, f"missing labels for {sorted(expected - got)[:10]}"
+    return events
+
+
+def _stored_labels(settings) -> dict[str, ProductLabeled]:
+    storage = Storage(settings)
+    keys = storage.list_keys(settings.s3_labels_prefix)
+    out = {}
+    for key in keys:
+        body = storage.client.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
+        event = ProductLabeled.model_validate_json(body)  # validates against the schema
+        out[Path(key).stem] = event
+    return out
+
+
+def _producer(settings) -> KafkaProducer:
+    return KafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=5)
+
+
+def test_published_images_give_exactly_one_label_each(stack_settings, worker_factory):
+    settings, _ = stack_settings
+    files = collect([SAMPLES])
+    worker = worker_factory()
+    summary = publish_files(settings, files, progress=False)
+    expected = {e.product_id for e in summary.published}
+    assert len(expected) == len(files) == 12
+    events = _wait_for_products(settings, expected, timeout=180)
+    ids = [e.product_id for e in events]
+    assert sorted(ids) == sorted(expected), "exactly one label event per product"
+    stored = _stored_labels(settings)
+    assert set(stored) == expected
+    for e in events:
+        assert set(e.labels) == {"style", "gender", "season"}
+        assert stored[e.product_id].model.version == e.model.version
+        for task in e.labels.values():
+            assert abs(sum(task.probabilities.values()) - 1.0) < 1e-3
+    review = _labels(settings, topic=settings.topic_review)
+    assert sorted(r.product_id for r in review) == sorted(e.product_id for e in events if e.needs_review)
+    assert worker.alive()
+
+
+def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, worker_factory):
+    settings, _ = stack_settings
+    storage = Storage(settings)
+    producer = _producer(settings)
+    expected_dlq: dict[str, ErrorCode] = {}  # product id (or key) -> code
+    expected_labels: set[str] = set()
+    good = sorted(SAMPLES.glob("*.jpg"))
+
+    def send_event(product_id: str, location: ImageLocation) -> None:
+        event = ProductImageUploaded(product_id=product_id, image=location)
+        producer.send(settings.topic_images, key=product_id.encode(), value=event.to_bytes())
+
+    def send_good(i: int) -> None:
+        pid = f"good-{i}"
+        send_event(pid, ImageLocation(s3=storage.put_image(good[i % len(good)].read_bytes())))
+        expected_labels.add(pid)
+
+    i = 0
+    for name, (data, code) in bad_images().items():
+        send_good(i); i += 1
+        pid = f"bad-{Path(name).stem}"
+        send_event(pid, ImageLocation(s3=storage.put_image(data, suffix=Path(name).suffix)))
+        expected_dlq[pid] = code
+    for name, data in hard_but_valid_images().items():
+        pid = f"odd-{Path(name).stem}"
+        send_event(pid, ImageLocation(s3=storage.put_image(data, suffix=Path(name).suffix)))
+        expected_labels.add(pid)
+    send_good(i); i += 1
+    send_event("bad-missing", ImageLocation(s3=S3Location(bucket=settings.s3_bucket, key="images/does-not-exist.jpg")))
+    expected_dlq["bad-missing"] = ErrorCode.image_not_found
+    send_event("bad-otherbucket", ImageLocation(s3=S3Location(bucket="someone-elses", key="images/x.jpg")))
+    expected_dlq["bad-otherbucket"] = ErrorCode.bucket_not_allowed
+    send_event("bad-url", ImageLocation(url="https://evil.example.com/a.jpg"))
+    expected_dlq["bad-url"] = ErrorCode.url_not_allowed
+    send_event("bad-metadata-url", ImageLocation(url="http://169.254.169.254/latest/meta-data"))
+    expected_dlq["bad-metadata-url"] = ErrorCode.url_not_allowed
+    raw_bad = {
+        "raw-malformed": (b"{not json at all", ErrorCode.malformed_json),
+        "raw-schema": (json.dumps({"product_id": "x", "image": {"s3": {"bucket": "autolabel"}}}).encode(), ErrorCode.schema_invalid),
+        "raw-traversal": (json.dumps({"product_id": "../../etc/passwd", "image": {"url": "https://a.example/b.jpg"}}).encode(), ErrorCode.schema_invalid),
+        "raw-huge": (b'{"pad": "' + b"x" * (settings.max_event_bytes + 10) + b'"}', ErrorCode.event_too_large),
+    }
+    for key, (value, code) in raw_bad.items():
+        producer.send(settings.topic_images, key=key.encode(), value=value)
+        send_good(i); i += 1
+        expected_dlq[key] = code
+    producer.flush()
+    producer.close()
+
+    worker = worker_factory()
+    _wait_for_products(settings, expected_labels, timeout=240)
+
+    def all_dead():
+        dl = _dead_letters(settings)
+        return dl if len(dl) >= len(expected_dlq) else None
+
+    dead = wait_for(all_dead, 60, interval=1.0) or _dead_letters(settings)
+    got = {(d.product_id or d.original_key): d.code for d in dead}
+    assert got == expected_dlq
+    for d in dead:
+        assert d.worker == "w1" and d.message
+        if d.original_key in raw_bad:
+            assert d.original == raw_bad[d.original_key][0]
+    labeled = {e.product_id for e in _labels(settings)}
+    assert labeled == expected_labels, "no bad event is labeled, every good one is"
+    assert worker.alive(), worker.output()[-2000:]
+
+
+def test_sigkill_mid_stream_loses_no_label(stack_settings, worker_factory):
+    settings, _ = stack_settings
+    storage = Storage(settings)
+    images = [storage.put_image(p.read_bytes()) for p in sorted(SAMPLES.glob("*.jpg"))]
+    producer = _producer(settings)
+    expected = set()
+    for n in range(600):
+        pid = f"p{n:04d}"
+        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=images[n % len(images)]))
+        producer.send(settings.topic_images, key=pid.encode(), value=event.to_bytes())
+        expected.add(pid)
+    producer.flush()
+    producer.close()
+
+    first = worker_factory("w1", AUTOLABEL_BATCH_MAX_SIZE="4")
+    # the worker logs each label as it is published: kill it as soon as a few are out
+    assert wait_for(lambda: first.output().count('"event": "labeled"') >= 8, 180, interval=0.05), first.output()[-2000:]
+    first.kill()
+    done_before = {e.product_id for e in _labels(settings)}
+    assert done_before < expected, "the kill must land mid-stream"
+    second = worker_factory("w2", AUTOLABEL_BATCH_MAX_SIZE="4")
+    events = _wait_for_products(settings, expected, timeout=300)
+    assert {e.product_id for e in events} == expected
+    stored = _stored_labels(settings)
+    assert set(stored) == expected, "one label object per product"
+    versions = {s.model.version for s in stored.values()}
+    assert len(versions) == 1
+    assert second.alive()
