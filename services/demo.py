@@ -1,0 +1,141 @@
+"""`autolabel demo` (`make demo`): the main job on the embedded stack, start to finish.
+
+build the served models -> stack up -> worker -> publish samples/ -> wait for every label
+-> print the table -> stop everything this command started.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from services.labels import read_labels
+from services.publisher import collect, publish_files
+from services.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _autolabel() -> str:
+    return shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
+
+
+def _catalog(samples: Path) -> dict[str, dict[str, str]]:
+    path = samples / "labels.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+@click.command("demo")
+@click.option("--samples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=ROOT / "samples", show_default=True)
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for every label.")
+@click.option("--skip-build", is_flag=True, help="Serve the repository as it is (no `models build`).")
+@click.option("--keep-running", is_flag=True, help="Leave the stack up afterwards.")
+def demo_command(samples: Path, timeout: float, skip_build: bool, keep_running: bool) -> None:
+    """Label the sample photos end to end and print what came back."""
+    from deploy.local.processes import StackError
+    from deploy.local.stack import Stack, StackAlreadyRunning
+
+    settings = load_settings()
+    click.secho("1/5 building the served models", bold=True)
+    if not skip_build:
+        build = subprocess.run([_autolabel(), "models", "build", "--out", str(settings.model_repository)], check=False)
+        if build.returncode != 0:
+            raise click.ClickException("`autolabel models build` failed (see above)")
+    click.secho("2/5 starting the embedded stack", bold=True)
+    stack = Stack(settings)
+    started_stack = False
+    try:
+        stack.up(log=click.echo)
+        started_stack = True
+    except StackAlreadyRunning as exc:
+        click.echo(f"{exc}; using it and reloading its models")
+        _reload_models(load_settings())
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = load_settings()  # now with the stack's endpoints
+    worker = None
+    try:
+        click.secho("3/5 starting a worker", bold=True)
+        log_path = settings.state_dir / "logs" / "demo-worker.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115
+        worker = subprocess.Popen([_autolabel(), "worker", "--metrics-port", "0"], stdout=log_file, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "AUTOLABEL_WORKER_NAME": "demo-worker"})
+        click.echo(f"worker pid {worker.pid}, log {log_path}")
+        click.secho("4/5 publishing the sample photos", bold=True)
+        summary = publish_files(settings, collect([samples]))
+        wanted = {e.event_id: e.product_id for e in summary.published}
+        click.secho(f"5/5 waiting for {len(wanted)} labels", bold=True)
+        got = _wait(settings, wanted, timeout, worker)
+        _print_table(got, _catalog(samples))
+        missing = set(wanted) - set(got)
+        if missing:
+            raise click.ClickException(f"{len(missing)} label(s) did not arrive within {timeout:.0f}s; see {log_path}")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if started_stack and not keep_running:
+            stack.down(log=click.echo)
+
+
+def _reload_models(settings) -> None:  # noqa: ANN001
+    import tritonclient.http as httpclient
+
+    state_file = settings.state_dir / "stack.json"
+    from deploy.local.stack import StackState
+
+    ports = StackState.from_json(state_file.read_text()).components["triton"].ports
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}")
+    for entry in client.get_model_repository_index():
+        client.load_model(entry["name"])
+
+
+def _wait(settings, wanted: dict[str, str], timeout: float, worker: subprocess.Popen) -> dict:  # noqa: ANN001
+    got = {}
+    deadline = time.monotonic() + timeout
+    with tqdm(total=len(wanted), desc="labels", unit="label") as bar:
+        while len(got) < len(wanted) and time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited with code {worker.returncode}")
+            for event in read_labels(settings, idle_s=1.0):
+                if event.source_event_id in wanted and event.source_event_id not in got:
+                    got[event.source_event_id] = event
+                    bar.update(1)
+            if len(got) < len(wanted):
+                time.sleep(1)
+    return got
+
+
+def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
+    if not got:
+        return
+    first = next(iter(got.values()))
+    click.echo(f"\nmodel {first.model.name} version {first.model.version}: {first.model.backbone} with {first.model.weights_source} weights")
+    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6}  catalog says"
+    click.echo(head)
+    click.echo("-" * len(head) + "-" * 30)
+    for event in sorted(got.values(), key=lambda e: e.product_id):
+        lab = event.labels
+        row = catalog.get(event.product_id, {})
+        says = " / ".join(x for x in (row.get("usage"), row.get("gender"), row.get("season")) if x)
+        click.echo(
+            f"{event.product_id:<9} {lab['style'].label + f' {lab['style'].confidence:.2f}':<16} "
+            f"{lab['gender'].label + f' {lab['gender'].confidence:.2f}':<13} "
+            f"{lab['season'].label + f' {lab['season'].confidence:.2f}':<18} {'yes' if event.needs_review else 'no':<6}  {says}"
+        )
+    reviewed = sum(e.needs_review for e in got.values())
+    click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review")
