@@ -9,7 +9,7 @@ from services.cli import LazyGroup
 BENCHES = {
     "serving": "training.bench_serving:serving",
     "pipeline": "services.bench_pipeline:pipeline",
-    "soak": "services.bench_pipeline:soak",
+    "soak": "services.bench_soak:soak",
     "training": "training.bench_training:training",
 }
 BENCH_HELP = {
