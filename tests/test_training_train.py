@@ -133,3 +133,17 @@ def test_evaluate_without_a_repository_says_what_to_do(trained: dict[str, Path],
     result = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{trained['data']}", "--repository", str(tmp_path / "none"),
                                                "--models", str(trained["models"]), "--quiet"])
     assert result.exit_code != 0 and "autolabel models build" in result.output
+
+
+def test_evaluate_works_on_a_directory_never_seen(trained: dict[str, Path], tmp_path: Path) -> None:
+    unseen = tmp_path / "unseen"
+    make_fpi(unseen, n_per_combo=1, seed=42)
+    out = tmp_path / "unseen.json"
+    result = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{unseen}", "--from-heads", "--models", str(trained["models"]),
+                                               "--tasks", "style,gender", "--json", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"style", "gender"}
+    # 24 generated + the child's shirt, the unisex shoe and the bag (style defined); no duplicate, unreadable or Ethnic row
+    assert metrics["style"]["n"] == 24 + 3
+    assert "| style |" in result.output and "balanced" in result.output
