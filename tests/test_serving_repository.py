@@ -1,0 +1,222 @@
+"""`autolabel models build` for the three targets, checked without a server.
+
+Configs are parsed with Triton's ModelConfig protobuf and compared with the exported models
+(SavedModel signatures, ONNX graphs); the ONNX models must give TensorFlow's probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from services.settings import TASKS
+
+pytest.importorskip("tensorflow")
+ROOT = Path(__file__).resolve().parent.parent
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.export import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("serving") / "models", input_size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def repos(tiny: Path) -> dict[str, Path]:
+    from training.export import build_repository
+
+    return {t: build_repository(tiny, tiny.parent / f"repo-{t}", t, progress=False, log=lambda m: None) for t in ("cpu", "gpu-tf", "gpu-onnx")}
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    """The sample photos at 32x32 (padded like the worker) plus seeded noise and edge cases."""
+    from services.images import prepare
+
+    photos = [prepare(p.read_bytes(), (32, 32), "pad") for p in sorted((ROOT / "samples").glob("*.jpg"))[:12]]
+    rng = np.random.default_rng(7)
+    extra = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    extra += [np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)]
+    return np.stack(photos + extra)
+
+
+def _savedmodel(path: Path):  # noqa: ANN202
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    sig = loaded.signatures["serving_default"]
+    sig._keep = loaded  # noqa: SLF001
+    return lambda **kw: {k: v.numpy() for k, v in sig(**{n: tf.constant(a) for n, a in kw.items()}).items()}
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu-tf", "gpu-onnx"])
+def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], target: str) -> None:
+    from training.repository_check import check_repository, parse_config
+
+    repo = repos[target]
+    assert check_repository(repo) == []
+    names = {p.name for p in repo.iterdir() if p.is_dir()}
+    assert names == {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)}
+    top = parse_config(repo / "autolabel" / "config.pbtxt")
+    assert top.platform == "ensemble"
+    assert [i.name for i in top.input] == ["image"] and list(top.input[0].dims) == [32, 32, 3]
+    assert [o.name for o in top.output] == list(TASKS)
+    params = {k: v.string_value for k, v in top.parameters.items()}
+    assert params["labels_gender"] == "men,women" and params["backbone"] == "tiny" and params["weights_source"] == "random"
+    backbone = parse_config(repo / "backbone" / "config.pbtxt")
+    want = {"cpu": ("", "python", "KIND_CPU"), "gpu-tf": ("tensorflow_savedmodel", "", "KIND_GPU"),
+            "gpu-onnx": ("onnxruntime_onnx", "", "KIND_GPU")}[target]
+    from tritonclient.grpc import model_config_pb2
+
+    kind = model_config_pb2.ModelInstanceGroup.Kind.Name(backbone.instance_group[0].kind)
+    assert (backbone.platform, backbone.backend, kind) == want
+    assert backbone.max_batch_size >= 1 and backbone.HasField("dynamic_batching")
+    info = json.loads((repo / "autolabel-build.json").read_text())
+    assert info["target"] == target and info["backbone"]["name"] == "tiny"
+
+
+def test_the_check_catches_a_config_that_does_not_match(repos: dict[str, Path], tmp_path: Path) -> None:
+    from training.repository_check import check_repository
+
+    bad = tmp_path / "bad"
+    shutil.copytree(repos["cpu"], bad)
+    cfg = bad / "style_head" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("TYPE_FP32", "TYPE_UINT8", 1))
+    (bad / "backbone" / "config.pbtxt").write_text((bad / "backbone" / "config.pbtxt").read_text().replace('name: "features"', 'name: "feats"'))
+    problems = check_repository(bad)
+    assert any("style_head" in p and "inputs" in p for p in problems), problems
+    assert any("backbone" in p and "feats" in p for p in problems), problems
+    onnx_bad = tmp_path / "onnx"
+    shutil.copytree(repos["gpu-onnx"], onnx_bad)
+    cfg = onnx_bad / "season" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: [ 3 ]", "dims: [ 4 ]", 1))
+    assert any(p.startswith("season:") for p in check_repository(onnx_bad))
+
+
+def test_shared_backbone_gives_the_standalone_probabilities(repos: dict[str, Path], test_images: np.ndarray) -> None:
+    repo = repos["cpu"]
+    backbone = _savedmodel(repo / "backbone" / "1" / "model.savedmodel")
+    features = backbone(image=test_images)["features"]
+    for task in TASKS:
+        shared = _savedmodel(repo / f"{task}_head" / "1" / "model.savedmodel")(features=features)["probs"]
+        alone = _savedmodel(repo / task / "1" / "model.savedmodel")(image=test_images)["probs"]
+        assert shared.shape == alone.shape == (len(test_images), len((repo / task / "labels.txt").read_text().split()))
+        assert np.abs(shared - alone).max() <= TOL
+        assert np.allclose(shared.sum(axis=1), 1, atol=1e-5)
+        assert np.ptp(alone, axis=0).max() > 1e-3, "the test images should not all get the same probabilities"
+
+
+def test_onnx_models_give_tensorflows_probabilities(repos: dict[str, Path], test_images: np.ndarray) -> None:
+    import onnxruntime as ort
+
+    def onnx(name: str):  # noqa: ANN202
+        s = ort.InferenceSession(str(repos["gpu-onnx"] / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        return lambda **kw: dict(zip([o.name for o in s.get_outputs()], s.run(None, kw), strict=True))
+
+    tf_repo = repos["gpu-tf"]
+    features_onnx = onnx("backbone")(image=test_images)["features"]
+    features_tf = _savedmodel(tf_repo / "backbone" / "1" / "model.savedmodel")(image=test_images)["features"]
+    assert np.abs(features_onnx - features_tf).max() <= TOL * max(1.0, float(np.abs(features_tf).max()))
+    for task in TASKS:
+        want = _savedmodel(tf_repo / task / "1" / "model.savedmodel")(image=test_images)["probs"]
+        standalone = onnx(task)(image=test_images)["probs"]
+        via_heads = onnx(f"{task}_head")(features=features_onnx)["probs"]
+        assert np.abs(standalone - want).max() <= TOL
+        assert np.abs(via_heads - want).max() <= TOL
+        assert (standalone.argmax(1) == want.argmax(1)).all()
+
+
+def test_tensorrt_accelerator_is_optional_and_parses(tiny: Path, tmp_path: Path) -> None:
+    from training.export import build_repository
+    from training.repository_check import check_repository, parse_config
+
+    repo = build_repository(tiny, tmp_path / "trt", "gpu-onnx", tensorrt=True, progress=False, log=lambda m: None)
+    assert check_repository(repo) == []
+    accel = parse_config(repo / "backbone" / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accel] == ["tensorrt"] and accel[0].parameters["precision_mode"] == "FP32"
+
+
+def test_a_task_that_left_the_shared_base_is_served_standalone(tiny: Path, tmp_path: Path, test_images: np.ndarray) -> None:
+    """A fine-tuned full model for one task: no head for it; the ensemble calls its model."""
+    import keras
+
+    from training.export import build_repository
+    from training.repository_check import check_repository, parse_config
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny, models)
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(3))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(stddev=2.0, seed=4))(x)
+    full = keras.Model(inputs, outputs, name="style_finetuned")  # stands in for a fine-tuned full model
+    (models / "tasks").mkdir()
+    full.save(models / "tasks" / "style.keras")
+    manifest = json.loads((models / "manifest.json").read_text())
+    del manifest["tasks"]["style"]["head"]
+    manifest["tasks"]["style"]["model"] = "tasks/style.keras"
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    repo = tmp_path / "repo"
+    (repo / "style_head").mkdir(parents=True)  # stale folder from an earlier build: removed
+    build_repository(models, repo, "cpu", progress=False, log=lambda m: None)
+    assert check_repository(repo) == []
+    assert not (repo / "style_head").exists()
+    steps = {s.model_name: dict(s.output_map) for s in parse_config(repo / "autolabel" / "config.pbtxt").ensemble_scheduling.step}
+    assert steps["style"] == {"probs": "style"} and steps["gender_head"] == {"probs": "gender"}
+    params = {k: v.string_value for k, v in parse_config(repo / "style" / "config.pbtxt").parameters.items()}
+    assert params["weights_source"] == "fine-tuned:style.keras"
+    got = _savedmodel(repo / "style" / "1" / "model.savedmodel")(image=test_images)["probs"]
+    assert np.abs(got - full.predict(test_images, verbose=0)).max() <= TOL
+
+
+def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, test_images: np.ndarray, repos: dict[str, Path]) -> None:
+    from training.export import build_repository
+    from training.repository_check import check_repository, parse_config
+
+    repo = build_repository(tiny, tmp_path / "fused", "cpu", serving="fused", progress=False, log=lambda m: None)
+    assert check_repository(repo) == []
+    cfg = parse_config(repo / "autolabel" / "config.pbtxt")
+    assert cfg.backend == "python" and [o.name for o in cfg.output] == list(TASKS)
+    out = _savedmodel(repo / "autolabel" / "1" / "model.savedmodel")(image=test_images)
+    for task in TASKS:
+        alone = _savedmodel(repos["cpu"] / task / "1" / "model.savedmodel")(image=test_images)["probs"]
+        assert np.abs(out[task] - alone).max() <= TOL
+
+
+def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_path: Path) -> None:
+    from training.export import models
+
+    runner = CliRunner()
+    r = runner.invoke(models, ["build", "--models-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r0")])
+    assert r.exit_code != 0 and "no trained heads in" in r.output and "autolabel train" in r.output
+    r = runner.invoke(models, ["build", "--models-dir", str(tiny), "--out", str(tmp_path / "r1"), "--target", "cpu", "--quiet",
+                               "--max-batch", "8", "--instances", "2", "--queue-delay-us", "500"])
+    assert r.exit_code == 0, r.output
+    assert "tiny with random weights" in r.output
+    text = (tmp_path / "r1" / "backbone" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in text and "count: 2" in text and "max_queue_delay_microseconds: 500" in text
+    r = runner.invoke(models, ["check", str(tmp_path / "r1")])
+    assert r.exit_code == 0 and "ok (target cpu" in r.output
+    r = runner.invoke(models, ["build", "--models-dir", str(tiny), "--out", str(tmp_path / "r2"), "--tensorrt"])
+    assert r.exit_code != 0 and "gpu-onnx only" in r.output
+    r = runner.invoke(models, ["build", "--models-dir", str(tiny), "--out", str(tmp_path / "r3"), "--preferred-batch", "4,x"])
+    assert r.exit_code != 0 and "comma-separated integers" in r.output
+
+
+def test_build_keeps_models_it_does_not_own(tiny: Path, tmp_path: Path) -> None:
+    from training.export import build_repository
+
+    repo = tmp_path / "repo"
+    (repo / "trivial" / "1").mkdir(parents=True)
+    (repo / "trivial" / "config.pbtxt").write_text('name: "trivial"\n')
+    (repo / "README.md").write_text("kept\n")
+    build_repository(tiny, repo, "gpu-tf", progress=False, log=lambda m: None)
+    assert (repo / "trivial" / "config.pbtxt").is_file() and (repo / "README.md").read_text() == "kept\n"

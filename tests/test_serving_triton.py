@@ -1,0 +1,99 @@
+"""The built repository served by a real tritonserver (the session stack of tests/conftest.py).
+
+The ``autolabel`` ensemble (one backbone pass, three heads) must give the standalone task
+models' probabilities, per image, also when dynamic batching merges concurrent requests of
+different sizes into one execution.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.settings import TASKS
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parent.parent
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def triton(stack: dict[str, object]):  # noqa: ANN201
+    if stack["model"] != "autolabel":
+        pytest.skip("the session stack serves no autolabel repository (training.export not importable)")
+    import tritonclient.grpc as grpcclient
+
+    url = stack["env"]["AUTOLABEL_TRITON_URL"]  # type: ignore[index]
+    client = grpcclient.InferenceServerClient(url)
+    return client, grpcclient, url
+
+
+@pytest.fixture(scope="module")
+def test_images() -> np.ndarray:
+    from services.images import prepare
+
+    photos = [prepare(p.read_bytes(), (32, 32), "pad") for p in sorted((ROOT / "samples").glob("*.jpg"))[:12]]
+    rng = np.random.default_rng(11)
+    return np.stack(photos + [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(8)])
+
+
+def _infer(client, g, model: str, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:  # noqa: ANN001
+    i = g.InferInput("image", list(x.shape), "UINT8")
+    i.set_data_from_numpy(x)
+    r = client.infer(model, [i], outputs=[g.InferRequestedOutput(o) for o in outputs])
+    return {o: r.as_numpy(o) for o in outputs}
+
+
+def test_the_repository_serves_the_contract(triton) -> None:  # noqa: ANN001
+    client, _, _ = triton
+    ready = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
+    assert {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)} <= ready
+    meta = client.get_model_metadata("autolabel")
+    assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("image", "UINT8", [-1, 32, 32, 3])]
+    assert [(o.name, o.datatype) for o in meta.outputs] == [(t, "FP32") for t in TASKS]
+    params = {k: v.string_value for k, v in client.get_model_config("autolabel").config.parameters.items()}
+    assert params["labels_style"] == "casual,formal,sports" and params["weights_source"] == "random"
+    for t in TASKS:
+        p = {k: v.string_value for k, v in client.get_model_config(t).config.parameters.items()}
+        assert p["labels"] == params[f"labels_{t}"] and p["model_version"] == params["model_version"]
+
+
+def test_shared_backbone_equals_standalone_through_triton(triton, test_images: np.ndarray) -> None:  # noqa: ANN001
+    client, g, _ = triton
+    shared = _infer(client, g, "autolabel", test_images, list(TASKS))
+    for t in TASKS:
+        alone = _infer(client, g, t, test_images, ["probs"])["probs"]
+        assert shared[t].shape == alone.shape == (len(test_images), alone.shape[1])
+        assert np.abs(shared[t] - alone).max() <= TOL, t
+        assert np.ptp(alone, axis=0).max() > 1e-3, "the test set should not get identical probabilities"
+
+
+def test_dynamic_batching_keeps_each_request_its_own_answer(triton, stack, test_images: np.ndarray) -> None:  # noqa: ANN001
+    """Concurrent requests of 1, 2 and 3 images are merged by the batcher, split back correctly."""
+    import tensorflow as tf
+
+    _, g, url = triton
+    repo = Path(stack["repo"])  # type: ignore[arg-type]
+    loaded = tf.saved_model.load(str(repo / "style" / "1" / "model.savedmodel"))
+    want = loaded.signatures["serving_default"](image=tf.constant(test_images))["probs"].numpy()
+    chunks, start = [], 0
+    for size in [1, 2, 3] * 4:
+        if start >= len(test_images):
+            break
+        chunks.append((start, test_images[start:start + size]))
+        start += size
+
+    def call(item: tuple[int, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+        client = g.InferenceServerClient(url)
+        return item[0], _infer(client, g, "autolabel", item[1], list(TASKS))
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, chunks))
+    for begin, out in results:
+        n = len(out["style"])
+        assert np.abs(out["style"] - want[begin:begin + n]).max() <= TOL, f"request at image {begin} got another image's labels"
+    stats = triton[0].get_inference_statistics("backbone").model_stats[0]
+    assert stats.execution_count <= stats.inference_count

