@@ -52,5 +52,15 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(max(lvl, logging.WARNING))  # libraries: warnings and up
 
 
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "aiokafka", "kafka", "faust", "mode", "grpc")
+
+
+def quiet_libraries(level: str = "info") -> None:
+    """Libraries log from warnings up (below that their records cost CPU on every request)."""
+    lvl = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(lvl)
+
+
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger("autolabel").bind(**bound)

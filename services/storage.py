@@ -102,27 +102,30 @@ class Storage:
     def put_label(self, event: ProductLabeled) -> bool:
         """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
 
-        Returns True when written, False when the same version was already there.
+        One conditional PUT (``If-None-Match: *``) in the common case; only when the key
+        exists is it read to compare model versions. Returns True when written.
         """
         key = label_key(self.settings.s3_labels_prefix, event.product_id)
         version = event.model.version
+        body = event.model_dump_json(indent=2).encode()
+        put = {"Bucket": self.bucket, "Key": key, "Body": body, "ContentType": "application/json", "Metadata": {MODEL_VERSION_META: version}}
+        try:
+            self._call(self.client.put_object, IfNoneMatch="*", **put)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                raise
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
-            if head.get("Metadata", {}).get(MODEL_VERSION_META) == version:
-                return False
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
                 raise TransientError(f"S3 head failed: {exc}") from exc
+            head = {}
         except (BotoCoreError, OSError) as exc:
             raise TransientError(f"S3 unreachable: {exc}") from exc
-        self._call(
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=key,
-            Body=event.model_dump_json(indent=2).encode(),
-            ContentType="application/json",
-            Metadata={MODEL_VERSION_META: version},
-        )
+        if head.get("Metadata", {}).get(MODEL_VERSION_META) == version:
+            return False
+        self._call(self.client.put_object, **put)  # a new model version replaces the record
         return True
 
     def get_label(self, product_id: str) -> ProductLabeled | None:

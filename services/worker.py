@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start() -> None:
+        obs.quiet_libraries(settings.log_level)  # after Faust configured logging
         storage = Storage(settings)
         labeler = TritonLabeler(settings)
         runtime["pipeline"] = Pipeline(settings, storage, labeler)
