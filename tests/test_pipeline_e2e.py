@@ -73,6 +73,10 @@ def test_published_images_give_exactly_one_label_each(stack_settings, worker_fac
     review = _labels(settings, topic=settings.topic_review)
     assert sorted(r.product_id for r in review) == sorted(e.product_id for e in events if e.needs_review)
     assert worker.alive()
+    # JSON logs with the product and event ids bound
+    logged = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{") and '"labeled"' in line]
+    assert {entry["product_id"] for entry in logged} == expected
+    assert {entry["event_id"] for entry in logged} == {e.event_id for e in summary.published}
 
 
 def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, worker_factory):
@@ -124,7 +128,10 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
     producer.flush()
     producer.close()
 
-    worker = worker_factory()
+    from deploy.local.processes import free_ports
+
+    metrics_port = free_ports(1)[0]
+    worker = worker_factory(AUTOLABEL_METRICS_PORT=str(metrics_port))
     _wait_for_products(settings, expected_labels, timeout=240)
 
     def all_dead():
@@ -141,6 +148,14 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
     labeled = {e.product_id for e in _labels(settings)}
     assert labeled == expected_labels, "no bad event is labeled, every good one is"
     assert worker.alive(), worker.output()[-2000:]
+    import urllib.request
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    for code in set(expected_dlq.values()):
+        n = sum(1 for c in expected_dlq.values() if c == code)
+        assert f'autolabel_dead_letters_total{{code="{code.value}"}} {float(n)}' in metrics
+    assert f"autolabel_events_out_total {float(len(expected_labels))}" in metrics
+    assert "autolabel_e2e_latency_seconds_bucket" in metrics and "autolabel_triton_latency_seconds_count" in metrics
 
 
 def test_sigkill_mid_stream_loses_no_label(stack_settings, worker_factory):
