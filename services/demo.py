@@ -39,9 +39,10 @@ def _catalog(samples: Path) -> dict[str, dict[str, str]]:
 @click.command("demo")
 @click.option("--samples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=ROOT / "samples", show_default=True)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for every label.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True, help="Trained heads to serve.")
 @click.option("--skip-build", is_flag=True, help="Serve the repository as it is (no `models build`).")
 @click.option("--keep-running", is_flag=True, help="Leave the stack up afterwards.")
-def demo_command(samples: Path, timeout: float, skip_build: bool, keep_running: bool) -> None:
+def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bool, keep_running: bool) -> None:
     """Label the sample photos end to end and print what came back."""
     from deploy.local.processes import StackError
     from deploy.local.stack import Stack, StackAlreadyRunning
@@ -49,11 +50,12 @@ def demo_command(samples: Path, timeout: float, skip_build: bool, keep_running: 
     settings = load_settings()
     click.secho("1/5 building the served models", bold=True)
     if not skip_build:
-        build = subprocess.run([_autolabel(), "models", "build", "--out", str(settings.model_repository)], check=False)
+        build = subprocess.run([_autolabel(), "models", "build", "--models-dir", str(models_dir), "--out", str(settings.model_repository)], check=False)
         if build.returncode != 0:
             raise click.ClickException("`autolabel models build` failed (see above)")
     click.secho("2/5 starting the embedded stack", bold=True)
-    stack = Stack(settings)
+    # the worker calls one model (an ensemble loads its composing models): load only that
+    stack = Stack(settings.model_copy(update={"stack_triton_models": settings.triton_model, "stack_timeout_s": max(settings.stack_timeout_s, 600)}))
     started_stack = False
     try:
         stack.up(log=click.echo)
@@ -129,13 +131,10 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
     click.echo(head)
     click.echo("-" * len(head) + "-" * 30)
     for event in sorted(got.values(), key=lambda e: e.product_id):
-        lab = event.labels
+        cells = {t: f"{lab.label} {lab.confidence:.2f}" for t, lab in event.labels.items()}
         row = catalog.get(event.product_id, {})
         says = " / ".join(x for x in (row.get("usage"), row.get("gender"), row.get("season")) if x)
-        click.echo(
-            f"{event.product_id:<9} {lab['style'].label + f' {lab['style'].confidence:.2f}':<16} "
-            f"{lab['gender'].label + f' {lab['gender'].confidence:.2f}':<13} "
-            f"{lab['season'].label + f' {lab['season'].confidence:.2f}':<18} {'yes' if event.needs_review else 'no':<6}  {says}"
-        )
+        review = "yes" if event.needs_review else "no"
+        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
     click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review")

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # --- Embedded stack ----------------------------------------------------------
     state_dir: Path = Field(Path(".autolabel"), description="Data, logs, PIDs of the embedded stack.")
     stack_timeout_s: float = Field(90.0, gt=0, description="How long `stack up` waits for health.")
+    stack_triton_models: str = Field(
+        "", description="Models the embedded Triton loads at start (comma-separated); empty = all."
+    )
     stack_broker_port: int = Field(0, ge=0, le=65535, description="Embedded broker port; 0 = a free one.")
     stack_s3_port: int = Field(0, ge=0, le=65535, description="Embedded S3 port; 0 = a free one.")
     stack_triton_http_port: int = Field(0, ge=0, le=65535, description="Embedded Triton HTTP port; 0 = free.")

@@ -324,7 +324,8 @@ class Stack:
             f"--http-port={ports['triton_http']}", f"--grpc-port={ports['triton_grpc']}",
             f"--metrics-port={ports['triton_metrics']}",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
-            "--model-control-mode=explicit", "--load-model=*",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m.strip()}" for m in (self.settings.stack_triton_models or "*").split(",") if m.strip()],
             "--exit-on-error=false", "--strict-readiness=true", "--log-verbose=0",
         ]
         proc, log_path = self._spawn("triton", argv, env=triton_environment(), cwd=self.state_dir)
