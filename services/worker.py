@@ -19,7 +19,7 @@ from services.events import DeadLetter, ProductLabeled
 from services.inference import TritonLabeler
 from services.pipeline import Pipeline, RawMessage
 from services.settings import Settings, load_settings
-from services.storage import Storage
+from services.storage import Storage, TransientError
 
 
 def _broker_credentials(settings: Settings):  # noqa: ANN202
@@ -39,6 +39,52 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
             ssl_context=ssl_context,
         )
     return faust.SSLCredentials(ssl_context)
+
+
+class Output:
+    """Where outcomes go: label record to S3, then label (and review) events; dead letters to the DLQ.
+
+    Every step retries transient failures (broker or S3 down) forever with backoff; the
+    caller acknowledges the event only after :meth:`emit` returned.
+    """
+
+    def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, storage: Storage) -> None:
+        self.app, self.settings, self.pipeline, self.storage = app, settings, pipeline, storage
+
+    async def _send(self, topic: str, key: str | None, value: bytes) -> None:
+        try:
+            await asyncio.wait_for(
+                self.app.producer.send_and_wait(topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None),
+                timeout=30,
+            )
+        except (TimeoutError, OSError) as exc:
+            raise TransientError(f"publish to {topic}: {exc!r}") from exc
+        except Exception as exc:
+            if exc.__class__.__module__.startswith(("aiokafka", "kafka")):  # broker trouble
+                raise TransientError(f"publish to {topic}: {exc!r}") from exc
+            raise
+
+    async def _store(self, event: ProductLabeled) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.pipeline.io_pool, self.storage.put_label, event)
+
+    async def emit(self, outcome: ProductLabeled | DeadLetter) -> None:
+        retry = self.pipeline.retry_transient
+        s = self.settings
+        if isinstance(outcome, DeadLetter):
+            await retry("publish_dlq", lambda: self._send(s.topic_dlq, outcome.original_key, outcome.to_bytes()))
+            return
+        body = outcome.to_bytes()
+        await retry("store", lambda: self._store(outcome))
+        await retry("publish", lambda: self._send(s.topic_labels, outcome.product_id, body))
+        if outcome.needs_review:
+            await retry("publish_review", lambda: self._send(s.topic_review, outcome.product_id, body))
+            obs.REVIEW_OUT.inc()
+        obs.EVENTS_OUT.inc()
+        obs.E2E_LATENCY.observe(outcome.latency_ms / 1000)
+        obs.get_logger(product_id=outcome.product_id, event_id=outcome.source_event_id).info(
+            "labeled", needs_review=outcome.needs_review, latency_ms=round(outcome.latency_ms, 1),
+            **{t: lab.label for t, lab in outcome.labels.items()},
+        )
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -70,57 +116,18 @@ def create_app(settings: Settings) -> faust.App:
     async def start() -> None:
         obs.quiet_libraries(settings.log_level)  # after Faust configured logging
         storage = Storage(settings)
-        labeler = TritonLabeler(settings)
-        runtime["pipeline"] = Pipeline(settings, storage, labeler)
-        runtime["storage"] = storage
+        pipeline = Pipeline(settings, storage, TritonLabeler(settings))
+        runtime["pipeline"] = pipeline
+        runtime["output"] = Output(app, settings, pipeline, storage)
         obs.start_metrics_server(settings.metrics_port)
         obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
-
-    async def publish(outcome: ProductLabeled | DeadLetter, pipeline: Pipeline, storage: Storage) -> None:
-        loop = asyncio.get_running_loop()
-
-        async def send(topic: str, key: str | None, value: bytes) -> None:
-            await asyncio.wait_for(
-                app.producer.send_and_wait(topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None),
-                timeout=30,
-            )
-
-        async def with_retry(stage: str, coro_fn) -> None:  # noqa: ANN001
-            from services.storage import TransientError
-
-            async def wrapped():  # noqa: ANN202
-                try:
-                    return await coro_fn()
-                except (TimeoutError, asyncio.TimeoutError, OSError) as exc:
-                    raise TransientError(f"{stage}: {exc!r}") from exc
-                except Exception as exc:  # noqa: BLE001 - producer errors are broker trouble
-                    if exc.__class__.__module__.startswith(("aiokafka", "kafka")):
-                        raise TransientError(f"{stage}: {exc!r}") from exc
-                    raise
-
-            await pipeline.retry_transient(stage, wrapped)
-
-        if isinstance(outcome, DeadLetter):
-            await with_retry("publish_dlq", lambda: send(settings.topic_dlq, outcome.original_key, outcome.to_bytes()))
-            return
-        log = obs.get_logger(product_id=outcome.product_id, event_id=outcome.source_event_id)
-        await with_retry("store", lambda: loop.run_in_executor(pipeline.io_pool, storage.put_label, outcome))
-        body = outcome.to_bytes()
-        await with_retry("publish", lambda: send(settings.topic_labels, outcome.product_id, body))
-        if outcome.needs_review:
-            await with_retry("publish_review", lambda: send(settings.topic_review, outcome.product_id, body))
-            obs.REVIEW_OUT.inc()
-        obs.EVENTS_OUT.inc()
-        obs.E2E_LATENCY.observe(outcome.latency_ms / 1000)
-        log.info("labeled", needs_review=outcome.needs_review, latency_ms=round(outcome.latency_ms, 1),
-                 **{t: lab.label for t, lab in outcome.labels.items()})
 
     @app.agent(images, concurrency=1)
     async def label(stream):  # noqa: ANN001, ANN202
         while "pipeline" not in runtime:
             await asyncio.sleep(0.05)
         pipeline: Pipeline = runtime["pipeline"]  # type: ignore[assignment]
-        storage: Storage = runtime["storage"]  # type: ignore[assignment]
+        output: Output = runtime["output"]  # type: ignore[assignment]
         within = settings.batch_max_ms / 1000 if settings.batch_max_ms else 0.001
         async for events in stream.noack_take(settings.batch_max_size, within=within):
             obs.EVENTS_IN.inc(len(events))
@@ -131,7 +138,7 @@ def create_app(settings: Settings) -> faust.App:
             ]
             try:
                 outcomes = await pipeline.process(messages)
-                await asyncio.gather(*(publish(o, pipeline, storage) for o in outcomes))
+                await asyncio.gather(*(output.emit(o) for o in outcomes))
             finally:
                 obs.IN_FLIGHT.dec(len(events))
             # only now: the offsets may be committed
