@@ -171,6 +171,16 @@ def git_version() -> str:
     return f"{datetime.now(timezone.utc):%Y.%m.%d}-{sha}"
 
 
+def save_head(model: Any, path: Path) -> Path:
+    """Save a head without its optimizer state (a third of the size; serving needs none)."""
+    import keras
+
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+    return path
+
+
 def write_models(results: Sequence[TaskResult], cfg: TrainConfig, out_dir: Path, data_source: str) -> Path:
     """Save heads and the manifest (docs/model-repository.md); tasks not retrained are kept."""
     heads_dir = out_dir / "heads"
@@ -180,7 +190,7 @@ def write_models(results: Sequence[TaskResult], cfg: TrainConfig, out_dir: Path,
     same_backbone = old.get("backbone") == cfg.backbone.to_dict() and old.get("resize") == cfg.resize
     tasks: dict[str, Any] = dict(old.get("tasks", {})) if same_backbone else {}
     for r in results:
-        r.model.save(heads_dir / f"{r.task}.keras")
+        save_head(r.model, heads_dir / f"{r.task}.keras")
         tasks[r.task] = {
             "classes": list(r.classes),
             "head": f"heads/{r.task}.keras",
