@@ -186,9 +186,16 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
     cfg = parse_config(repo / "autolabel" / "config.pbtxt")
     assert cfg.backend == "python" and [o.name for o in cfg.output] == list(TASKS)
     out = _savedmodel(repo / "autolabel" / "1" / "model.savedmodel")(image=test_images)
+    import onnxruntime as ort
+
+    onnx_repo = build_repository(tiny, tmp_path / "fused-onnx", "gpu-onnx", serving="fused", progress=False, log=lambda m: None)
+    assert check_repository(onnx_repo) == []
+    sess = ort.InferenceSession(str(onnx_repo / "autolabel" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    out_onnx = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": test_images}), strict=True))
     for task in TASKS:
         alone = _savedmodel(repos["cpu"] / task / "1" / "model.savedmodel")(image=test_images)["probs"]
         assert np.abs(out[task] - alone).max() <= TOL
+        assert np.abs(out_onnx[task] - alone).max() <= TOL, f"fused ONNX output {task} is not the {task} model's"
 
 
 def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_path: Path) -> None:

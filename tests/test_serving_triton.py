@@ -90,10 +90,21 @@ def test_dynamic_batching_keeps_each_request_its_own_answer(triton, stack, test_
         client = g.InferenceServerClient(url)
         return item[0], _infer(client, g, "autolabel", item[1], list(TASKS))
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, chunks))
-    for begin, out in results:
-        n = len(out["style"])
-        assert np.abs(out["style"] - want[begin:begin + n]).max() <= TOL, f"request at image {begin} got another image's labels"
-    stats = triton[0].get_inference_statistics("backbone").model_stats[0]
-    assert stats.execution_count <= stats.inference_count
+    def backbone_stats() -> tuple[int, int]:
+        st = triton[0].get_inference_statistics("backbone").model_stats[0]
+        return st.execution_count, st.inference_stats.success.count
+
+    merged = False
+    for _ in range(5):  # until the batcher has merged requests at least once
+        executions0, requests0 = backbone_stats()
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            results = list(pool.map(call, chunks))
+        for begin, out in results:
+            n = len(out["style"])
+            assert np.abs(out["style"] - want[begin:begin + n]).max() <= TOL, f"request at image {begin} got another image's labels"
+        executions, requests = backbone_stats()
+        assert requests - requests0 == len(chunks)
+        if executions - executions0 < len(chunks):
+            merged = True
+            break
+    assert merged, "dynamic batching never merged concurrent requests"

@@ -211,6 +211,26 @@ def start_triton(repo: Path, state_dir: Path, log: Callable[[str], None]):  # no
     return stack, f"127.0.0.1:{state.components['triton'].ports['grpc']}"
 
 
+def start_external_triton(binary: Path, repo: Path, log_path: Path, log: Callable[[str], None], timeout: float = 600):  # noqa: ANN201
+    """Run another tritonserver (e.g. an official container's, with the TF/ONNX backends)."""
+    import subprocess
+
+    from deploy.local.processes import free_ports, http_ok, wait_until
+
+    http, grpc, metrics = free_ports(3)
+    argv = [str(binary), f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+            "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true", "--exit-on-error=false"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+    t0 = time.monotonic()
+    if not wait_until(lambda: http_ok(f"http://127.0.0.1:{http}/v2/health/ready"), timeout, alive=lambda: proc.poll() is None):
+        proc.terminate()
+        raise click.ClickException(f"{binary} did not become ready; see {log_path}")
+    log(f"{binary} ready in {time.monotonic() - t0:.0f}s")
+    return proc, f"127.0.0.1:{grpc}"
+
+
 def _max_diff(x: Outputs, y: Outputs) -> float:
     return float(max(np.abs(x[t] - y[t]).max() for t in x))
 
@@ -284,21 +304,29 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 @click.option("--warmup", type=click.IntRange(0), default=4, show_default=True, help="Warm-up images per path.")
 @click.option("--paths", default="a,b,c", show_default=True, help="Which paths: a=standalone, b=shared, c=inprocess.")
 @click.option("--serving", type=click.Choice(["ensemble", "fused"]), default="ensemble", show_default=True, help="How `autolabel` is built.")
+@click.option("--target", type=click.Choice(["cpu", "gpu-tf", "gpu-onnx"]), default="cpu", show_default=True,
+              help="Repository target to build; gpu-* need --tritonserver (a Triton with that backend).")
+@click.option("--tritonserver", "tritonserver_bin", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Run this tritonserver binary (e.g. /opt/tritonserver/bin/tritonserver) instead of the embedded stack.")
 @click.option("--build-option", "build_options", multiple=True, help="Extra `models build` tuning, e.g. --build-option instances=2.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n_images: int, images_dir: Path, input_size: int | None,
-            concurrency: int, request_batch: int, rounds: int, warmup: int, paths: str, serving: str, build_options: Sequence[str],
-            json_file: Path | None, quiet: bool) -> None:
+            concurrency: int, request_batch: int, rounds: int, warmup: int, paths: str, serving: str, target: str,
+            tritonserver_bin: Path | None, build_options: Sequence[str], json_file: Path | None, quiet: bool) -> None:
     """Standalone vs shared-backbone through Triton vs in-process TensorFlow (images/s, p50/p99)."""
     chosen = [p.strip() for p in paths.split(",") if p.strip()]
     if not chosen or any(p not in PATHS for p in chosen):
         raise click.BadParameter(f"choose from a, b, c (got {paths!r})", param_hint="--paths")
     if triton_url and repository is None:
         raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
+    if target != "cpu" and not (tritonserver_bin or triton_url):
+        raise click.BadParameter("the embedded tritonserver has the Python backend only: give --tritonserver for gpu-* targets",
+                                 param_hint="--target")
     log = click.echo
     work = Path(tempfile.mkdtemp(prefix="autolabel-bench-"))
-    stack = None
+    stack = proc = None
+    inprocess_repo = repository
     try:
         heads = "prebuilt"
         if repository is None:
@@ -307,8 +335,11 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
 
             src, heads = prepare_models(models_dir, work, input_size, log)
             overrides = _parse_build_options(build_options)
-            repository = build_repository(src, work / "repo", "cpu", tuning=with_overrides(default_tuning("cpu"), **overrides),
-                                          serving=serving, progress=not quiet, log=log)
+            tuning = with_overrides(default_tuning(target), **overrides)
+            repository = build_repository(src, work / "repo", target, tuning=tuning, serving=serving, progress=not quiet, log=log)
+            inprocess_repo = repository
+            if target == "gpu-onnx" and "c" in chosen:  # in-process runs the SavedModels
+                inprocess_repo = build_repository(src, work / "repo-tf", "gpu-tf", tuning=tuning, progress=not quiet, log=lambda m: None)
             if "a" not in chosen:  # load only what the chosen paths call
                 for t in TASKS:
                     shutil.rmtree(repository / t, ignore_errors=True)
@@ -319,17 +350,26 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
         log(f"images: {origin}, {size[0]}x{size[1]} uint8; concurrency {concurrency}, {request_batch} image(s)/request, {rounds} round(s)")
         triton = inproc = None
         if {"a", "b"} & set(chosen):
-            if triton_url is None:
+            if triton_url is None and tritonserver_bin is not None:
+                proc, triton_url = start_external_triton(tritonserver_bin, repository, work / "tritonserver.log", log)
+            elif triton_url is None:
                 stack, triton_url = start_triton(repository, work / "state", log)
             triton = TritonPaths(triton_url, TASKS)
         if "c" in chosen:
-            inproc = InProcess(repository, TASKS)
+            inproc = InProcess(inprocess_repo, TASKS)  # type: ignore[arg-type]
         load_before = os.getloadavg()
         totals, diffs = bench(chosen, images, concurrency, request_batch, rounds, warmup, triton, inproc, progress=not quiet)
         load_after = os.getloadavg()
     finally:
         if stack is not None:
             stack.down(log=lambda m: None)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+                proc.kill()
+                proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     summary = {p: totals[p].summary() for p in chosen}
     ratios = {}
@@ -344,7 +384,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
     if json_file:
         result = {
             "command": " ".join(["autolabel", *sys.argv[1:]]),
-            "heads": heads, "weights": info.get("weights"), "model_version": info.get("model_version"),
+            "heads": heads, "target": info.get("target"), "weights": info.get("weights"), "model_version": info.get("model_version"),
             "serving": info.get("serving"), "tuning": info.get("tuning"), "input_size": list(size), "images": origin,
             "concurrency": concurrency, "request_batch": request_batch, "rounds": rounds,
             "results": {PATHS[p]: s for p, s in summary.items()}, "ratios": ratios, "max_abs_diff": diffs,

@@ -1,8 +1,7 @@
 """SavedModel graphs -> ONNX with tf2onnx, for the ``gpu-onnx`` target (ONNX Runtime backend).
 
-tf2onnx names the ONNX graph's inputs and outputs after the serving function's argument and
-output keys, so the names are the Triton contract's (``image``, ``features``, ``probs`` ...);
-:func:`export_onnx` checks that, and ``onnx_io`` reads them back for config validation.
+The ONNX graph's input and outputs are renamed to the Triton contract's names (``image``,
+``features``, ``probs`` ...) and checked; ``onnx_io`` reads them back for config validation.
 """
 
 from __future__ import annotations
@@ -17,21 +16,48 @@ ONNX_DTYPES = {1: "float32", 2: "uint8"}  # onnx.TensorProto elem types we serve
 
 
 def export_onnx(servable: Servable, path: Path, opset: int = OPSET) -> Path:
-    """Convert ``servable`` (the same graph as its SavedModel) to ``path``."""
+    """Convert ``servable`` (the same graph as its SavedModel) to ``path``.
+
+    The function is frozen first (variables *and* captured constants, such as VGG16's
+    mean pixel, become graph constants: ``tf2onnx.convert.from_function`` would leave the
+    captured constant as an extra graph input), then converted and its tensors renamed.
+    """
     try:
         import tensorflow as tf
         import tf2onnx
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError as exc:
         raise ModelsError(f"the gpu-onnx target needs tf2onnx and onnx ({exc.name} missing): pip install -e '.[ml]'") from None
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    fn = tf.function(servable.named_fn(), input_signature=servable.tf_signature())
-    tf2onnx.convert.from_function(fn, input_signature=servable.tf_signature(), opset=opset, output_path=str(path))
+    tf.get_logger().setLevel(logging.ERROR)
+    concrete = tf.function(servable.named_fn(), input_signature=servable.tf_signature()).get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    key_of = {t.name: k for k, t in concrete.structured_outputs.items()}
+    renames = {frozen.inputs[0].name: servable.input_name}
+    renames.update({f.name: key_of[c.name] for f, c in zip(frozen.outputs, concrete.outputs, strict=True)})
+    model, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+                                              output_names=[t.name for t in frozen.outputs], opset=opset)
+    _rename(model, renames)
+    import onnx
+
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     got_in, got_out = onnx_io(path)
     want_in = {servable.input_name: (servable.input_dtype, servable.input_shape)}
     want_out = {n: ("float32", s) for n, s in servable.outputs.items()}
     if got_in != want_in or got_out != want_out:
         raise ModelsError(f"{path}: tf2onnx produced inputs {got_in}, outputs {got_out}; expected {want_in}, {want_out}")
     return path
+
+
+def _rename(model, renames: dict[str, str]) -> None:  # noqa: ANN001 - onnx.ModelProto
+    """Rename graph tensors everywhere they appear (inputs, outputs, node edges)."""
+    g = model.graph
+    for v in (*g.input, *g.output, *g.value_info):
+        v.name = renames.get(v.name, v.name)
+    for node in g.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
 
 
 def onnx_io(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, tuple[str, tuple[int, ...]]]]:

@@ -42,9 +42,12 @@ class Tuning:
 
 
 # Chosen on this 2-core machine with VGG16 (docs/benchmarks.md, "Serving"): one instance
-# per model with both cores to its TensorFlow pool; a short queue delay lets concurrent
-# requests share a batch.
-CPU_TUNING = Tuning(max_batch_size=16, preferred_batch_sizes=(), max_queue_delay_us=2000,
+# per model with both cores to its TensorFlow pool (two single-thread instances: no more
+# images/s, a worse p99, twice the memory); a 2 ms queue delay (no measurable cost against
+# ~0.5 s of VGG16 per image) lets requests that arrive together share a batch. Batches
+# bigger than the concurrency gain nothing on a CPU; 32 leaves room for the worker's
+# request batches (AUTOLABEL_BATCH_MAX_SIZE, split to max_batch_size by the worker).
+CPU_TUNING = Tuning(max_batch_size=32, preferred_batch_sizes=(), max_queue_delay_us=2000,
                     backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1)
 # GPU starting point, not yet measured on a GPU (deploy/gpu/bench_serving.sh measures it).
 GPU_TUNING = Tuning(max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=1000,
