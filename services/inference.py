@@ -19,6 +19,15 @@ from services.settings import TASKS, Settings
 from services.storage import TransientError
 
 
+# gRPC status codes that mean "Triton (or the way to it) is away or busy": retried forever
+_GRPC_TRANSIENT = frozenset({
+    "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.CANCELLED", "StatusCode.ABORTED", "StatusCode.UNKNOWN",
+})
+# Triton's own words when a Python-backend stub process died (it restarts it): transient
+_STUB_DOWN = ("Stub process", "is not healthy")
+
+
 class InferenceError(RuntimeError):
     """Triton answered but refused this input: not transient, counts as a failed attempt."""
 
@@ -144,10 +153,17 @@ class TritonLabeler:
 
     def _classify(self, exc: Exception, what: str) -> Exception:
         text = str(exc)
-        transient_markers = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connect", "connect", "refused", "timed out",
-                             "Timeout", "unavailable", "Broken pipe", "reset by peer", "not ready", "Socket closed",
-                             "RESOURCE_EXHAUSTED", "CANCELLED", "failed to connect", "Server disconnected", "UNKNOWN")
-        if isinstance(exc, (OSError, asyncio.TimeoutError)) or any(m in text for m in transient_markers):
+        status = exc.status() if callable(getattr(exc, "status", None)) else None
+        if isinstance(status, str) and status.startswith("StatusCode."):
+            # a gRPC answer: decide by its status code, never by words in the message, which
+            # the served model may write (an input "refused" by the model is not an outage)
+            transient = status in _GRPC_TRANSIENT or (status == "StatusCode.INTERNAL" and any(m in text for m in _STUB_DOWN))
+        else:
+            transient_markers = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connect", "connect", "refused", "timed out",
+                                 "Timeout", "unavailable", "Broken pipe", "reset by peer", "not ready", "Socket closed",
+                                 "RESOURCE_EXHAUSTED", "CANCELLED", "failed to connect", "Server disconnected", "UNKNOWN")
+            transient = isinstance(exc, (OSError, asyncio.TimeoutError)) or any(m in text for m in transient_markers)
+        if transient:
             return TransientError(f"Triton {what} failed: {text[:300]}")
         return InferenceError(f"Triton {what} failed: {text[:300]}")
 
