@@ -3,6 +3,13 @@
 It measures the pipeline's own overhead (`autolabel bench pipeline --model trivial`) and
 gives the stack tests a model that loads in a second. Its "probabilities" are a softmax
 of mean colour statistics: deterministic, input-dependent, meaningless as labels.
+
+Two knobs exist for fault and load tests, in this test model only (never in the worker):
+
+- ``delay_ms`` (model-config parameter): each execution sleeps that long, a slow Triton;
+- a *poison* image: a request holding an image whose every pixel is pure magenta
+  (255, 0, 255) is answered with an error, every time. The worker sees a non-transient
+  inference failure and must dead-letter that event after ``AUTOLABEL_MAX_ATTEMPTS``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ CLASSES = {"style": ["casual", "formal", "sports"], "gender": ["men", "women"], 
 MODEL_PY = textwrap.dedent(
     '''
     import json
+    import time
     import numpy as np
     import triton_python_backend_utils as pb_utils
 
@@ -29,13 +37,22 @@ MODEL_PY = textwrap.dedent(
     class TritonPythonModel:
         def initialize(self, args):
             self.config = json.loads(args["model_config"])
+            params = self.config.get("parameters") or {}
+            self.delay_s = float(params.get("delay_ms", {}).get("string_value") or 0) / 1000.0
 
         def execute(self, requests):
+            if self.delay_s:
+                time.sleep(self.delay_s)
             responses = []
             for request in requests:
                 image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
                 if image.dtype != np.uint8 or image.ndim != 4 or image.shape[-1] != 3:
                     responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("image must be uint8 NxHxWx3")))
+                    continue
+                flat = image.reshape(image.shape[0], -1, 3)
+                if any(((img[:, 0] == 255) & (img[:, 1] == 0) & (img[:, 2] == 255)).all() for img in flat):
+                    # the documented poison image of this test model: refused every time
+                    responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("poison image (all magenta) refused")))
                     continue
                 stats = image.reshape(image.shape[0], -1, 3).astype(np.float32).mean(axis=1) / 64.0
                 outs = []
@@ -48,7 +65,7 @@ MODEL_PY = textwrap.dedent(
 ).lstrip()
 
 
-def config_pbtxt(name: str, size: tuple[int, int], max_batch: int, version: str) -> str:
+def config_pbtxt(name: str, size: tuple[int, int], max_batch: int, version: str, delay_ms: float = 0) -> str:
     h, w = size
     outputs = "\n".join(
         f'  {{ name: "{t}" data_type: TYPE_FP32 dims: [ {len(c)} ] label_filename: "{t}_labels.txt" }},'
@@ -61,6 +78,8 @@ def config_pbtxt(name: str, size: tuple[int, int], max_batch: int, version: str)
         "resize": "pad",
         **{f"labels_{t}": ",".join(c) for t, c in CLASSES.items()},
     }
+    if delay_ms:
+        params["delay_ms"] = f"{delay_ms:g}"
     param_text = "\n".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
@@ -71,11 +90,15 @@ def config_pbtxt(name: str, size: tuple[int, int], max_batch: int, version: str)
     )
 
 
-def write_trivial_repository(repo: Path, name: str = "autolabel", size: tuple[int, int] = (32, 32), max_batch: int = 64, version: str = "trivial-1") -> Path:
+def write_trivial_repository(
+    repo: Path, name: str = "autolabel", size: tuple[int, int] = (32, 32), max_batch: int = 64,
+    version: str = "trivial-1", delay_ms: float = 0,
+) -> Path:
+    """The trivial model in ``repo/name``; ``delay_ms`` makes every execution that slow."""
     model_dir = repo / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "1" / "model.py").write_text(MODEL_PY)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, size, max_batch, version))
+    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, size, max_batch, version, delay_ms))
     for task, classes in CLASSES.items():
         (model_dir / f"{task}_labels.txt").write_text("\n".join(classes) + "\n")
     return repo
