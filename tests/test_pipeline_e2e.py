@@ -186,3 +186,28 @@ def test_sigkill_mid_stream_loses_no_label(stack_settings, worker_factory):
     versions = {s.model.version for s in stored.values()}
     assert len(versions) == 1
     assert second.alive()
+
+
+def test_publish_cli_names_products_and_refuses_bad_ids(stack_settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    settings, env = stack_settings
+    photo = sorted(SAMPLES.glob("*.jpg"))[0]
+    bad = tmp_path / "bad id!.jpg"
+    bad.write_bytes(photo.read_bytes())
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "services.cli", "publish", "--quiet", *args],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+    ok = cli(str(photo), "--product-id", "sku-42")
+    assert ok.returncode == 0 and "published 1 event" in ok.stdout
+    refused = cli(str(bad))
+    assert refused.returncode == 1 and "skipped" in refused.stderr and "Traceback" not in refused.stderr
+    too_many = cli(str(SAMPLES), "--product-id", "x")
+    assert too_many.returncode == 2 and "exactly one file" in too_many.stderr
+    records = list(read_topic(settings, settings.topic_images, idle_s=1.0))
+    assert [ProductImageUploaded.model_validate_json(r.value).product_id for r in records] == ["sku-42"]
+    assert records[0].key == b"sku-42"
