@@ -124,11 +124,36 @@ class TritonLabeler:
         if self._client is None:
             if self.settings.triton_protocol.value == "grpc":
                 import tritonclient.grpc.aio as tc
+
+                self._client = tc.InferenceServerClient(url=self.settings.triton_url, channel_args=self._channel_args(tc))
             else:
                 import tritonclient.http.aio as tc
-            self._client = tc.InferenceServerClient(url=self.settings.triton_url)
+
+                self._client = tc.InferenceServerClient(url=self.settings.triton_url)
             self._tc = tc
         return self._client
+
+    def _channel_args(self, tc) -> list[tuple[str, int]]:  # noqa: ANN001
+        """tritonclient's defaults, plus a reconnect backoff capped at AUTOLABEL_RETRY_MAX_S.
+
+        gRPC's own backoff grows to 120 s and fails every call fast meanwhile, so after an
+        outage the worker would wait for the channel long after Triton is back.
+        """
+        from tritonclient.grpc import KeepAliveOptions
+
+        keepalive = KeepAliveOptions()
+        cap_ms = int(self.settings.retry_max_s * 1000)
+        return [
+            ("grpc.max_send_message_length", tc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", tc.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
+            ("grpc.min_reconnect_backoff_ms", min(1000, cap_ms)),
+            ("grpc.max_reconnect_backoff_ms", cap_ms),
+        ]
 
     async def discover(self) -> ServedModel:
         """Ask the repository what it serves. Unreachable Triton -> TransientError."""
