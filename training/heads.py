@@ -51,6 +51,12 @@ class HeadConfig:
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown head settings: {', '.join(sorted(unknown))}")
+        try:
+            for key, kind in (("dropout", float), ("learning_rate", float), ("epochs", int), ("batch_size", int)):
+                if key in known:
+                    known[key] = kind(known[key])  # YAML reads 1e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"bad head setting {key}={known[key]!r}: not {'an integer' if kind is int else 'a number'}") from None
         if "hidden" in known:
             h = known["hidden"]
             known["hidden"] = tuple(int(n) for n in ([h] if isinstance(h, int) else h))

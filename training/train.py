@@ -175,7 +175,7 @@ def save_head(model: Any, path: Path) -> Path:
     """Save a head without its optimizer state (a third of the size; serving needs none)."""
     import keras
 
-    clean = keras.models.clone_model(model)
+    clean = keras.Model.from_config(model.get_config())  # uncompiled: no optimizer variables
     clean.set_weights(model.get_weights())
     clean.save(path)
     return path
