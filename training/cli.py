@@ -159,7 +159,9 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
             comparison.append((task, r))
         best = max(candidates, key=lambda r: r.val["balanced_accuracy"])
         results.append(best)
-    manifest = write_models(results, cfg, out, str(data))
+    source = " ".join([str(data), *([f"categories={categories}"] if categories else []),
+                       *([f"per_class={per_class}"] if per_class else []), f"seed={seed}"])
+    manifest = write_models(results, cfg, out, source)
     prep.split.save(out / "split.json")
     histories = {r.task: r.history.to_dict() for r in results}
     hist_path = out / "history.json"
