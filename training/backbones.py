@@ -63,7 +63,8 @@ def build_backbone(spec: BackboneSpec):  # noqa: ANN201 - keras.Model
 
     h, w = spec.input_size
     inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name="image")
-    x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="to_float")(inputs)
+    # uint8 -> float32 (a plain layer, not a Lambda, so saved models that contain it reload)
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     keras_weights = "imagenet" if spec.weights == "imagenet" else None
     if spec.name == "vgg16":
         x = apps.vgg16.preprocess_input(x)
