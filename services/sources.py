@@ -22,7 +22,13 @@ from services.storage import Storage, TransientError
 
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
+    if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+        return False
+    # is_global also refuses what the flags above miss, e.g. 100.64.0.0/10 (shared address
+    # space, where some clouds keep their metadata service: 100.100.100.200)
+    return ip.is_global
 
 
 def check_url(url: str, allow_hosts: list[str]) -> tuple[str, int]:
