@@ -8,10 +8,10 @@ at the metadata service. Redirects are not followed.
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
-import urllib.error
-import urllib.request
+import ssl
 from urllib.parse import urlsplit
 
 from services.events import ErrorCode, ImageLocation
@@ -33,6 +33,12 @@ def _public(address: str) -> bool:
 
 def check_url(url: str, allow_hosts: list[str]) -> tuple[str, int]:
     """Refuse (ImageError url_not_allowed) a URL that may not be fetched; return (host, port)."""
+    host, port, _ = _resolve_checked(url, allow_hosts)
+    return host, port
+
+
+def _resolve_checked(url: str, allow_hosts: list[str]) -> tuple[str, int, str]:
+    """check_url's checks; also the (public) address the fetch must connect to."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in {"http", "https"} or not host:
@@ -46,30 +52,56 @@ def check_url(url: str, allow_hosts: list[str]) -> tuple[str, int]:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise TransientError(f"cannot resolve {host}: {exc}") from exc
-    addresses = {info[4][0] for info in infos}
-    blocked = sorted(a for a in addresses if not _public(a))
-    if blocked:
+    addresses = sorted({info[4][0] for info in infos})
+    blocked = [a for a in addresses if not _public(a)]
+    if blocked or not addresses:
         raise ImageError(ErrorCode.url_not_allowed, f"host {host!r} resolves to non-public address(es) {blocked}")
-    return host, port
+    return host, port, addresses[0]
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        return None
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that was checked, not to a second DNS answer (DNS rebinding)."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to the checked address; the certificate is verified for the URL's host name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch_url(url: str, settings: Settings) -> bytes:
-    check_url(url, settings.url_allow_hosts)
-    opener = urllib.request.build_opener(_NoRedirect)
+    """GET an allow-listed URL from the address checked above; redirects are not followed."""
+    host, port, address = _resolve_checked(url, settings.url_allow_hosts)
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn_cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    conn = conn_cls(host, port, address, timeout=10)
     try:
-        with opener.open(url, timeout=10) as resp:  # noqa: S310 - checked above
-            data = resp.read(settings.max_image_bytes + 1)
-    except urllib.error.HTTPError as exc:
-        if exc.code >= 500 or exc.code == 429:
-            raise TransientError(f"{url}: HTTP {exc.code}") from exc
-        raise ImageError(ErrorCode.image_not_found, f"{url}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        conn.request("GET", target, headers={"User-Agent": "autolabel", "Accept": "image/*"})
+        resp = conn.getresponse()
+        if resp.status >= 500 or resp.status == 429:
+            raise TransientError(f"{url}: HTTP {resp.status}")
+        if resp.status != 200:
+            note = " (redirects are not followed)" if 300 <= resp.status < 400 else ""
+            raise ImageError(ErrorCode.image_not_found, f"{url}: HTTP {resp.status}{note}")
+        data = resp.read(settings.max_image_bytes + 1)
+    except (http.client.HTTPException, OSError) as exc:
         raise TransientError(f"{url}: {exc}") from exc
+    finally:
+        conn.close()
     if len(data) > settings.max_image_bytes:
         raise ImageError(ErrorCode.image_too_large, f"image is over {settings.max_image_bytes} bytes")
     return data
