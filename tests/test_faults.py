@@ -1,0 +1,311 @@
+"""Fault injection (`make test-faults`): no accepted event is lost whatever fails.
+
+Each test runs on an embedded stack of its own (the numpy ``trivial`` model, so Triton
+restarts in seconds; the broker keeps its log in S3), streams a few hundred events while
+the fault happens, and then checks every product id sent:
+
+- zero lost: every event ends as a label event or (only the poison message) a dead letter;
+- every label object in S3 written once (the bucket has versioning on: one version per
+  key) with the model version of its label events;
+- nothing dead-lettered that was only a transient failure;
+- the worker recovered by itself: the same process, no manual step.
+
+Servers are stopped by SIGKILL of their process group (the PID in stack.json) and brought
+back on the same ports with ``Stack.restart_component``. Set ``AUTOLABEL_FAULT_REPORT`` to
+a file to get each test's figures as JSON lines (docs/reliability.md quotes them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from services.bench_soak import Feeder, LocalStack, Outcome, WorkerProc, enable_versioning, outcomes, upload_images
+
+pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(900)]
+
+EVENTS = 300
+RATE = 10.0  # events/s: the stream lasts 30 s and the fault lands inside it
+OUTAGE_S = 30.0
+LABELED_RE = re.compile(r'"product_id": "([^"]+)"[^\n]*"event": "labeled"[^\n]*"timestamp": "([^"]+)"')
+
+
+class Scenario:
+    """One test's stack, topics, workers and producer."""
+
+    def __init__(self, stack: LocalStack, tmp: Path, **env: str) -> None:
+        from services.topics import ensure_topics
+
+        self.stack = stack
+        self.tmp = tmp
+        self.env = stack.run_env(**env)
+        self.settings = stack.settings_for(self.env)
+        ensure_topics(self.settings)
+        enable_versioning(self.settings)
+        self.images = upload_images(self.settings)
+        self.feeder = Feeder(self.settings, self.images)
+        self.workers: list[WorkerProc] = []
+        self.errors: list[BaseException] = []
+        self.thread: threading.Thread | None = None
+
+    def worker(self, name: str = "w1", **env: str) -> WorkerProc:
+        w = WorkerProc({**self.env, **env}, self.tmp / f"worker-{name}.log", name).start()
+        self.workers.append(w)
+        return w
+
+    @staticmethod
+    def labeled(worker: WorkerProc) -> list[tuple[str, float]]:
+        """(product id, time) of each label the worker published, from its log."""
+        return [(pid, datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+                for pid, ts in LABELED_RE.findall(worker.output())]
+
+    def stream(self, count: int = EVENTS, rate: float = RATE, special: dict[int, object] | None = None) -> None:
+        """Send in a background thread (resending what the broker did not acknowledge)."""
+
+        def run() -> None:
+            try:
+                began = time.monotonic()
+                for i in range(count):
+                    delay = began + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    self.feeder.send(i, image=(special or {}).get(i))
+                    if i % 10 == 0:
+                        self.feeder.settle()
+                self.feeder.finish(timeout=240)
+            except BaseException as exc:  # noqa: BLE001 - reported by join()
+                self.errors.append(exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> set[str]:
+        assert self.thread is not None
+        self.thread.join(300)
+        assert not self.thread.is_alive(), "the producer never finished"
+        assert not self.errors, self.errors
+        assert len(self.feeder.acked) == EVENTS
+        return set(self.feeder.acked)
+
+    def wait_until_done(self, sent: set[str], timeout: float = 300) -> Outcome:
+        """Until every product sent has a label or a dead letter (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = outcomes(self.settings, sent, read_s3=False, idle_s=1.0)
+            if not result.lost or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        time.sleep(2)  # let the last S3 writes and commits land
+        return outcomes(self.settings, sent, versions=True, idle_s=1.0)
+
+    def wait_labeled(self, worker: WorkerProc, n: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.labeled(worker)) < n:
+            assert worker.alive(), worker.output()[-3000:]
+            assert time.monotonic() < deadline, f"fewer than {n} labels in {timeout} s:\n{worker.output()[-3000:]}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.kill()
+        self.feeder.close()
+
+
+@pytest.fixture()
+def scenario(tmp_path: Path) -> Iterator:
+    """A factory of Scenario on a stack of this test's own, torn down afterwards."""
+    stack = LocalStack(tmp_path / "stack")
+    made: list[Scenario] = []
+    try:
+        stack.start()
+
+        def make(**env: str) -> Scenario:
+            sc = Scenario(stack, tmp_path, **env)
+            made.append(sc)
+            return sc
+
+        yield make
+    finally:
+        for sc in made:
+            sc.close()
+        stack.close()
+
+
+def first_label_after(labels: list[tuple[str, float]], t: float) -> float | None:
+    after = [at for _, at in labels if at >= t]
+    return min(after) - t if after else None
+
+
+def record(name: str, result: Outcome, **figures: object) -> None:
+    """Print the figures; append them to $AUTOLABEL_FAULT_REPORT when it is set."""
+    row = {"scenario": name, "sent": result.sent, "labeled": result.labeled, "label_events": result.label_events,
+           "duplicates": result.duplicates, "dead_lettered": result.dead_lettered, "lost": len(result.lost),
+           "label_objects": result.stored, "objects_written_twice": len(result.written_twice), **figures}
+    print(json.dumps(row))
+    path = os.environ.get("AUTOLABEL_FAULT_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def assert_no_loss(result: Outcome, dead_letters: int = 0) -> None:
+    assert not result.lost, f"{len(result.lost)} events lost: {result.lost[:10]}"
+    assert result.dead_lettered == dead_letters, f"dead letters: {result.dead_letter_codes}"
+    assert result.labeled == result.sent - dead_letters
+    assert result.stored == result.labeled, "one label object per labeled product"
+    assert not result.stored_missing and not result.wrong_version
+    assert not result.written_twice, f"label objects written more than once: {result.written_twice[:10]}"
+    assert not result.rewritten, result.rewritten[:10]
+
+
+def _outage(sc: Scenario, component: str, worker: WorkerProc, outage_s: float) -> tuple[float, float]:
+    """SIGKILL ``component`` once the worker is mid-stream; bring it back after ``outage_s``."""
+    sc.wait_labeled(worker, 60)
+    t_kill = time.time()
+    sc.stack.kill(component, signal.SIGKILL)
+    time.sleep(outage_s)
+    assert worker.alive(), worker.output()[-3000:]
+    sc.stack.restart(component)
+    return t_kill, time.time()
+
+
+def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:  # noqa: ANN001
+    sc = scenario()
+    worker = sc.worker()
+    sc.stream()
+    t_kill, t_back = _outage(sc, "broker", worker, outage_s=3)
+    sent = sc.join()
+    result = sc.wait_until_done(sent)
+    recovered = first_label_after(sc.labeled(worker), t_back)
+    record("broker SIGKILL, restarted after 3 s", result, resends=sc.feeder.resends,
+           recovered_s=None if recovered is None else round(recovered, 1))
+    assert worker.alive(), "the worker recovered by itself"
+    assert_no_loss(result)
+
+
+def test_triton_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+    sc = scenario()
+    worker = sc.worker()
+    sc.stream()
+    t_kill, t_back = _outage(sc, "triton", worker, OUTAGE_S)
+    sent = sc.join()
+    result = sc.wait_until_done(sent)
+    labels = sc.labeled(worker)
+    recovered = first_label_after(labels, t_back)
+    during = sum(1 for _, at in labels if t_kill + 2 < at < t_back)
+    record("Triton SIGKILL, down 30 s", result, recovered_s=None if recovered is None else round(recovered, 1),
+           labeled_while_down=during)
+    assert worker.alive(), "the worker recovered by itself"
+    assert recovered is not None
+    assert_no_loss(result)
+
+
+def test_s3_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+    sc = scenario()
+    worker = sc.worker()
+    sc.stream()
+    t_kill, t_back = _outage(sc, "s3", worker, OUTAGE_S)
+    # the broker keeps its log in S3: it refuses produce/fetch while S3 is away, and serves again after
+    assert sc.stack.stack.running()["broker"], "the broker survived the S3 outage"
+    sent = sc.join()
+    result = sc.wait_until_done(sent)
+    recovered = first_label_after(sc.labeled(worker), t_back)
+    record("S3 SIGKILL, down 30 s", result, resends=sc.feeder.resends,
+           recovered_s=None if recovered is None else round(recovered, 1))
+    assert worker.alive(), "the worker recovered by itself"
+    assert_no_loss(result)
+
+
+def test_worker_sigkill_rebalances_to_the_other(scenario) -> None:  # noqa: ANN001
+    sc = scenario()
+    w1 = sc.worker("w1")
+    w2 = sc.worker("w2")
+    sc.stream()
+    sc.wait_labeled(w1, 20)
+    sc.wait_labeled(w2, 20)
+    owned = {sc.feeder.partition_of.get(pid) for pid, _ in sc.labeled(w1)[-20:]} - {None}
+    t_kill = time.time()
+    w1.kill()
+    sent = sc.join()
+    result = sc.wait_until_done(sent)
+    taken = [at for pid, at in sc.labeled(w2) if sc.feeder.partition_of.get(pid) in owned and at >= t_kill]
+    recovered = min(taken) - t_kill if taken else None
+    record("worker SIGKILL, 2 workers (rebalance)", result, partitions_moved=sorted(owned),
+           recovered_s=None if recovered is None else round(recovered, 1),
+           labeled_by={"w1": len(sc.labeled(w1)), "w2": len(sc.labeled(w2))})
+    assert w2.alive(), "the surviving worker carried on"
+    assert recovered is not None, "the survivor took over the killed worker's partitions"
+    assert_no_loss(result)
+
+
+def _poison_png() -> bytes:
+    """The trivial model's documented poison image: every pixel pure magenta."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 0, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> None:  # noqa: ANN001
+    from services.storage import Storage
+
+    attempts = 3
+    sc = scenario(AUTOLABEL_MAX_ATTEMPTS=str(attempts))
+    poison = Storage(sc.settings).put_image(_poison_png(), suffix=".png")
+    poison_index = 100
+    poison_id = sc.feeder.product_id(poison_index)
+    worker = sc.worker()
+    sc.stream(special={poison_index: poison})
+    sent = sc.join()
+    result = sc.wait_until_done(sent)
+
+    from services.events import DeadLetter
+    from services.topics import read_topic
+
+    dead = [DeadLetter.model_validate_json(r.value) for r in read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0)]
+    assert [d.product_id for d in dead] == [poison_id]
+    letter = dead[0]
+    assert letter.code.value == "processing_failed"
+    assert letter.attempts == attempts
+    assert "poison" in letter.message
+    assert json.loads(letter.original)["product_id"] == poison_id, "the original record, byte for byte"
+    held_s = letter.failed_at.timestamp() - sc.feeder.sent_at[poison_id]
+    partition = sc.feeder.partition_of[poison_id]
+    later_same_partition = [pid for pid in sent if sc.feeder.partition_of[pid] == partition and pid > poison_id]
+    record("poison message (fails every time)", result, attempts=letter.attempts, dead_lettered_after_s=round(held_s, 1),
+           later_events_same_partition_labeled=len(later_same_partition))
+    assert later_same_partition, "events behind the poison on its partition"
+    assert worker.alive()
+    assert_no_loss(result, dead_letters=1)
+
+
+def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> None:
+    """A model's own error text ("refused", "timeout") must not turn a poison input into an outage."""
+    from tritonclient.utils import InferenceServerException
+
+    from services.inference import InferenceError, TritonLabeler
+    from services.settings import Settings
+    from services.storage import TransientError
+
+    labeler = TritonLabeler(Settings())
+
+    def kind(msg: str, status: str | None) -> type:
+        return type(labeler._classify(InferenceServerException(msg, status=status), "infer"))
+
+    assert kind("poison image refused, connection timed out", "StatusCode.INTERNAL") is InferenceError
+    assert kind("Failed to process: Stub process 'autolabel_0_0' is not healthy.", "StatusCode.INTERNAL") is TransientError
+    assert kind("failed to connect to all addresses", "StatusCode.UNAVAILABLE") is TransientError
+    assert kind("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") is TransientError
+    assert kind("Server disconnected", None) is TransientError  # no gRPC status: message markers
+    assert type(labeler._classify(ConnectionRefusedError(), "infer")) is TransientError
