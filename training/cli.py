@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,6 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
           out: Path, run_dir: Path | None, quiet: bool) -> None:
     """Train the task heads on a dataset (features cached; study champions by default)."""
     from training.heads import STUDY_CHAMPIONS, HeadConfig
-    from training.report import write_report
     from training.split import Split
     from training.train import TrainConfig, prepare, train_task, write_models
 
@@ -146,7 +144,12 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
         if not split_file.is_file():
             raise click.ClickException(f"split file not found: {split_file}")
         split = Split.load(split_file)
-    prep = prepare(ds, cfg, split, _tasks(tasks) if tasks else None)
+    from training.features import BackboneError
+
+    try:
+        prep = prepare(ds, cfg, split, _tasks(tasks) if tasks else None)
+    except (BackboneError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(prep.extract_report.line(), err=True)
     run_dir = run_dir or Path("artifacts") / f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,12 @@ def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
     except GridError as exc:
         raise click.ClickException(str(exc)) from None
     ds = _load_dataset(g.data, ",".join(g.categories) or None, g.per_class, g.seed)
-    rows = run_sweep(ds, g, progress=not quiet)
+    from training.features import BackboneError
+
+    try:
+        rows = run_sweep(ds, g, progress=not quiet)
+    except (BackboneError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     text = tables(rows, g)
     click.echo(text)
     if out:

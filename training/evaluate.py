@@ -111,10 +111,14 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
     """The committed heads stacked on the manifest's backbone, in process."""
     import keras
 
-    from training.backbones import BackboneSpec, build_backbone
+    from training.backbones import BackboneSpec
+    from training.features import BackboneError, load_backbone
 
     spec = BackboneSpec.from_dict(manifest["backbone"])
-    backbone = build_backbone(spec)
+    try:
+        backbone = load_backbone(spec)
+    except BackboneError as exc:
+        raise ModelsError(str(exc)) from None
     run = lambda x: np.asarray(backbone.predict_on_batch(x))  # noqa: E731
     models = []
     for task in tasks:

