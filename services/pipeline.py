@@ -31,7 +31,7 @@ from services.inference import InferenceError, TritonLabeler
 from services.labeling import label_batch
 from services.settings import TASKS, Settings
 from services.sources import fetch
-from services.storage import Storage, TransientError
+from services.storage import LabelStore, TransientError
 
 T = TypeVar("T")
 
@@ -83,12 +83,12 @@ class BadEvent(ValueError):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, storage: Storage, labeler: TritonLabeler) -> None:
+    def __init__(self, settings: Settings, store: LabelStore, labeler: TritonLabeler) -> None:
         self.settings = settings
-        self.storage = storage
+        self.store = store
         self.labeler = labeler
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self.io_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3")
+        self.io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="url")
         self.cpu_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.attempts: dict[tuple[str, int, int], int] = {}
         self.thresholds = {t: settings.threshold(t) for t in TASKS}
@@ -146,7 +146,7 @@ class Pipeline:
         served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
 
         async def load() -> np.ndarray:
-            data = await loop.run_in_executor(self.io_pool, fetch, event.image, self.storage, self.settings)
+            data = await fetch(event.image, self.store, self.settings, self.io_pool)
             return await loop.run_in_executor(self.cpu_pool, prepare, data, served.input_size, served.resize, self.limits)
 
         result = await self._attempt(msg, event, "load", load)

@@ -8,16 +8,18 @@ at the metadata service. Redirects are not followed.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import ipaddress
 import socket
 import ssl
+from concurrent.futures import Executor
 from urllib.parse import urlsplit
 
 from services.events import ErrorCode, ImageLocation
 from services.images import ImageError
 from services.settings import Settings
-from services.storage import Storage, TransientError
+from services.storage import LabelStore, TransientError
 
 
 def _public(address: str) -> bool:
@@ -107,9 +109,9 @@ def fetch_url(url: str, settings: Settings) -> bytes:
     return data
 
 
-def fetch(location: ImageLocation, storage: Storage, settings: Settings) -> bytes:
-    """The photo's bytes from S3 or an allow-listed URL (blocking; run in a thread)."""
+async def fetch(location: ImageLocation, store: LabelStore, settings: Settings, pool: Executor) -> bytes:
+    """The photo's bytes from the configured bucket, or an allow-listed URL (in ``pool``)."""
     if location.s3 is not None:
-        return storage.get_image(location.s3, settings.max_image_bytes)
+        return await store.get_image(location.s3, settings.max_image_bytes)
     assert location.url is not None
-    return fetch_url(location.url, settings)
+    return await asyncio.get_running_loop().run_in_executor(pool, fetch_url, location.url, settings)

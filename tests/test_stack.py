@@ -53,12 +53,19 @@ def test_broker_produce_consume_with_group(stack_settings):
 
 
 def test_s3_put_get_list_with_signatures(stack_settings):
-    from services.storage import Storage, make_s3_client
+    import asyncio
+
+    from services.storage import LabelStore, Storage, make_s3_client
 
     settings, _ = stack_settings
     storage = Storage(settings)
     loc = storage.put_image(b"\xff\xd8hello", suffix=".jpg")
-    assert storage.get_image(loc, max_bytes=1000) == b"\xff\xd8hello"
+    assert asyncio.run(LabelStore(settings).get_image(loc, max_bytes=1000)) == b"\xff\xd8hello"
+    wrong_store = LabelStore(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong-secret")}))
+    from services.storage import TransientError
+
+    with pytest.raises(TransientError):  # refused credentials are the store's fault, never the event's
+        asyncio.run(wrong_store.get_image(loc, max_bytes=1000))
     assert loc.key in storage.list_keys(settings.s3_images_prefix)
     # the same bytes land on the same key
     assert storage.put_image(b"\xff\xd8hello").key == loc.key
@@ -169,3 +176,26 @@ def test_missing_model_repository_names_the_fix(tmp_path):
     env = {"AUTOLABEL_STATE_DIR": str(tmp_path / "s"), "AUTOLABEL_MODEL_REPOSITORY": str(tmp_path / "missing")}
     out = _cli(["stack", "up"], env)
     assert out.returncode == 1 and "autolabel models build" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_label_record_is_written_once_per_model_version(stack_settings):
+    import asyncio
+
+    from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
+    from services.storage import LabelStore, Storage
+
+    settings, _ = stack_settings
+    store = LabelStore(settings)
+
+    def event(version: str, latency: float) -> ProductLabeled:
+        lab = TaskLabel(label="men", confidence=0.9, probabilities={"men": 0.9, "women": 0.1}, threshold=0.5, needs_review=False)
+        return ProductLabeled(product_id="once-1", source_event_id="e", image=ImageLocation(url="https://a.example/b.jpg"),
+                              labels={"style": lab, "gender": lab, "season": lab},
+                              model=ModelInfo(name="m", version=version, backbone="b", weights_source="w"),
+                              needs_review=False, latency_ms=latency)
+
+    assert asyncio.run(store.put_label(event("v1", 1.0))) is True
+    assert asyncio.run(store.put_label(event("v1", 2.0))) is False  # a redelivery leaves it as it is
+    assert Storage(settings).get_label("once-1").latency_ms == 1.0
+    assert asyncio.run(store.put_label(event("v2", 3.0))) is True  # a new model version replaces it
+    assert Storage(settings).get_label("once-1").model.version == "v2"
