@@ -21,6 +21,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+# The session stack's S3 identity: distinctive values, so tests can grep logs and
+# dead letters for them (tests/test_security.py). Never the settings' defaults.
+STACK_S3_ACCESS_KEY_ID = "AKIDx7Qm2StackTestKey"
+STACK_S3_SECRET_ACCESS_KEY = "s3cr3t-Zq8v-DO-NOT-LOG-4f1c"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -52,12 +56,14 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
     repo = stack_dir / "model_repository"
     repo.mkdir()
     model_name = _build_repository(repo)
-    settings = Settings(state_dir=stack_dir / "state", model_repository=repo, stack_timeout_s=180)
+    settings = Settings(state_dir=stack_dir / "state", model_repository=repo, stack_timeout_s=180,
+                        s3_access_key_id=STACK_S3_ACCESS_KEY_ID, s3_secret_access_key=STACK_S3_SECRET_ACCESS_KEY)
     st = Stack(settings)
     st.up(log=lambda m: None)
     env_lines = (settings.state_dir / "stack.env").read_text().splitlines()
     env = {k: v for k, v in (line.split("=", 1) for line in env_lines if "=" in line and not line.startswith("#"))}
-    env.update({"AUTOLABEL_STATE_DIR": str(settings.state_dir), "AUTOLABEL_TRITON_MODEL": model_name})
+    env.update({"AUTOLABEL_STATE_DIR": str(settings.state_dir), "AUTOLABEL_TRITON_MODEL": model_name,
+                "AUTOLABEL_S3_ACCESS_KEY_ID": STACK_S3_ACCESS_KEY_ID, "AUTOLABEL_S3_SECRET_ACCESS_KEY": STACK_S3_SECRET_ACCESS_KEY})
     try:
         yield {"env": env, "stack": st, "settings": settings, "model": model_name, "repo": repo}
     finally:
