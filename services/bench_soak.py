@@ -67,7 +67,16 @@ class LocalStack:
             repo = write_trivial_repository(self.workdir / "repo", name=self.model, delay_ms=self.delay_ms, max_batch=self.max_batch)
         self.settings = Settings(state_dir=self.workdir / "state", model_repository=repo, stack_timeout_s=180, **self.extra)
         self.stack = Stack(self.settings)
-        self.stack.up(log=lambda m: None)
+        from deploy.local.processes import StackError
+
+        for attempt in (1, 2, 3):  # free ports are picked, then bound: another stack may win the race
+            try:
+                self.stack.up(log=lambda m: None)
+                break
+            except StackError:
+                if attempt == 3:
+                    raise
+                time.sleep(2)
         lines = (self.settings.state_dir / "stack.env").read_text().splitlines()
         self.base_env = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
         self.base_env.update({"AUTOLABEL_STATE_DIR": str(self.settings.state_dir), "AUTOLABEL_TRITON_MODEL": self.model})
