@@ -101,20 +101,11 @@ class LocalStack:
 
     def run_env(self, **extra: str) -> dict[str, str]:
         """Environment for one run: fresh topics, group and label prefix on this stack."""
+        from services.topics import isolated_env
+
         suffix = uuid.uuid4().hex[:8]
         env = dict(self.base_env)
-        env.update({
-            "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
-            "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
-            "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
-            "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
-            "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
-            "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
-            "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
-            "AUTOLABEL_METRICS_PORT": "0",
-            "AUTOLABEL_RETRY_INITIAL_S": "0.2",
-            "AUTOLABEL_RETRY_MAX_S": "2",
-        })
+        env.update(isolated_env(suffix))
         env.update(extra)
         return env
 

@@ -74,22 +74,11 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
 def stack_settings(stack: dict[str, object]):  # noqa: ANN201
     """Settings pointing at the session stack, with fresh topics and group for this test."""
     from services.settings import Settings
-    from services.topics import ensure_topics
+    from services.topics import ensure_topics, isolated_env
 
     suffix = uuid.uuid4().hex[:8]
     env = dict(stack["env"])  # type: ignore[arg-type]
-    env.update({
-        "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
-        "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
-        "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
-        "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
-        "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
-        "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
-        "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "AUTOLABEL_METRICS_PORT": "0",
-        "AUTOLABEL_RETRY_INITIAL_S": "0.2",
-        "AUTOLABEL_RETRY_MAX_S": "2",
-    })
+    env.update(isolated_env(suffix))
     kwargs = {k.removeprefix("AUTOLABEL_").lower(): v for k, v in env.items()}
     settings = Settings(**kwargs)
     ensure_topics(settings)
