@@ -13,7 +13,7 @@ At the end it reads the label topic, the dead-letter topic and the label objects
 and checks every product id sent: labeled, dead-lettered, or lost. Latency p50/p99 per
 time window come from the label events themselves (``latency_ms``, upload to label).
 
-The same pieces (:class:`LocalStack`, :class:`WorkerProc`, :class:`Feeder`,
+The same pieces (:class:`LocalStack`, :class:`WorkerProcess`, :class:`Feeder`,
 :func:`outcomes`) drive the fault-injection tests in ``tests/test_faults.py``.
 """
 
@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
+
+from deploy.local.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -141,62 +143,6 @@ class LocalStack:
 
     def restart(self, component: str) -> None:
         self.stack.restart_component(component)
-
-
-# --- the worker ------------------------------------------------------------------------
-
-
-class WorkerProc:
-    """`autolabel worker` as a subprocess, its output in ``log_path``."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1") -> None:
-        self.env = {**os.environ, **env, "AUTOLABEL_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
-        self.log_path = Path(log_path)
-        self.name = name
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "WorkerProc":
-        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([exe, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                         stdin=subprocess.DEVNULL, cwd=ROOT)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.alive():
-            self.proc.terminate()  # type: ignore[union-attr]
-            try:
-                self.proc.wait(timeout)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def rss_mb(self) -> float | None:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
@@ -508,7 +454,7 @@ def percentile(values: list[float], q: float) -> float:
 class Sampler(threading.Thread):
     """Every ``every_s``: worker RSS, metrics, lag, acknowledged events."""
 
-    def __init__(self, worker: WorkerProc, settings, feeder: Feeder, metrics_port: int, every_s: float = 5.0) -> None:  # noqa: ANN001
+    def __init__(self, worker: WorkerProcess, settings, feeder: Feeder, metrics_port: int, every_s: float = 5.0) -> None:  # noqa: ANN001
         super().__init__(daemon=True)
         self.worker, self.settings, self.feeder, self.port, self.every = worker, settings, feeder, metrics_port, every_s
         self.samples: list[dict[str, float | None]] = []
@@ -564,7 +510,7 @@ def run_load(stack: LocalStack, workdir: Path, *, count: int | None, minutes: fl
     settings = stack.settings_for(env)
     ensure_topics(settings)
     images = upload_images(settings)
-    worker = WorkerProc(env, workdir / "worker.log").start()
+    worker = WorkerProcess(env, workdir / "worker.log").start()
     feeder = Feeder(settings, images)
     sampler = Sampler(worker, settings, feeder, port, sample_s)
     try:

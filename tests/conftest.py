@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.processes import WorkerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 # The session stack's S3 identity: distinctive values, so tests can grep logs and
@@ -83,37 +85,6 @@ def stack_settings(stack: dict[str, object]):  # noqa: ANN201
     settings = Settings(**kwargs)
     ensure_topics(settings)
     return settings, env
-
-
-class WorkerProcess:
-    """`autolabel worker` as a real subprocess (so tests can SIGKILL it)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1") -> None:
-        self.env = {**os.environ, **env, "AUTOLABEL_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "WorkerProcess":
-        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([exe, "worker"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
-
-    def terminate(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture()

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from services.bench_soak import Feeder, LocalStack, Outcome, WorkerProc, enable_versioning, outcomes, upload_images
+from deploy.local.processes import WorkerProcess
+from services.bench_soak import Feeder, LocalStack, Outcome, enable_versioning, outcomes, upload_images
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -54,17 +55,17 @@ class Scenario:
         enable_versioning(self.settings)
         self.images = upload_images(self.settings)
         self.feeder = Feeder(self.settings, self.images)
-        self.workers: list[WorkerProc] = []
+        self.workers: list[WorkerProcess] = []
         self.errors: list[BaseException] = []
         self.thread: threading.Thread | None = None
 
-    def worker(self, name: str = "w1", **env: str) -> WorkerProc:
-        w = WorkerProc({**self.env, **env}, self.tmp / f"worker-{name}.log", name).start()
+    def worker(self, name: str = "w1", **env: str) -> WorkerProcess:
+        w = WorkerProcess({**self.env, **env}, self.tmp / f"worker-{name}.log", name).start()
         self.workers.append(w)
         return w
 
     @staticmethod
-    def labeled(worker: WorkerProc) -> list[tuple[str, float]]:
+    def labeled(worker: WorkerProcess) -> list[tuple[str, float]]:
         """(product id, time) of each label the worker published, from its log."""
         return [(pid, datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
                 for pid, ts in LABELED_RE.findall(worker.output())]
@@ -108,7 +109,7 @@ class Scenario:
         time.sleep(2)  # let the last S3 writes and commits land
         return outcomes(self.settings, sent, versions=True, idle_s=1.0)
 
-    def wait_labeled(self, worker: WorkerProc, n: int, timeout: float = 180) -> None:
+    def wait_labeled(self, worker: WorkerProcess, n: int, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while len(self.labeled(worker)) < n:
             assert worker.alive(), worker.output()[-3000:]
@@ -168,7 +169,7 @@ def assert_no_loss(result: Outcome, dead_letters: int = 0) -> None:
     assert not result.rewritten, result.rewritten[:10]
 
 
-def _outage(sc: Scenario, component: str, worker: WorkerProc, outage_s: float) -> tuple[float, float]:
+def _outage(sc: Scenario, component: str, worker: WorkerProcess, outage_s: float) -> tuple[float, float]:
     """SIGKILL ``component`` once the worker is mid-stream; bring it back after ``outage_s``."""
     sc.wait_labeled(worker, 60)
     t_kill = time.time()

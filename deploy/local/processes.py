@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class StackError(RuntimeError):
@@ -121,3 +126,62 @@ def tail(path: Path, lines: int = 8) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+class WorkerProcess:
+    """`autolabel worker` as a child process, its output in ``log_path`` (tests, benchmarks)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1") -> None:
+        self.env = {**os.environ, **env, "AUTOLABEL_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
+        self.log_path = Path(log_path)
+        self.name = name
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([exe, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                         stdin=subprocess.DEVNULL, cwd=ROOT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()  # type: ignore[union-attr]
+            self.proc.wait(10)  # type: ignore[union-attr]
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM (how Kubernetes stops a pod) and wait; the exit code."""
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.alive():
+            self.proc.terminate()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
