@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,9 +44,9 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
     """Produce ``n_events`` at once to a warm worker; events/s from first send to last label."""
     from kafka import KafkaProducer
 
+    from deploy.local.processes import WorkerProcess
     from services.events import ImageLocation, ProductImageUploaded
     from services.labels import read_labels
-    from services.settings import Settings
     from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:6]
@@ -59,10 +58,8 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
     }
     run_settings = settings.model_copy(update=over)
     ensure_topics(run_settings)
-    worker_env = {**os.environ, **env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
-    exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
-    log_file = open(log_dir / f"worker-{model}.log", "ab")  # noqa: SIM115
-    worker = subprocess.Popen([exe, "worker"], env=worker_env, stdout=log_file, stderr=subprocess.STDOUT)
+    worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
+    worker = WorkerProcess(worker_env, log_dir / f"worker-{model}.log", f"bench-{model}").start()
     producer = KafkaProducer(**run_settings.kafka_client_kwargs(), acks="all", linger_ms=5, batch_size=256 * 1024)
 
     def send(prefix: str, count: int) -> set[str]:
@@ -79,8 +76,8 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         deadline = time.monotonic() + timeout
         got: dict[str, object] = {}
         while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {log_dir}")
+            if not worker.alive():
+                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
             for e in read_labels(run_settings, idle_s=0.5):
                 if e.product_id in ids:
                     got.setdefault(e.product_id, e)
@@ -97,11 +94,7 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         cpu1 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}
     finally:
         producer.close()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
     end = max(e.labeled_at.timestamp() for e in events)
     latencies = [e.latency_ms for e in events]
     cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # over the measured phase (incl. the labels reads' tail)

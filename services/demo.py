@@ -7,7 +7,6 @@ build the served models -> stack up -> worker -> publish samples/ -> wait for ev
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from deploy.local.processes import WorkerProcess
 from services.labels import read_labels
 from services.publisher import collect, publish_files
 from services.settings import load_settings
@@ -70,9 +70,8 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
     try:
         click.secho("3/5 starting a worker", bold=True)
         log_path = settings.state_dir / "logs" / "demo-worker.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115
-        worker = subprocess.Popen([_autolabel(), "worker", "--metrics-port", "0"], stdout=log_file, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "AUTOLABEL_WORKER_NAME": "demo-worker"})
+        state_dir = str(settings.state_dir.resolve())  # the worker finds the stack's endpoints there
+        worker = WorkerProcess({"AUTOLABEL_METRICS_PORT": "0", "AUTOLABEL_STATE_DIR": state_dir}, log_path, "demo-worker").start()
         click.echo(f"worker pid {worker.pid}, log {log_path}")
         click.secho("4/5 publishing the sample photos", bold=True)
         summary = publish_files(settings, collect([samples]))
@@ -84,12 +83,8 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
         if missing:
             raise click.ClickException(f"{len(missing)} label(s) did not arrive within {timeout:.0f}s; see {log_path}")
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            worker.stop()
         if started_stack and not keep_running:
             stack.down(log=click.echo)
 
@@ -106,13 +101,13 @@ def _reload_models(settings) -> None:  # noqa: ANN001
         client.load_model(entry["name"])
 
 
-def _wait(settings, wanted: dict[str, str], timeout: float, worker: subprocess.Popen) -> dict:  # noqa: ANN001
+def _wait(settings, wanted: dict[str, str], timeout: float, worker: WorkerProcess) -> dict:  # noqa: ANN001
     got = {}
     deadline = time.monotonic() + timeout
     with tqdm(total=len(wanted), desc="labels", unit="label") as bar:
         while len(got) < len(wanted) and time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited with code {worker.returncode}")
+            if not worker.alive():
+                raise click.ClickException(f"the worker exited with code {worker.returncode}; see {worker.log_path}")
             for event in read_labels(settings, idle_s=1.0):
                 if event.source_event_id in wanted and event.source_event_id not in got:
                     got[event.source_event_id] = event

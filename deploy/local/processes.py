@@ -129,7 +129,7 @@ def tail(path: Path, lines: int = 8) -> str:
 
 
 class WorkerProcess:
-    """`autolabel worker` as a child process, its output in ``log_path`` (tests, benchmarks)."""
+    """`autolabel worker` as a child process, its output in ``log_path`` (tests, benchmarks, demo)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1") -> None:
         self.env = {**os.environ, **env, "AUTOLABEL_WORKER_NAME": name, "PYTHONUNBUFFERED": "1"}
@@ -151,6 +151,10 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
 
     def kill(self) -> None:
         if self.alive():
