@@ -20,6 +20,7 @@ import yaml
 from pydantic import SecretStr
 
 from services.settings import ENV_PREFIX, TASKS, Settings
+from settings_helpers import default_of, field_of
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -47,18 +48,6 @@ LAST_TF_TRITON = (25, 2)
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def field_of(var: str) -> str:
-    assert var.startswith(ENV_PREFIX), var
-    return var[len(ENV_PREFIX):].lower()
-
-
-def default_of(name: str) -> object:
-    value = Settings.model_fields[name].get_default(call_default_factory=True)
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    return getattr(value, "value", value)
 
 
 def parse_setting(var: str, raw: str) -> object:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import SecretStr
 
 from services.settings import ENV_PREFIX, Settings
+from settings_helpers import default_of, field_of
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -45,18 +45,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             out[key] = value
     return out
-
-
-def field_of(var: str) -> str:
-    assert var.startswith(ENV_PREFIX), var
-    return var[len(ENV_PREFIX):].lower()
-
-
-def default_of(name: str) -> object:
-    value = Settings.model_fields[name].get_default(call_default_factory=True)
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    return getattr(value, "value", value)
 
 
 def settings_from(env: dict[str, str]) -> Settings:
