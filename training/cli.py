@@ -121,23 +121,39 @@ def model_options(f):  # noqa: ANN001, ANN201
 @click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help="Reuse this saved split (JSON).")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True, help="Where heads and manifest go.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Report folder (default artifacts/train-<time>).")
+@click.option("--fine-tune-blocks", type=click.IntRange(0), default=0, show_default=True,
+              help="0: frozen base. N: after each head is trained on the frozen features, train the backbone's top N blocks "
+                   "with it (vgg16: 1 = block5, 2 = block4+5; resnet50: conv5_, conv4_ ...; efficientnetb7: block7+top, "
+                   "block6 ...). Features are cached below the top blocks; the task gets its own backbone weights in "
+                   "OUT/backbones/ (git-ignored) and is served standalone.")
+@click.option("--fine-tune-epochs", type=click.IntRange(1), default=5, show_default=True, help="Epochs of the fine-tuning phase.")
+@click.option("--fine-tune-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+              help="Adam learning rate of the fine-tuning phase.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
           resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
-          out: Path, run_dir: Path | None, quiet: bool) -> None:
-    """Train the task heads on a dataset (features cached; study champions by default)."""
+          out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, quiet: bool) -> None:
+    """Train the task heads on a dataset (features cached; study champions by default).
+
+    With --fine-tune-blocks N, the backbone's top N blocks are then fine-tuned with each head.
+    """
+    from training.backbones import fine_tune_blocks_error
     from training.heads import STUDY_CHAMPIONS, HeadConfig
     from training.split import Split
-    from training.train import TrainConfig, prepare, train_task, write_models
+    from training.train import FineTuneConfig, TrainConfig, prepare, train_task, write_models
 
     spec = _backbone(backbone, weights, input_size)
+    why = fine_tune_blocks_error(spec.name, fine_tune_blocks)
+    if why:
+        raise click.ClickException(why)
+    fine = FineTuneConfig(fine_tune_blocks, fine_tune_epochs, fine_tune_lr)
     overrides = _head_overrides(sets)
     try:
         heads = {t: HeadConfig.from_dict(overrides.get(t, {}), STUDY_CHAMPIONS[t]) for t in TASKS}
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"bad --set: {exc}") from None
     cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
-                      seed=seed, cache_dir=cache_dir, progress=not quiet)
+                      seed=seed, cache_dir=cache_dir, progress=not quiet, fine_tune=fine)
     ds = _load_dataset(data, categories, per_class, seed)
     split = None
     if split_file is not None:
@@ -164,15 +180,37 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
         results.append(best)
     source = " ".join([str(data), *([f"categories={categories}"] if categories else []),
                        *([f"per_class={per_class}"] if per_class else []), f"seed={seed}"])
-    manifest = write_models(results, cfg, out, source)
+    rebuild = None
+    if fine.blocks:
+        rebuild = _train_command(data, categories, per_class, seed, spec, resize, [r.task for r in results], balance, sets,
+                                 out / "split.json", out, fine)
+    manifest = write_models(results, cfg, out, source, rebuild)
     prep.split.save(out / "split.json")
-    histories = {r.task: r.history.to_dict() for r in results}
+    histories = {r.task: {**r.history.to_dict(), **({"fine_tune": r.fine_tune_history.to_dict()} if r.fine_tune_history else {})}
+                 for r in results}
     hist_path = out / "history.json"
     old = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
     hist_path.write_text(json.dumps({**old, **histories}) + "\n")
     _print_comparison(comparison)
     _write_run(run_dir, results, comparison, data, cfg)
     click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
+    if fine.blocks:
+        click.echo(f"fine-tuned backbone weights in {out / 'backbones'}/ (not committed; the manifest says how to rebuild them)")
+
+
+def _train_command(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str,
+                   tasks: Sequence[str], balance: str, sets: Sequence[str], split: Path, out: Path, fine: Any) -> str:
+    """The `autolabel train` command that retrains these tasks the same way (on the same split)."""
+    import shlex
+
+    h, w = spec.input_size
+    args = ["autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
+            *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name,
+            "--weights", spec.weights, "--input-size", str(h) if h == w else f"{h}x{w}", "--resize", resize,
+            "--tasks", ",".join(tasks), "--balance", balance, *(a for item in sets for a in ("--set", item)),
+            "--split", str(split), "--out", str(out), "--fine-tune-blocks", str(fine.blocks),
+            "--fine-tune-epochs", str(fine.epochs), "--fine-tune-lr", f"{fine.learning_rate:g}"]
+    return shlex.join(args)
 
 
 def _print_comparison(comparison: Sequence[tuple[str, Any]]) -> None:
@@ -183,6 +221,14 @@ def _print_comparison(comparison: Sequence[tuple[str, Any]]) -> None:
             f"| {task} | {r.balance} | {r.n_train} (+{r.n_augmented}) | {r.val['balanced_accuracy']:.3f} |"
             f" {r.test['accuracy']:.3f} | {r.test['balanced_accuracy']:.3f} | {r.test['macro_f1']:.3f} |"
         )
+
+
+def _fine_tune_note(r: Any) -> str:
+    if r.fine_tune is None or r.fine_tune_history is None:
+        return ""
+    h = r.fine_tune_history
+    return (f"; then fine-tuned the top {r.fine_tune.blocks} block(s) with the head: {r.fine_tune.optimizer} lr"
+            f" {r.fine_tune.learning_rate:g}, {r.fine_tune.epochs} epochs, kept epoch {h.best_epoch}, {h.seconds:.1f}s")
 
 
 def _write_run(run_dir: Path, results: Sequence[Any], comparison: Sequence[tuple[str, Any]], data: str, cfg: Any) -> None:
@@ -196,7 +242,7 @@ def _write_run(run_dir: Path, results: Sequence[Any], comparison: Sequence[tuple
         f" ({cfg.resize}); test split of seed {cfg.seed}, scored on cached features.",
         "",
         *[f"- {r.task}: {r.config.describe()}, balance {r.balance}, {r.n_train} train rows (+{r.n_augmented} augmented),"
-          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" for r in results],
+          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" + _fine_tune_note(r) for r in results],
     ]
     confusions = {r.task: (confusion(r.y_test, r.p_test.argmax(1), len(r.classes)), r.classes) for r in results}
     write_report(run_dir, "Training run: test split", metrics, confusions, {r.task: r.history.to_dict() for r in results}, notes)

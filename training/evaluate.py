@@ -125,12 +125,38 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
         entry = manifest["tasks"].get(task)
         if entry is None:
             raise ModelsError(f"{models_dir}/manifest.json has no task {task!r}")
+        if "model" in entry or isinstance(entry.get("backbone"), dict):  # left the shared base (e.g. fine-tuned)
+            models.append(_own_model(Path(models_dir), task, manifest))
+            continue
         head = keras.models.load_model(Path(models_dir) / entry["head"])
         models.append(
             TaskModel(task, tuple(entry["classes"]), lambda f, h=head: np.asarray(h.predict_on_batch(f)), spec.input_size,
                       manifest.get("resize", "pad"), f"{models_dir}/{entry['head']} on {spec.describe()}", run)
         )
     return models
+
+
+def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskModel:
+    """A task that does not share the base: its full model, or its head on its own backbone."""
+    import keras
+
+    from training.backbones import build_backbone
+    from training.serving_models import ModelsError as ManifestError, _task_entry, describe_weights
+
+    try:
+        e = _task_entry(models_dir, task, manifest["tasks"][task])
+    except ManifestError as exc:
+        raise ModelsError(str(exc)) from None
+    size = tuple(manifest["backbone"]["input_size"])
+    if e.model is not None:
+        full = keras.models.load_model(e.model, compile=False, safe_mode=False)
+        run, origin = (lambda x, m=full: np.asarray(m.predict_on_batch(x))), f"{e.model}"
+    else:
+        own = build_backbone(e.backbone)  # type: ignore[arg-type]
+        head = keras.models.load_model(e.head)  # type: ignore[arg-type]
+        run = lambda x, b=own, h=head: np.asarray(h.predict_on_batch(b.predict_on_batch(x)))  # noqa: E731
+        origin = f"{e.head} on {describe_weights(e.backbone, e.fine_tuned)}"  # type: ignore[arg-type]
+    return TaskModel(task, e.classes, run, size, manifest.get("resize", "pad"), origin)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -26,7 +26,17 @@ from tqdm import tqdm
 
 from services.settings import TASKS
 from training.repository_check import check_repository
-from training.serving_models import ModelsError, ModelSet, Servable, build_graphs, describe_weights, export_savedmodel, read_models, servables
+from training.serving_models import (
+    ModelsError,
+    ModelSet,
+    Servable,
+    build_graphs,
+    describe_weights,
+    export_savedmodel,
+    read_models,
+    servables,
+    weights_source,
+)
 from training.triton_config import MODEL_FILE, TARGETS, ModelSpec, Step, Tensor, Tuning, config_pbtxt, default_tuning, with_overrides
 from training.untrained import make_tiny_models, write_untrained_models
 
@@ -45,7 +55,14 @@ def managed_names(tasks: list[str] | tuple[str, ...] = TASKS) -> set[str]:
 def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str, str]:
     entry = models.tasks[task] if task else None
     spec = (entry.backbone if entry and entry.backbone else models.backbone)
-    weights = spec.weights if not (entry and entry.model) else f"fine-tuned:{entry.model.name}"
+    if entry and entry.model:
+        weights = f"fine-tuned:{entry.model.name}"
+    elif entry:
+        weights = weights_source(spec, entry.fine_tuned)
+    else:  # the ensemble / fused model: the shared weights, and which tasks left them
+        own = [f"{t}: {weights_source(e.backbone, e.fine_tuned) if e.backbone else f'fine-tuned:{e.model.name}'}"  # type: ignore[union-attr]
+               for t, e in models.tasks.items() if not e.shared]
+        weights = spec.weights + (f" ({'; '.join(own)})" if own else "")
     return {"model_version": models.version, "backbone": spec.name, "weights_source": weights, "resize": models.resize}
 
 
@@ -138,7 +155,7 @@ def build_repository(
     log(f"backbone: {describe_weights(models.backbone)}, input {h}x{w} uint8, resize {models.resize}")
     for task, entry in models.tasks.items():
         if not entry.shared:
-            own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone)  # type: ignore[arg-type]
+            own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone, entry.fine_tuned)  # type: ignore[arg-type]
             log(f"{task}: does not share the base ({own}): served standalone, the ensemble calls `{task}`")
     graphs = build_graphs(models)
     todo = servables(graphs, fused=serving == "fused")

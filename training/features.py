@@ -2,7 +2,8 @@
 
 The cache lives in ``<root>/<fingerprint>/`` where the fingerprint covers everything that
 changes the features: backbone name, weights source (and the weights file's digest), input
-size and resize mode. Inside, each extraction run appends ``shard-*.npz`` files holding
+size and resize mode, and, for fine-tuning, the layer the features are taken at (the
+"cut" below the trained top blocks; absent, i.e. unchanged, for the backbone's output). Inside, each extraction run appends ``shard-*.npz`` files holding
 ``digests`` (sha256 of the image bytes: the cache key) and ``features``. A second run with
 the same settings reads the shards and computes only the images it has not seen.
 """
@@ -47,13 +48,18 @@ def weights_fingerprint(spec: BackboneSpec) -> str:
     return spec.weights
 
 
-def cache_fingerprint(spec: BackboneSpec, resize: ResizeMode) -> dict[str, object]:
-    return {
+def cache_fingerprint(spec: BackboneSpec, resize: ResizeMode, layer: str | None = None) -> dict[str, object]:
+    """What the cached features depend on. ``layer``: an inner layer (None: the backbone's
+    output, whose fingerprint is what it was before layers existed, so old caches stay valid)."""
+    out: dict[str, object] = {
         "backbone": spec.name,
         "weights": weights_fingerprint(spec),
         "input_size": list(spec.input_size),
         "resize": resize,
     }
+    if layer is not None:
+        out["layer"] = layer
+    return out
 
 
 @dataclass
@@ -72,14 +78,19 @@ class ExtractReport:
 
 
 class FeatureCache:
-    """Backbone features keyed by image content, for one backbone/weights/preprocessing."""
+    """Backbone features keyed by image content, for one backbone/weights/preprocessing.
 
-    def __init__(self, root: Path, spec: BackboneSpec, resize: ResizeMode) -> None:
+    ``layer``: cache that inner layer's output instead of the backbone's (fine-tuning).
+    """
+
+    def __init__(self, root: Path, spec: BackboneSpec, resize: ResizeMode, layer: str | None = None) -> None:
         self.spec = spec
         self.resize = resize
-        self.fingerprint = cache_fingerprint(spec, resize)
+        self.layer = layer
+        self.fingerprint = cache_fingerprint(spec, resize, layer)
         key = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-        self.dir = Path(root) / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-{resize}-{key}"
+        at = f"-{layer}" if layer else ""
+        self.dir = Path(root) / f"{spec.name}-{spec.input_size[0]}x{spec.input_size[1]}-{resize}{at}-{key}"
         self._index: dict[str, np.ndarray] | None = None
 
     def _load(self) -> dict[str, np.ndarray]:
@@ -121,10 +132,10 @@ class BackboneError(RuntimeError):
     """The backbone cannot be built with the asked weights; the message says what to do."""
 
 
-def load_backbone(spec: BackboneSpec):  # noqa: ANN201 - keras.Model
-    """:func:`build_backbone`, with a clear error where the weights cannot be had."""
+def load_backbone(spec: BackboneSpec, layer: str | None = None):  # noqa: ANN201 - keras.Model
+    """:func:`build_backbone` (up to ``layer``), with a clear error where the weights cannot be had."""
     try:
-        return build_backbone(spec)
+        return build_backbone(spec, layer)
     except (FileNotFoundError, ValueError) as exc:
         raise BackboneError(str(exc)) from None
     except Exception as exc:  # keras' download raises a bare Exception
@@ -168,10 +179,10 @@ def extract(
     failed: set[int] = set()
     if todo:
         started = time.perf_counter()
-        model = load_backbone(cache.spec)
+        model = load_backbone(cache.spec, cache.layer)
         pending_d: list[str] = []
         pending_f: list[np.ndarray] = []
-        bar = tqdm(total=len(todo), desc=f"features {cache.spec.describe()}", unit="img", disable=not progress)
+        bar = tqdm(total=len(todo), desc=f"features {cache.spec.describe()}{' @' + cache.layer if cache.layer else ''}", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch_idx, arrays = [], []
             for i in todo[start : start + batch_size]:

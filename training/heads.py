@@ -200,5 +200,64 @@ def train_head(
     return model, hist
 
 
+def fine_tune(
+    top,  # noqa: ANN001 - keras.Model: cut features -> backbone features, top blocks trainable
+    head,  # noqa: ANN001 - keras.Model: backbone features -> probs, trained on the frozen features
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    epochs: int,
+    learning_rate: float,
+    optimizer: str = "adam",
+    weights: Mapping[int, float] | None = None,
+    batch_size: int = 32,
+    restore_best: bool = True,
+    name: str = "fine-tune",
+    seed: int = 0,
+    progress: bool = True,
+):  # noqa: ANN201 - (keras.Model cut features -> probs, History)
+    """Phase two of the usual recipe: the top blocks and the head together, at a low rate.
+
+    ``x_*`` are the features at the cut (the layer below the top blocks). ``top`` and
+    ``head`` are trained in place (the returned model is made of them); with validation
+    rows and ``restore_best``, the epoch with the lowest validation loss is kept.
+    """
+    import time
+
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=x_train.shape[1:], name="cut_features")
+    model = keras.Model(inputs, head(top(inputs)), name=f"{name.replace(' ', '_')}")
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [_progress_callback(epochs, name, progress)]
+    has_val = len(y_val) > 0
+    if restore_best and has_val:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True))
+    started = time.perf_counter()
+    fit = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val) if has_val else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        class_weight=dict(weights) if weights else None,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    h = fit.history
+    hist = History(
+        loss=[float(v) for v in h.get("loss", [])],
+        accuracy=[float(v) for v in h.get("accuracy", [])],
+        val_loss=[float(v) for v in h.get("val_loss", [])],
+        val_accuracy=[float(v) for v in h.get("val_accuracy", [])],
+        seconds=time.perf_counter() - started,
+    )
+    hist.best_epoch = int(np.argmin(hist.val_loss)) + 1 if hist.val_loss and restore_best else len(hist.loss)
+    return model, hist
+
+
 def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:  # noqa: ANN001
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))

