@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # A product id becomes part of S3 keys and Kafka keys: keep it to a safe alphabet.
 PRODUCT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _now() -> datetime:
@@ -54,7 +55,7 @@ class S3Location(BaseModel):
     def _safe_key(cls, key: str) -> str:
         if key.startswith("/") or any(part == ".." for part in key.split("/")):
             raise ValueError("key must be relative and contain no '..' segment")
-        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        if _CONTROL_CHARS.search(key):
             raise ValueError("key must contain no control characters")
         return key
 

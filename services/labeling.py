@@ -9,20 +9,30 @@ import numpy as np
 from services.events import TaskLabel
 
 
+def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[TaskLabel]:
+    """(N, C) probabilities -> N labels; the numpy work is done once for the whole batch."""
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"expected {len(classes)} probabilities per row, got shape {probs.shape}")
+    clipped = np.clip(probs.astype(np.float64), 0.0, 1.0)
+    best = clipped.argmax(axis=1).tolist()
+    out = []
+    for row, b in zip(np.round(clipped, 6).tolist(), best, strict=True):
+        confidence = row[b]
+        out.append(TaskLabel(
+            label=classes[b],
+            confidence=confidence,
+            probabilities=dict(zip(classes, row, strict=True)),
+            threshold=threshold,
+            needs_review=confidence < threshold,
+        ))
+    return out
+
+
 def task_label(probs: np.ndarray, classes: Sequence[str], threshold: float) -> TaskLabel:
     """One task's label from its probability vector (order = ``classes``)."""
-    if probs.ndim != 1 or probs.shape[0] != len(classes):
+    if probs.ndim != 1:
         raise ValueError(f"expected {len(classes)} probabilities, got shape {probs.shape}")
-    probs = np.clip(probs.astype(np.float64), 0.0, 1.0)
-    best = int(np.argmax(probs))
-    confidence = float(probs[best])
-    return TaskLabel(
-        label=classes[best],
-        confidence=round(confidence, 6),
-        probabilities={c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
-        threshold=threshold,
-        needs_review=confidence < threshold,
-    )
+    return _rows(probs[None, :], classes, threshold)[0]
 
 
 def label_batch(
@@ -31,5 +41,6 @@ def label_batch(
     thresholds: Mapping[str, float],
 ) -> list[dict[str, TaskLabel]]:
     """Per image, per task labels for a batch: ``probs[task]`` is (N, C)."""
-    n = len(next(iter(probs.values())))
-    return [{task: task_label(probs[task][i], classes[task], thresholds[task]) for task in probs} for i in range(n)]
+    per_task = {task: _rows(np.asarray(p), classes[task], thresholds[task]) for task, p in probs.items()}
+    n = len(next(iter(per_task.values())))
+    return [{task: per_task[task][i] for task in per_task} for i in range(n)]

@@ -62,18 +62,17 @@ class Backoff:
 
 
 def parse_event(msg: RawMessage, max_bytes: int) -> ProductImageUploaded:
-    """Raw bytes -> event, or ImageError-like _BadEvent with a dead-letter code."""
+    """Raw bytes -> event, or :class:`BadEvent` with a dead-letter code."""
     if len(msg.value) > max_bytes:
         raise BadEvent(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
     try:
-        data = json.loads(msg.value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadEvent(ErrorCode.malformed_json, f"not JSON: {exc}") from None
-    try:
-        return ProductImageUploaded.model_validate(data)
+        return ProductImageUploaded.model_validate_json(msg.value)  # JSON parsed and checked in one pass
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadEvent(ErrorCode.schema_invalid, errors) from None
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            raise BadEvent(ErrorCode.malformed_json, f"not JSON: {errors[0]['msg']}") from None
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+        raise BadEvent(ErrorCode.schema_invalid, detail) from None
 
 
 class BadEvent(ValueError):
@@ -106,23 +105,32 @@ class Pipeline:
             worker=self.settings.worker_name, attempts=self.attempts.pop(msg.ref, 0) + 1,
         )
 
+    def _transient(self, stage: str, exc: TransientError, backoff: Backoff | None) -> Backoff:
+        obs.RETRIES.labels(stage=stage).inc()
+        backoff = backoff or Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        self.log.warning("transient_failure", stage=stage, error=str(exc)[:300], retry_in_s=backoff.delay)
+        return backoff
+
     async def retry_transient(self, stage: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` until it does not raise TransientError (capped backoff, forever)."""
-        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        backoff: Backoff | None = None  # made on the first failure: the happy path allocates nothing
         while True:
             try:
                 return await fn()
             except TransientError as exc:
-                obs.RETRIES.labels(stage=stage).inc()
-                self.log.warning("transient_failure", stage=stage, error=str(exc)[:300], retry_in_s=backoff.delay)
+                backoff = self._transient(stage, exc, backoff)
                 await backoff.sleep()
 
     async def _attempt(self, msg: RawMessage, event: ProductImageUploaded | None, stage: str, fn: Callable[[], Awaitable[T]]) -> T | DeadLetter:
         """Transient -> retry; bad input -> dead letter; other errors -> counted attempts."""
-        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        transient: Backoff | None = None
+        failed: Backoff | None = None
         while True:
             try:
-                return await self.retry_transient(stage, fn)
+                return await fn()
+            except TransientError as exc:
+                transient = self._transient(stage, exc, transient)
+                await transient.sleep()
             except (ImageError, BadEvent) as exc:
                 return self.dead_letter(msg, exc.code, str(exc), event)
             except asyncio.CancelledError:
@@ -135,13 +143,12 @@ class Pipeline:
                 if n >= self.settings.max_attempts:
                     self.attempts[msg.ref] = n - 1
                     return self.dead_letter(msg, ErrorCode.processing_failed, f"{stage}: {exc!r} (after {n} attempts)", event)
-                await backoff.sleep()
+                failed = failed or Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+                await failed.sleep()
+                transient = None  # a new attempt starts its transient backoff afresh
 
-    async def _load(self, msg: RawMessage) -> tuple[ProductImageUploaded, np.ndarray] | DeadLetter:
-        try:
-            event = parse_event(msg, self.settings.max_event_bytes)
-        except BadEvent as exc:
-            return self.dead_letter(msg, exc.code, str(exc))
+    async def _load(self, msg: RawMessage, event: ProductImageUploaded) -> np.ndarray | DeadLetter:
+        """Fetch and prepare one photo as a counted attempt (the slow path; see :meth:`_load_all`)."""
         loop = asyncio.get_running_loop()
         served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
 
@@ -149,8 +156,59 @@ class Pipeline:
             data = await fetch(event.image, self.store, self.settings, self.io_pool)
             return await loop.run_in_executor(self.cpu_pool, prepare, data, served.input_size, served.resize, self.limits)
 
-        result = await self._attempt(msg, event, "load", load)
-        return result if isinstance(result, DeadLetter) else (event, result)
+        return await self._attempt(msg, event, "load", load)
+
+    async def _load_all(self, messages: list[RawMessage]) -> list[tuple[ProductImageUploaded, np.ndarray] | DeadLetter]:
+        """Parse, fetch (concurrently) and prepare a batch; a dead letter where the input is bad.
+
+        Photos are decoded in ``decode_threads`` chunks, one executor hop per chunk rather
+        than one per photo. A photo whose decoding fails in an unexpected way (not an
+        :class:`ImageError`) takes the one-by-one path with counted attempts.
+        """
+        loop = asyncio.get_running_loop()
+        served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
+        results: list[tuple[ProductImageUploaded, np.ndarray] | DeadLetter | None] = [None] * len(messages)
+        events: dict[int, ProductImageUploaded] = {}
+        for i, msg in enumerate(messages):
+            try:
+                events[i] = parse_event(msg, self.settings.max_event_bytes)
+            except BadEvent as exc:
+                results[i] = self.dead_letter(msg, exc.code, str(exc))
+
+        async def get(i: int) -> bytes | DeadLetter:
+            event = events[i]
+            return await self._attempt(messages[i], event, "fetch", lambda: fetch(event.image, self.store, self.settings, self.io_pool))
+
+        fetched = dict(zip(events, await asyncio.gather(*(get(i) for i in events)), strict=True))
+        todo = []
+        for i, data in fetched.items():
+            if isinstance(data, DeadLetter):
+                results[i] = data
+            else:
+                todo.append(i)
+
+        def prepare_chunk(chunk: list[int]) -> list[np.ndarray | Exception]:
+            out: list[np.ndarray | Exception] = []
+            for i in chunk:
+                try:
+                    out.append(prepare(fetched[i], served.input_size, served.resize, self.limits))  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - sorted out below, per photo
+                    out.append(exc)
+            return out
+
+        n_chunks = max(1, min(self.settings.decode_threads, len(todo)))
+        chunks = [todo[k::n_chunks] for k in range(n_chunks)]
+        prepared = await asyncio.gather(*(loop.run_in_executor(self.cpu_pool, prepare_chunk, c) for c in chunks if c))
+        for chunk, arrays in zip([c for c in chunks if c], prepared, strict=True):
+            for i, arr in zip(chunk, arrays, strict=True):
+                if isinstance(arr, ImageError):
+                    results[i] = self.dead_letter(messages[i], arr.code, str(arr), events[i])
+                elif isinstance(arr, Exception):
+                    slow = await self._load(messages[i], events[i])
+                    results[i] = slow if isinstance(slow, DeadLetter) else (events[i], slow)
+                else:
+                    results[i] = (events[i], arr)
+        return results  # type: ignore[return-value]
 
     async def _infer(self, batch: list[np.ndarray]) -> dict[str, np.ndarray]:
         async def call() -> dict[str, np.ndarray]:
@@ -163,7 +221,7 @@ class Pipeline:
 
     async def process(self, messages: list[RawMessage]) -> list[Outcome]:
         """Outcomes in the order of ``messages``: a label event or a dead letter each."""
-        loaded = await asyncio.gather(*(self._load(m) for m in messages))
+        loaded = await self._load_all(messages)
         outcomes: list[Outcome | None] = [r if isinstance(r, DeadLetter) else None for r in loaded]
         good = [i for i, r in enumerate(loaded) if not isinstance(r, DeadLetter)]
         if not good:
@@ -172,24 +230,26 @@ class Pipeline:
         obs.BATCH_SIZE.observe(len(arrays))
         try:
             probs = await self._infer(arrays)
-            per_index = dict(zip(good, _split(probs, len(good)), strict=True))
+            rows = {t: np.asarray(probs[t]) for t in TASKS}
+            if any(len(r) != len(good) for r in rows.values()):
+                raise ValueError(f"the model returned {[len(r) for r in rows.values()]} rows for {len(good)} images")
+            labeled = dict(zip(good, label_batch(rows, self.labeler.served.classes, self.thresholds), strict=True))  # type: ignore[union-attr]
         except (InferenceError, ValueError) as exc:
             # one bad input must not sink the batch: infer one by one, counting attempts
             self.log.warning("batch_inference_failed", error=str(exc)[:300], size=len(good))
-            per_index = {}
+            labeled = {}
             for i, arr in zip(good, arrays, strict=True):
                 event = loaded[i][0]  # type: ignore[index]
                 single = await self._attempt(messages[i], event, "infer", lambda arr=arr: self._infer([arr]))
                 if isinstance(single, DeadLetter):
                     outcomes[i] = single
                 else:
-                    per_index[i] = _split(single, 1)[0]
+                    labeled[i] = label_batch(single, self.labeler.served.classes, self.thresholds)[0]  # type: ignore[union-attr]
         served = self.labeler.served
         assert served is not None
         now = datetime.now(UTC)
-        for i, probs_i in per_index.items():
+        for i, labels in labeled.items():
             event = loaded[i][0]  # type: ignore[index]
-            labels = label_batch({t: probs_i[t][None, :] for t in TASKS}, served.classes, self.thresholds)[0]
             outcomes[i] = ProductLabeled(
                 product_id=event.product_id, source_event_id=event.event_id, image=event.image,
                 labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
@@ -202,6 +262,3 @@ class Pipeline:
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _split(probs: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
-    return [{t: probs[t][i] for t in TASKS} for i in range(n)]

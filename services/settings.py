@@ -112,6 +112,9 @@ class Settings(BaseSettings):
         description="Name of this worker in dead-letter records and logs.",
     )
     decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images off the loop.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The worker's event loop: uvloop (faster), or the standard asyncio one."
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port of the worker; 0 = off.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 

@@ -156,7 +156,7 @@ class LabelStore:
             raise ImageError(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
         return data
 
-    async def put_label(self, event: ProductLabeled) -> bool:
+    async def put_label(self, event: ProductLabeled, body: bytes | None = None) -> bool:
         """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
 
         One conditional PUT (create only) in the common case; only when the key exists is it
@@ -166,7 +166,7 @@ class LabelStore:
         from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
         key = label_key(self.settings.s3_labels_prefix, event.product_id)
-        body = event.model_dump_json(indent=2).encode()
+        body = body if body is not None else event.to_bytes()  # the same bytes as the label event
         attrs = {"Content-Type": "application/json"}
         try:
             await obstore.put_async(self.store, key, body, mode="create", attributes=attrs)

@@ -50,6 +50,7 @@ class Output:
 
     def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, store: LabelStore) -> None:
         self.app, self.settings, self.pipeline, self.store = app, settings, pipeline, store
+        self.log_each = settings.log_level in {"debug", "info"}  # one line per label event, or none at all
 
     async def _send(self, topic: str, key: str | None, value: bytes) -> None:
         try:
@@ -64,8 +65,6 @@ class Output:
                 raise TransientError(f"publish to {topic}: {exc!r}") from exc
             raise
 
-    async def _store(self, event: ProductLabeled) -> None:
-        await self.store.put_label(event)
 
     async def emit(self, outcome: ProductLabeled | DeadLetter) -> None:
         retry = self.pipeline.retry_transient
@@ -74,17 +73,18 @@ class Output:
             await retry("publish_dlq", lambda: self._send(s.topic_dlq, outcome.original_key, outcome.to_bytes()))
             return
         body = outcome.to_bytes()
-        await retry("store", lambda: self._store(outcome))
+        await retry("store", lambda: self.store.put_label(outcome, body))
         await retry("publish", lambda: self._send(s.topic_labels, outcome.product_id, body))
         if outcome.needs_review:
             await retry("publish_review", lambda: self._send(s.topic_review, outcome.product_id, body))
             obs.REVIEW_OUT.inc()
         obs.EVENTS_OUT.inc()
         obs.E2E_LATENCY.observe(outcome.latency_ms / 1000)
-        obs.get_logger(product_id=outcome.product_id, event_id=outcome.source_event_id).info(
-            "labeled", needs_review=outcome.needs_review, latency_ms=round(outcome.latency_ms, 1),
-            **{t: lab.label for t, lab in outcome.labels.items()},
-        )
+        if self.log_each:
+            obs.get_logger(product_id=outcome.product_id, event_id=outcome.source_event_id).info(
+                "labeled", needs_review=outcome.needs_review, latency_ms=round(outcome.latency_ms, 1),
+                **{t: lab.label for t, lab in outcome.labels.items()},
+            )
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -150,6 +150,13 @@ def create_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     obs.configure_logging(settings.log_level)
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        try:
+            mode.loop.use("uvloop")  # before Faust creates its loop
+        except ImportError:
+            obs.get_logger().warning("uvloop_missing", using="asyncio", fix="pip install uvloop")
     app = create_app(settings)
     # Faust's own chatter (banners, assignment tables) only from warnings up
     faust_level = "DEBUG" if settings.log_level == "debug" else "WARNING"

@@ -64,3 +64,29 @@ def test_label_key_is_stable_and_contained():
     assert label_key("labels/", "123") == "labels/123.json"
     with pytest.raises(ValueError):
         label_key("labels/", "../123")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"\xff\xfe\x00", "malformed_json"),
+        (b"", "malformed_json"),
+        (b"[1, 2]", "schema_invalid"),
+        (b'{"product_id": "x"}', "schema_invalid"),
+        (b'{"product_id": "a/../b", "image": {"url": "https://a.example/b.jpg"}}', "schema_invalid"),
+    ],
+)
+def test_parse_event_codes(raw, code):
+    from services.pipeline import BadEvent, RawMessage, parse_event
+
+    with pytest.raises(BadEvent) as err:
+        parse_event(RawMessage("t", 0, 0, None, raw), 65536)
+    assert err.value.code.value == code
+
+
+def test_parse_event_reads_a_valid_event():
+    from services.pipeline import RawMessage, parse_event
+
+    event = ProductImageUploaded(product_id="p-1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/a.jpg")))
+    assert parse_event(RawMessage("t", 0, 0, b"p-1", event.to_bytes()), 65536) == event

@@ -22,3 +22,24 @@ def test_batch():
     out = label_batch(probs, {"gender": ["men", "women"]}, {"gender": 0.8})
     assert [o["gender"].label for o in out] == ["men", "women"]
     assert [o["gender"].needs_review for o in out] == [False, True]
+
+
+def test_batch_matches_one_by_one_and_rounds_the_same_way():
+    rng = np.random.default_rng(3)
+    probs = {"style": rng.dirichlet([1, 1, 1], 50).astype(np.float32), "gender": rng.dirichlet([1, 1], 50)}
+    classes = {"style": ["casual", "formal", "sports"], "gender": ["men", "women"]}
+    thresholds = {"style": 0.6, "gender": 0.8}
+    batch = label_batch(probs, classes, thresholds)
+    for i, labels in enumerate(batch):
+        for task in probs:
+            p = np.clip(probs[task][i].astype(np.float64), 0, 1)
+            expected = {c: round(float(v), 6) for c, v in zip(classes[task], p)}
+            assert labels[task].probabilities == expected
+            assert labels[task].label == classes[task][int(np.argmax(p))]
+            assert labels[task].confidence == max(expected.values())
+            assert labels[task] == task_label(probs[task][i], classes[task], thresholds[task])
+
+
+def test_out_of_range_probabilities_are_clipped():
+    lab = task_label(np.array([-0.1, 1.2]), ["men", "women"], 0.8)
+    assert lab.probabilities == {"men": 0.0, "women": 1.0} and lab.label == "women"
