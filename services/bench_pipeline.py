@@ -40,21 +40,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int, servers: dict[str, int]) -> dict[str, float]:  # noqa: ANN001
+def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int, servers: dict[str, int], concurrency: int = 2) -> dict[str, float]:  # noqa: ANN001
     """Produce ``n_events`` at once to a warm worker; events/s from first send to last label."""
     from kafka import KafkaProducer
 
-    from deploy.local.processes import WorkerProcess
+    from deploy.local.processes import WorkerProcess, free_ports
+    from services.bench_soak import scrape_metrics
     from services.events import ImageLocation, ProductImageUploaded
     from services.labels import read_labels
     from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:6]
+    (metrics_port,) = free_ports(1)
     over = {
         "topic_images": f"bench-images-{suffix}", "topic_labels": f"bench-labels-{suffix}",
         "topic_review": f"bench-review-{suffix}", "topic_dlq": f"bench-dlq-{suffix}",
         "consumer_group": f"bench-{suffix}", "s3_labels_prefix": f"bench-labels-{suffix}/",
-        "triton_model": model, "batch_max_size": batch, "metrics_port": 0, "kafka_session_timeout_s": 6,
+        "triton_model": model, "batch_max_size": batch, "worker_concurrency": concurrency, "metrics_port": metrics_port, "kafka_session_timeout_s": 6,
     }
     run_settings = settings.model_copy(update=over)
     ensure_topics(run_settings)
@@ -72,36 +74,50 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         producer.flush()
         return ids
 
-    def wait(ids: set[str], timeout: float) -> list:
+    def wait(count: int, timeout: float) -> None:
+        """Until the worker has published ``count`` more label events: a cheap metrics
+        scrape, so waiting takes no broker or S3 time from the measured run."""
+        deadline = time.monotonic() + timeout
+        done[0] += count
+        while scrape_metrics(metrics_port).get("autolabel_events_out_total", 0) < done[0]:
+            if not worker.alive():
+                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the {model} worker did not label {count} events in {timeout:.0f}s; see {worker.log_path}")
+            time.sleep(0.1)
+
+    def collect(ids: set[str], timeout: float = 120) -> list:
+        """The label events of ``ids``, read from the label topic."""
         deadline = time.monotonic() + timeout
         got: dict[str, object] = {}
         while time.monotonic() < deadline:
-            if not worker.alive():
-                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
             for e in read_labels(run_settings, idle_s=0.5):
                 if e.product_id in ids:
                     got.setdefault(e.product_id, e)
             if len(got) == len(ids):
                 return list(got.values())
             time.sleep(0.5)
-        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing after {timeout:.0f}s ({model})")
+        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {run_settings.topic_labels} ({model})")
 
+    done = [0]
     try:
-        wait(send("warm", warmup), 900)
+        wait(len(send("warm", warmup)), 900)
         cpu0 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}
         t0 = time.time()
-        events = wait(send("p", n_events), 3600)
+        ids = send("p", n_events)
+        wait(len(ids), 3600)
         cpu1 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}
+        events = collect(ids)
     finally:
         producer.close()
         worker.stop()
     end = max(e.labeled_at.timestamp() for e in events)
     latencies = [e.latency_ms for e in events]
-    cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # over the measured phase (incl. the labels reads' tail)
+    cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # from the first send to the last label published
     return {
         "events": n_events, "seconds": end - t0, "events_per_s": n_events / (end - t0),
         "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99),
-        "batch": batch, "cpu_s": cpu, "worker_cpu_ms_per_event": cpu["worker"] / n_events * 1000,
+        "batch": batch, "concurrency": concurrency, "cpu_s": cpu, "worker_cpu_ms_per_event": cpu["worker"] / n_events * 1000,
         "events_per_worker_cpu_s": n_events / cpu["worker"] if cpu["worker"] else float("inf"),
     }
 
@@ -126,7 +142,7 @@ def markdown(result: dict) -> str:
     lines = [
         DOC_START,
         f"Measured {result['date']} on {result['machine']} with `{result['command']}`.",
-        f"Model: {result['model']}. Worker batch size {p['batch']}; photos: the {result['photos']} samples in `samples/`.",
+        f"Model: {result['model']}. Worker batch size {p['batch']}, {p.get('concurrency', 1)} batches in flight; photos: the {result['photos']} samples in `samples/`.",
         "",
         "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
         "|---|---|---|---|---|---|",
@@ -161,11 +177,12 @@ def write_doc(path: Path, section: str) -> None:
 @click.option("--trivial-events", type=click.IntRange(1), default=3000, show_default=True, help="Events through the trivial model.")
 @click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker batch size (AUTOLABEL_BATCH_MAX_SIZE).")
 @click.option("--trivial-batch", type=click.IntRange(1, 256), default=128, show_default=True, help="Worker batch size for the trivial model.")
+@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True, help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True)
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
-def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
+def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int, concurrency: int, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
@@ -201,10 +218,10 @@ def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int,
         click.echo(f"  {direct['images_per_s']:.2f} images/s")
         click.echo(f"pipeline: {n_events} events through the worker")
         servers = {"s3 (SeaweedFS)": state.components["s3"].pid, "broker (Tansu)": state.components["broker"].pid, "tritonserver": state.components["triton"].pid}
-        piped = run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers)
+        piped = run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers, concurrency=concurrency)
         click.echo(f"  {piped['events_per_s']:.2f} events/s")
         click.echo(f"pipeline, trivial model: {trivial_events} events")
-        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers)
+        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers, concurrency=concurrency)
         click.echo(f"  {trivial['events_per_s']:.0f} events/s")
     finally:
         stack.down(log=lambda m: None)

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     # --- Worker ------------------------------------------------------------------
     batch_max_size: int = Field(8, ge=1, le=256, description="Events per inference batch at most.")
     batch_max_ms: int = Field(50, ge=0, le=60_000, description="Wait at most this long to fill a batch.")
+    worker_concurrency: int = Field(
+        2, ge=1, le=16,
+        description="Batches one worker has in flight at once (Triton works on one while another is fetched or "
+        "published); above 1, two events of the same product may be labeled out of order.",
+    )
     threshold_style: float = Field(0.6, ge=0, le=1, description="needs_review below this confidence.")
     threshold_gender: float = Field(0.8, ge=0, le=1, description="needs_review below this confidence.")
     threshold_season: float = Field(0.5, ge=0, le=1, description="needs_review below this confidence.")

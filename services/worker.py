@@ -105,8 +105,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
-        stream_buffer_maxsize=max(64, settings.batch_max_size * 4),
-        broker_max_poll_records=max(64, settings.batch_max_size * 4),
+        stream_buffer_maxsize=max(64, settings.batch_max_size * settings.worker_concurrency * 2),
+        broker_max_poll_records=max(64, settings.batch_max_size * settings.worker_concurrency * 2),
         autodiscover=False,
     )
     images = app.topic(settings.topic_images, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -122,7 +122,9 @@ def create_app(settings: Settings) -> faust.App:
         obs.start_metrics_server(settings.metrics_port)
         obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
 
-    @app.agent(images, concurrency=1)
+    # offsets are committed only up to the first unacknowledged one (Faust tracks gaps),
+    # so batches finishing out of order cannot commit an event that was not labeled
+    @app.agent(images, concurrency=settings.worker_concurrency)
     async def label(stream):  # noqa: ANN001, ANN202
         while "pipeline" not in runtime:
             await asyncio.sleep(0.05)
