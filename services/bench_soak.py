@@ -31,6 +31,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -376,12 +377,13 @@ def outcomes(settings, sent: set[str], read_s3: bool = True, idle_s: float = 2.0
         stored = len(keys)
         from services.events import label_key
 
-        for pid, evs in events.items():
-            key = label_key(settings.s3_labels_prefix, pid)
-            if key not in keys:
-                stored_missing.append(pid)
-                continue
-            record = storage.get_label(pid)
+        present = [pid for pid in events if label_key(settings.s3_labels_prefix, pid) in keys]
+        stored_missing.extend(sorted(set(events) - set(present)))
+        with ThreadPoolExecutor(16) as pool:  # tens of thousands of records: read them concurrently
+            records = dict(zip(present, pool.map(storage.get_label, present), strict=True))
+        for pid in present:
+            evs = events[pid]
+            record = records[pid]
             if record is None:
                 stored_missing.append(pid)
                 continue
@@ -637,17 +639,19 @@ def _common(fn):  # noqa: ANN001, ANN202
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the full report here."),
         click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG of latency, RSS and lag over time."),
         click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep the stack's files here."),
+        click.option("--broker-storage", type=click.Choice(["s3", "memory"]), default="s3", show_default=True,
+                     help="The embedded broker's log: in S3 (durable, as the fault tests) or in memory."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
     return fn
 
 
-def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title, **load) -> dict[str, object]:  # noqa: ANN001
+def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title, broker_storage: str = "s3", **load) -> dict[str, object]:  # noqa: ANN001
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"autolabel-{kind}-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    click.echo(f"starting a stack in {tmp} ...")
-    stack = LocalStack(tmp, repository=repository, model=model, delay_ms=delay_ms)
+    click.echo(f"starting a stack in {tmp} (broker log: {broker_storage}) ...")
+    stack = LocalStack(tmp, repository=repository, model=model, delay_ms=delay_ms, stack_broker_storage=broker_storage)
     try:
         stack.start()
         report = run_load(stack, tmp, log=click.echo, **load)
@@ -657,6 +661,7 @@ def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title
             shutil.rmtree(tmp, ignore_errors=True)
     report["kind"] = kind
     report["triton_delay_ms"] = delay_ms
+    report["broker_storage"] = broker_storage
     report["command"] = "autolabel " + " ".join(sys.argv[1:])
     _print_report(report)
     if json_path:
@@ -675,7 +680,7 @@ def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title
               help="Trivial model only: sleep per Triton execution (a slow Triton).")
 @_common
 def soak(minutes: float, rate: float | None, burst: int | None, delay_ms: float, repository, model, batch_size,  # noqa: ANN001
-         json_path, plot, workdir) -> None:
+         json_path, plot, workdir, broker_storage) -> None:
     """Fixed-rate load for N minutes: throughput, latency over time, worker RSS, lag, losses.
 
     \b
@@ -687,10 +692,10 @@ def soak(minutes: float, rate: float | None, burst: int | None, delay_ms: float,
         raise click.UsageError("give --rate (events/s) or --burst N")
     if burst is not None:
         title = f"burst: {burst} events at once" + (f", Triton +{delay_ms:g} ms/execution" if delay_ms else "")
-        report = _run("soak", repository, model, delay_ms, workdir, json_path, plot, title,
+        report = _run("soak", repository, model, delay_ms, workdir, json_path, plot, title, broker_storage,
                       count=burst, minutes=None, rate=0, batch_size=batch_size, drain_s=3600)
     else:
         report = _run("soak", repository, model, delay_ms, workdir, json_path, plot, f"soak: {rate:g}/s for {minutes:g} min",
-                      count=None, minutes=minutes, rate=rate, batch_size=batch_size)
+                      broker_storage, count=None, minutes=minutes, rate=rate, batch_size=batch_size)
     if report["outcome"]["lost_count"]:
         raise SystemExit(1)

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # --- Embedded stack ----------------------------------------------------------
     state_dir: Path = Field(Path(".autolabel"), description="Data, logs, PIDs of the embedded stack.")
     stack_timeout_s: float = Field(90.0, gt=0, description="How long `stack up` waits for health.")
+    stack_broker_storage: Literal["s3", "memory"] = Field(
+        "s3", description="Embedded broker's log: s3 (durable, in the embedded S3) or memory (faster, lost on stop)."
+    )
     stack_triton_models: str = Field(
         "", description="Models the embedded Triton loads at start (comma-separated); empty = all."
     )

@@ -144,6 +144,39 @@ def test_own_stack_up_down_leaves_nothing(tmp_path):
     assert _cli(["stack", "status"], env).returncode == 1
 
 
+def test_memory_broker_storage_keeps_the_log_out_of_s3(tmp_path):
+    """AUTOLABEL_STACK_BROKER_STORAGE=memory: the broker serves topics, and nothing of its log lands in S3."""
+    from kafka import KafkaProducer
+
+    from deploy.local.stack import BROKER_BUCKET, Stack
+    from deploy.local.trivial import write_trivial_repository
+    from services.storage import make_s3_client
+    from services.topics import read_topic
+
+    repo = write_trivial_repository(tmp_path / "repo")
+    env = {"AUTOLABEL_STATE_DIR": str(tmp_path / "state"), "AUTOLABEL_MODEL_REPOSITORY": str(repo),
+           "AUTOLABEL_STACK_BROKER_STORAGE": "memory"}
+    up = _cli(["stack", "up"], env)
+    assert up.returncode == 0, up.stderr
+    try:
+        state = Stack(Settings(state_dir=tmp_path / "state")).read_state()
+        argv = Path(f"/proc/{state.components['broker'].pid}/cmdline").read_bytes().split(b"\0")
+        assert b"memory://tansu/" in argv
+        settings = Settings(state_dir=tmp_path / "state", kafka_bootstrap_servers=state.components["broker"].endpoint,
+                            s3_endpoint_url=state.components["s3"].endpoint)
+        producer = KafkaProducer(**settings.kafka_client_kwargs())
+        for i in range(5):
+            producer.send(settings.topic_images, key=f"k{i}".encode(), value=f"v{i}".encode())
+        producer.flush()
+        producer.close()
+        got = sorted(r.value for r in read_topic(settings, settings.topic_images, idle_s=1.0, max_wait_s=30))
+        assert got == [f"v{i}".encode() for i in range(5)]
+        listed = make_s3_client(settings).list_objects_v2(Bucket=BROKER_BUCKET)
+        assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])][:5]
+    finally:
+        assert _cli(["stack", "down"], env).returncode == 0
+
+
 def test_taken_port_gives_clear_error(tmp_path):
     from deploy.local.trivial import write_trivial_repository
 

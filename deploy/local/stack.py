@@ -304,7 +304,7 @@ class Stack:
         })
         argv = [
             str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", f"s3://{BROKER_BUCKET}/",
+            "--storage-engine", f"s3://{BROKER_BUCKET}/" if s.stack_broker_storage == "s3" else "memory://tansu/",
         ]
         proc, log_path = self._spawn("broker", argv, env=env, cwd=self.state_dir)
         bootstrap = f"127.0.0.1:{ports['broker']}"
