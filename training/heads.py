@@ -152,37 +152,25 @@ def _progress_callback(total: int, desc: str, enabled: bool):  # noqa: ANN202
     return TqdmEpochs()
 
 
-def train_head(
-    cfg: HeadConfig,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    n_classes: int,
-    weights: Mapping[int, float] | None = None,
-    name: str = "head",
-    seed: int = 0,
-    progress: bool = True,
-):  # noqa: ANN201 - (keras.Model, History)
+def _fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, epochs: int,  # noqa: ANN001
+         batch_size: int, weights: Mapping[int, float] | None, restore_best: bool, desc: str, progress: bool) -> History:
+    """``model.fit`` with a progress bar; with validation rows and ``restore_best`` the
+    weights of the epoch with the lowest validation loss are kept."""
     import time
 
     import keras
 
-    keras.utils.set_random_seed(seed)
-    model = build_head(x_train.shape[1:], n_classes, cfg, name=name, seed=seed)
-    callbacks = [_progress_callback(cfg.epochs, f"train {name}", progress)]
+    callbacks = [_progress_callback(epochs, desc, progress)]
     has_val = len(y_val) > 0
-    if cfg.restore_best and has_val:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.epochs, restore_best_weights=True)
-        )
+    if restore_best and has_val:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True))
     started = time.perf_counter()
     fit = model.fit(
         x_train,
         y_train,
         validation_data=(x_val, y_val) if has_val else None,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         class_weight=dict(weights) if weights else None,
         shuffle=True,
         verbose=0,
@@ -196,7 +184,27 @@ def train_head(
         val_accuracy=[float(v) for v in h.get("val_accuracy", [])],
         seconds=time.perf_counter() - started,
     )
-    hist.best_epoch = int(np.argmin(hist.val_loss)) + 1 if hist.val_loss and cfg.restore_best else len(hist.loss)
+    hist.best_epoch = int(np.argmin(hist.val_loss)) + 1 if hist.val_loss and restore_best else len(hist.loss)
+    return hist
+
+
+def train_head(
+    cfg: HeadConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    weights: Mapping[int, float] | None = None,
+    name: str = "head",
+    seed: int = 0,
+    progress: bool = True,
+):  # noqa: ANN201 - (keras.Model, History)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_head(x_train.shape[1:], n_classes, cfg, name=name, seed=seed)
+    hist = _fit(model, x_train, y_train, x_val, y_val, cfg.epochs, cfg.batch_size, weights, cfg.restore_best, f"train {name}", progress)
     return model, hist
 
 
@@ -223,39 +231,13 @@ def fine_tune(
     ``head`` are trained in place (the returned model is made of them); with validation
     rows and ``restore_best``, the epoch with the lowest validation loss is kept.
     """
-    import time
-
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=x_train.shape[1:], name="cut_features")
     model = keras.Model(inputs, head(top(inputs)), name=f"{name.replace(' ', '_')}")
     model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [_progress_callback(epochs, name, progress)]
-    has_val = len(y_val) > 0
-    if restore_best and has_val:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True))
-    started = time.perf_counter()
-    fit = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val) if has_val else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        class_weight=dict(weights) if weights else None,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    h = fit.history
-    hist = History(
-        loss=[float(v) for v in h.get("loss", [])],
-        accuracy=[float(v) for v in h.get("accuracy", [])],
-        val_loss=[float(v) for v in h.get("val_loss", [])],
-        val_accuracy=[float(v) for v in h.get("val_accuracy", [])],
-        seconds=time.perf_counter() - started,
-    )
-    hist.best_epoch = int(np.argmin(hist.val_loss)) + 1 if hist.val_loss and restore_best else len(hist.loss)
+    hist = _fit(model, x_train, y_train, x_val, y_val, epochs, batch_size, weights, restore_best, name, progress)
     return model, hist
 
 
