@@ -196,10 +196,10 @@ class Pipeline:
                     out.append(exc)
             return out
 
-        n_chunks = max(1, min(self.settings.decode_threads, len(todo)))
+        n_chunks = min(self.settings.decode_threads, len(todo))
         chunks = [todo[k::n_chunks] for k in range(n_chunks)]
-        prepared = await asyncio.gather(*(loop.run_in_executor(self.cpu_pool, prepare_chunk, c) for c in chunks if c))
-        for chunk, arrays in zip([c for c in chunks if c], prepared, strict=True):
+        prepared = await asyncio.gather(*(loop.run_in_executor(self.cpu_pool, prepare_chunk, c) for c in chunks))
+        for chunk, arrays in zip(chunks, prepared, strict=True):
             for i, arr in zip(chunk, arrays, strict=True):
                 if isinstance(arr, ImageError):
                     results[i] = self.dead_letter(messages[i], arr.code, str(arr), events[i])
