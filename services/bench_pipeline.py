@@ -78,8 +78,9 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         """Until the worker has published ``count`` more label events: a cheap metrics
         scrape, so waiting takes no broker or S3 time from the measured run."""
         deadline = time.monotonic() + timeout
-        done[0] += count
-        while scrape_metrics(metrics_port).get("autolabel_events_out_total", 0) < done[0]:
+        nonlocal published
+        published += count
+        while scrape_metrics(metrics_port).get("autolabel_events_out_total", 0) < published:
             if not worker.alive():
                 raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
             if time.monotonic() > deadline:
@@ -99,7 +100,7 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
             time.sleep(0.5)
         raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {run_settings.topic_labels} ({model})")
 
-    done = [0]
+    published = 0  # label events the worker has published so far
     try:
         wait(len(send("warm", warmup)), 900)
         cpu0 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}

@@ -65,7 +65,6 @@ class Output:
                 raise TransientError(f"publish to {topic}: {exc!r}") from exc
             raise
 
-
     async def emit(self, outcome: ProductLabeled | DeadLetter) -> None:
         retry = self.pipeline.retry_transient
         s = self.settings
@@ -91,6 +90,7 @@ def create_app(settings: Settings) -> faust.App:
     servers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
     datadir = settings.state_dir / "faust" / settings.worker_name
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    buffered = max(64, settings.batch_max_size * settings.worker_concurrency * 2)  # events Faust holds at most
     app = faust.App(
         settings.consumer_group,
         broker=servers,
@@ -105,8 +105,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
-        stream_buffer_maxsize=max(64, settings.batch_max_size * settings.worker_concurrency * 2),
-        broker_max_poll_records=max(64, settings.batch_max_size * settings.worker_concurrency * 2),
+        stream_buffer_maxsize=buffered,
+        broker_max_poll_records=buffered,
         autodiscover=False,
     )
     images = app.topic(settings.topic_images, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
