@@ -7,8 +7,10 @@ side by side with the same model's direct in-process throughput, in one run.
 3. direct: the repository's backbone + head SavedModels in this process on the same
    photos, preprocessed, in batches of the worker's batch size;
 4. pipeline: a real ``autolabel worker``; after a warm-up, N events are produced at once and
-   the run ends when the last label is published (its ``labeled_at``);
-5. the same with the trivial model: the pipeline's own overhead per worker.
+   the run ends when the last label is published (its ``labeled_at``). Rounds alternate
+   with direct runs (direct, pipeline, direct, ...) and each path's runs are pooled;
+5. the trivial model, the pipeline's own overhead: a burst as in 4, then a fixed rate
+   offered for a while (does one worker keep up with it?).
 """
 
 from __future__ import annotations
@@ -34,14 +36,36 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads so far."""
+def cpu_seconds(pid: int | tuple[int, ...]) -> float:
+    """User + system CPU seconds so far of a process (or several), all their threads."""
+    if isinstance(pid, tuple):
+        return sum(cpu_seconds(p) for p in pid)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int, servers: dict[str, int], concurrency: int = 2) -> dict[str, float]:  # noqa: ANN001
-    """Produce ``n_events`` at once to a warm worker; events/s from first send to last label."""
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (tritonserver's Python-backend stubs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int,  # noqa: ANN001, PLR0913
+                 servers: dict[str, int], concurrency: int = 2, rate: float = 0.0, seconds: float = 0.0) -> dict:
+    """A fresh worker on its own topics, warmed up, then measured in one of two ways.
+
+    - burst (``rate`` 0): ``n_events`` produced at once; events/s from the first send to
+      the last label published (its ``labeled_at``);
+    - sustained: events offered at ``rate`` per second for ``seconds``; the backlog (sent
+      minus labeled) is sampled every second. The worker kept up when the backlog grew by
+      less than 2 % of the events offered after the first quarter of the window.
+    """
     from kafka import KafkaProducer
 
     from deploy.local.processes import WorkerProcess, free_ports
@@ -61,31 +85,35 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
     run_settings = settings.model_copy(update=over)
     ensure_topics(run_settings)
     worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
-    worker = WorkerProcess(worker_env, log_dir / f"worker-{model}.log", f"bench-{model}").start()
-    producer = KafkaProducer(**run_settings.kafka_client_kwargs(), acks="all", linger_ms=5, batch_size=256 * 1024)
+    worker = WorkerProcess(worker_env, log_dir / f"worker-{model}-{suffix}.log", f"bench-{model}").start()
+    # linger: a load generator at a few hundred events/s would otherwise send a request
+    # every few events and spend more CPU than the worker it measures (same 2 cores)
+    producer = KafkaProducer(**run_settings.kafka_client_kwargs(), acks="all", linger_ms=100 if rate else 5, batch_size=256 * 1024)
 
-    def send(prefix: str, count: int) -> set[str]:
-        ids = set()
-        for i in range(count):
-            pid = f"{prefix}{i:06d}"
-            event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=images[i % len(images)]))
-            producer.send(run_settings.topic_images, key=pid.encode(), value=event.to_bytes())
-            ids.add(pid)
+    def send(pid: str, i: int) -> None:
+        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=images[i % len(images)]))
+        producer.send(run_settings.topic_images, key=pid.encode(), value=event.to_bytes())
+
+    def send_all(prefix: str, count: int) -> set[str]:
+        ids = {f"{prefix}{i:06d}" for i in range(count)}
+        for i, pid in enumerate(sorted(ids)):
+            send(pid, i)
         producer.flush()
         return ids
 
-    def wait(count: int, timeout: float) -> None:
-        """Until the worker has published ``count`` more label events: a cheap metrics
-        scrape, so waiting takes no broker or S3 time from the measured run."""
+    def labeled() -> int:
+        return int(scrape_metrics(metrics_port).get("autolabel_events_out_total", 0))
+
+    def wait(total: int, timeout: float) -> None:
+        """Until the worker has published ``total`` label events: a metrics scrape twice a
+        second (a few ms of CPU each, here and in the worker), no broker or S3 time."""
         deadline = time.monotonic() + timeout
-        nonlocal published
-        published += count
-        while scrape_metrics(metrics_port).get("autolabel_events_out_total", 0) < published:
+        while labeled() < total:
             if not worker.alive():
                 raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
             if time.monotonic() > deadline:
-                raise click.ClickException(f"the {model} worker did not label {count} events in {timeout:.0f}s; see {worker.log_path}")
-            time.sleep(0.1)
+                raise click.ClickException(f"the {model} worker did not label {total} events in {timeout:.0f}s; see {worker.log_path}")
+            time.sleep(0.5)
 
     def collect(ids: set[str], timeout: float = 120) -> list:
         """The label events of ``ids``, read from the label topic."""
@@ -100,26 +128,73 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
             time.sleep(0.5)
         raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {run_settings.topic_labels} ({model})")
 
-    published = 0  # label events the worker has published so far
+    def offer() -> tuple[set[str], list[tuple[float, int, int]]]:
+        """``rate`` events/s for ``seconds``; (elapsed s, sent, labeled) once a second."""
+        ids: set[str] = set()
+        samples: list[tuple[float, int, int]] = []
+        base = labeled()
+        began = time.monotonic()
+        while (elapsed := time.monotonic() - began) < seconds:
+            while len(ids) < int(elapsed * rate):
+                pid = f"s{len(ids):07d}"
+                send(pid, len(ids))
+                ids.add(pid)
+            if elapsed >= len(samples):
+                samples.append((elapsed, len(ids), labeled() - base))
+            time.sleep(0.005)
+        producer.flush()
+        return ids, samples
+
+    procs = {**servers, "worker": worker.pid, "this benchmark (producer)": os.getpid()}
     try:
-        wait(len(send("warm", warmup)), 900)
-        cpu0 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}
+        wait(len(send_all("warm", warmup)), 900)
+        base = labeled()
+        cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
         t0 = time.time()
-        ids = send("p", n_events)
-        wait(len(ids), 3600)
-        cpu1 = {name: cpu_seconds(pid) for name, pid in {**servers, "worker": worker.pid}.items()}
+        if rate:
+            ids, samples = offer()
+            t_sent = time.time()
+        else:
+            ids = send_all("p", n_events)
+        wait(base + len(ids), 3600)
+        cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
         events = collect(ids)
     finally:
         producer.close()
         worker.stop()
+    n = len(ids)
     end = max(e.labeled_at.timestamp() for e in events)
     latencies = [e.latency_ms for e in events]
     cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # from the first send to the last label published
-    return {
-        "events": n_events, "seconds": end - t0, "events_per_s": n_events / (end - t0),
+    result = {
+        "events": n, "seconds": end - t0, "events_per_s": n / (end - t0),
         "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99),
-        "batch": batch, "concurrency": concurrency, "cpu_s": cpu, "worker_cpu_ms_per_event": cpu["worker"] / n_events * 1000,
-        "events_per_worker_cpu_s": n_events / cpu["worker"] if cpu["worker"] else float("inf"),
+        "batch": batch, "concurrency": concurrency, "cpu_s": cpu, "cpu_ms_per_event": {k: v / n * 1000 for k, v in cpu.items()},
+        "worker_cpu_ms_per_event": cpu["worker"] / n * 1000,
+        "events_per_worker_cpu_s": n / cpu["worker"] if cpu["worker"] else float("inf"),
+    }
+    if rate:
+        result.update({"offered_per_s": rate, "offered_seconds": seconds, "offered_rate_actual": n / (t_sent - t0),
+                       "drain_s": end - t_sent, **backlog_summary(samples, rate)})
+    return result
+
+
+def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
+    """Did a worker keep up with ``rate``? ``samples`` are (elapsed s, sent, labeled), one a second.
+
+    It kept up when its backlog (sent - labeled) grew, from a quarter of the window to its
+    end, by at most 2 % of the events offered meanwhile: a backlog that only holds the
+    batches in flight stays flat, one that falls behind grows by (rate - capacity) a second.
+    """
+    if len(samples) < 4:
+        raise ValueError("need at least 4 samples (one a second)")
+    backlog = [sent - done for _, sent, done in samples]
+    q, half = len(samples) // 4, len(samples) // 2
+    (t_q, _, _), (t_mid, _, l_mid), (t_last, _, l_last) = samples[q], samples[half], samples[-1]
+    return {
+        "backlog": backlog, "backlog_quarter": backlog[q], "backlog_end": backlog[-1],
+        "labeled_per_s_second_half": (l_last - l_mid) / (t_last - t_mid),
+        "kept_up": backlog[-1] - backlog[q] <= 0.02 * rate * (t_last - t_q),
     }
 
 
@@ -137,38 +212,52 @@ def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: s
             "latency_p50_ms": _percentile(res.latencies_ms, 50), "latency_p99_ms": _percentile(res.latencies_ms, 99), "batch": batch}
 
 
-def _mean_direct(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """The direct path measured before and after the pipeline: their mean, and both rates."""
-    images = before["images"] + after["images"]
-    seconds = before["seconds"] + after["seconds"]
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "latency_p50_ms": (before["latency_p50_ms"] + after["latency_p50_ms"]) / 2,
-            "latency_p99_ms": max(before["latency_p99_ms"], after["latency_p99_ms"]), "batch": before["batch"],
-            "before_images_per_s": before["images_per_s"], "after_images_per_s": after["images_per_s"]}
+def _pooled(runs: list[dict], count: str = "images") -> dict[str, float]:
+    """Several runs of one path as one: items and seconds summed, each run's rate kept."""
+    items = sum(r[count] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    rate_key = "images_per_s" if count == "images" else "events_per_s"
+    return {count: items, "seconds": seconds, rate_key: items / seconds, "runs": [r[rate_key] for r in runs],
+            "latency_p50_ms": float(np.median([r["latency_p50_ms"] for r in runs])),
+            "latency_p99_ms": max(r["latency_p99_ms"] for r in runs), "batch": runs[0]["batch"],
+            **({"cpu_ms_per_event": {k: float(np.mean([r["cpu_ms_per_event"][k] for r in runs])) for k in runs[0]["cpu_ms_per_event"]},
+                "concurrency": runs[0]["concurrency"]} if count == "events" else {})}
+
+
+def _cpu_line(run: dict) -> str:
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in run["cpu_ms_per_event"].items())
 
 
 def markdown(result: dict) -> str:
-    d, p, t = result["direct"], result["pipeline"], result["trivial"]
-    ratio = p["events_per_s"] / d["images_per_s"]
+    d, p, t, u = result["direct"], result["pipeline"], result["trivial"], result["sustained"]
+    ratio = result["ratio_pipeline_direct"]
+    rates = lambda runs: ", ".join(f"{r:.2f}" for r in runs)  # noqa: E731
+    verdict = "kept up" if u["kept_up"] else "fell behind"
     lines = [
         DOC_START,
         f"Measured {result['date']} on {result['machine']} with `{result['command']}`.",
-        f"Model: {result['model']}. Worker batch size {p['batch']}, {p.get('concurrency', 1)} batches in flight; photos: the {result['photos']} samples in `samples/`.",
+        f"Model: {result['model']}. Worker batch size {p['batch']} ({t['batch']} for the trivial model), {p.get('concurrency', 1)} batches in flight;"
+        f" photos: the {result['photos']} samples in `samples/`; the broker's log: {result['broker_storage']}.",
         "",
         "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
         "|---|---|---|---|---|---|",
-        f"| direct: backbone + heads in-process (TensorFlow), run before and after the pipeline | {d['images']} | {d['seconds']:.1f} | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
-        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model | {p['events']} | {p['seconds']:.1f} | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
-        f"| pipeline with the trivial model (the pipeline's own overhead) | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f} | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
+        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f} | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
+        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f} | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
+        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f} | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
+        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f} | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
         "",
-        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9); direct ran at {d.get('before_images_per_s', d['images_per_s']):.2f} images/s"
-        f" before the pipeline and {d.get('after_images_per_s', d['images_per_s']):.2f} after it",
-        f"- trivial-model pipeline: **{t['events_per_s']:.0f} events/s** end to end on this machine (target ≥ 500 per worker);",
-        f"  the worker itself spent **{t['worker_cpu_ms_per_event']:.2f} ms CPU per event**, i.e. **{t['events_per_worker_cpu_s']:.0f} events per",
-        "  worker CPU-second**. CPU seconds each process used during the trivial-model run (2 cores in all):",
-        "  " + ", ".join(f"{name} {sec:.1f}" for name, sec in t["cpu_s"].items()) + f" over {t['seconds']:.1f} s.",
-        "- Pipeline latency is upload-to-label for events produced all at once, so it includes queueing behind the",
-        "  whole burst; it is a throughput run, not a latency-under-light-load figure.",
+        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s; pipeline runs: {rates(p['runs'])} events/s.",
+        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}** (target: sustain 500 per worker) —"
+        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end; the last label {u['drain_s']:.1f} s after the last event was sent.",
+        f"- trivial model, burst of {t['events']}: {t['events_per_s']:.0f} events/s end to end.",
+        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
+        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model (batches of {p['batch']}).",
+        "- CPU ms per event of each process (2 cores in all):",
+        f"  real model: {_cpu_line(p)};",
+        f"  trivial burst: {_cpu_line(t)};",
+        f"  trivial sustained: {_cpu_line(u)} (tritonserver's own process: its Python-backend model stubs are separate processes).",
+        "- Burst latency is upload-to-label for events produced all at once, so it includes queueing behind the",
+        "  whole burst: those rows are throughput runs, not latency-under-light-load figures.",
         DOC_END,
     ]
     return "\n".join(lines)
@@ -185,16 +274,24 @@ def write_doc(path: Path, section: str) -> None:
 
 
 @click.command("pipeline")
-@click.option("--events", "n_events", type=click.IntRange(1), default=96, show_default=True, help="Events through the real model.")
-@click.option("--trivial-events", type=click.IntRange(1), default=3000, show_default=True, help="Events through the trivial model.")
+@click.option("--events", "n_events", type=click.IntRange(1), default=240, show_default=True, help="Events through the real model, per round.")
+@click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="Pipeline runs of the real model, each followed by a direct run (one direct run comes first).")
+@click.option("--trivial-events", type=click.IntRange(1), default=5000, show_default=True, help="Events of the trivial model's burst.")
+@click.option("--trivial-rate", type=click.FloatRange(1), default=500, show_default=True, help="Events/s offered to the trivial model.")
+@click.option("--trivial-seconds", type=click.FloatRange(4), default=40, show_default=True, help="How long the trivial model is offered --trivial-rate.")
 @click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker batch size (AUTOLABEL_BATCH_MAX_SIZE).")
 @click.option("--trivial-batch", type=click.IntRange(1, 256), default=128, show_default=True, help="Worker batch size for the trivial model.")
 @click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True, help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
+@click.option("--broker-storage", type=click.Choice(["memory", "s3"]), default="memory", show_default=True,
+              help="Where the embedded broker keeps its log. memory: as a production Kafka, whose log is on its own disks and not"
+                   " the worker's S3; s3: Tansu writes every produce request to SeaweedFS on these same cores.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True)
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
-def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int, concurrency: int, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
+def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,  # noqa: PLR0913
+             concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
@@ -210,9 +307,9 @@ def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int,
     size = tuple(manifest.backbone.input_size)
     repo = build_repository(models, work / "repo", target="cpu")
     write_trivial_repository(repo, name="trivial", size=size)  # type: ignore[arg-type]
-    settings = Settings(state_dir=work / "state", model_repository=repo, stack_timeout_s=900)
+    settings = Settings(state_dir=work / "state", model_repository=repo, stack_timeout_s=900, stack_broker_storage=broker_storage)  # type: ignore[arg-type]
     stack = Stack(settings)
-    click.echo("starting the embedded stack (loads the TensorFlow models; minutes on 2 cores)")
+    click.echo(f"starting the embedded stack (broker log: {broker_storage}; loads the TensorFlow models: minutes on 2 cores)")
     state = stack.up(log=click.echo)
     try:
         env = {
@@ -225,28 +322,39 @@ def pipeline(n_events: int, trivial_events: int, batch: int, trivial_batch: int,
         photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
         storage = Storage(live)
         images = [storage.put_image(p) for p in photos]
-        click.echo(f"direct: {n_events} images in-process")
-        before = run_direct(repo, photos, size, manifest.resize, n_events, batch)  # type: ignore[arg-type]
-        click.echo(f"  {before['images_per_s']:.2f} images/s")
-        click.echo(f"pipeline: {n_events} events through the worker")
-        servers = {"s3 (SeaweedFS)": state.components["s3"].pid, "broker (Tansu)": state.components["broker"].pid, "tritonserver": state.components["triton"].pid}
-        piped = run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers, concurrency=concurrency)
-        click.echo(f"  {piped['events_per_s']:.2f} events/s")
-        click.echo(f"direct again: {n_events} images in-process (the machine's speed may drift)")
-        after = run_direct(repo, photos, size, manifest.resize, n_events, batch)  # type: ignore[arg-type]
-        click.echo(f"  {after['images_per_s']:.2f} images/s")
-        direct = _mean_direct(before, after)
-        click.echo(f"pipeline, trivial model: {trivial_events} events")
+        triton_pid = state.components["triton"].pid
+        servers = {"s3 (SeaweedFS)": state.components["s3"].pid, "broker (Tansu)": state.components["broker"].pid,
+                   "tritonserver": triton_pid, "Triton model stubs": tuple(child_pids(triton_pid))}
+
+        def direct(label: str) -> dict:
+            click.echo(f"direct{label}: {n_events} images in-process")
+            run = run_direct(repo, photos, size, manifest.resize, n_events, batch)  # type: ignore[arg-type]
+            click.echo(f"  {run['images_per_s']:.2f} images/s")
+            return run
+
+        directs, piped = [direct("")], []
+        for r in range(rounds):  # interleaved, so a drift in the machine's speed hits both paths alike
+            click.echo(f"pipeline, round {r + 1}/{rounds}: {n_events} events through the worker")
+            piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers, concurrency=concurrency))
+            click.echo(f"  {piped[-1]['events_per_s']:.2f} events/s")
+            directs.append(direct(f", round {r + 1}/{rounds}"))
+        click.echo(f"pipeline, trivial model: a burst of {trivial_events} events")
         trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers, concurrency=concurrency)
         click.echo(f"  {trivial['events_per_s']:.0f} events/s")
+        click.echo(f"pipeline, trivial model: {trivial_rate:.0f} events/s offered for {trivial_seconds:.0f} s")
+        sustained = run_pipeline(live, env, "trivial", images, 0, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
+                                 concurrency=concurrency, rate=trivial_rate, seconds=trivial_seconds)
+        click.echo(f"  {'kept up' if sustained['kept_up'] else 'fell behind'}: backlog {sustained['backlog_quarter']} -> {sustained['backlog_end']}")
     finally:
         stack.down(log=lambda m: None)
     desc = f"{manifest.backbone.name} ({manifest.backbone.weights} weights) at {size[0]}x{size[1]}, {kind} heads, ensemble `autolabel` (one backbone pass)"
+    direct_all, piped_all = _pooled(directs), _pooled(piped, "events")
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, CPU only",
         "command": "autolabel bench pipeline " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "autolabel bench pipeline",
-        "model": desc, "photos": len(photos), "direct": direct, "pipeline": piped, "trivial": trivial,
-        "ratio_pipeline_direct": piped["events_per_s"] / direct["images_per_s"],
+        "model": desc, "photos": len(photos), "broker_storage": broker_storage,
+        "direct": direct_all, "pipeline": piped_all, "pipeline_runs": piped, "trivial": trivial, "sustained": sustained,
+        "ratio_pipeline_direct": piped_all["events_per_s"] / direct_all["images_per_s"],
     }
     table = markdown(result)
     click.echo(table)

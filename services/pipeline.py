@@ -161,7 +161,9 @@ class Pipeline:
     async def _load_all(self, messages: list[RawMessage]) -> list[tuple[ProductImageUploaded, np.ndarray] | DeadLetter]:
         """Parse, fetch (concurrently) and prepare a batch; a dead letter where the input is bad.
 
-        Photos are decoded in ``decode_threads`` chunks, one executor hop per chunk rather
+        The configured bucket's photos are read in one :meth:`LabelStore.get_images` call;
+        a photo it cannot settle (missing, too large, S3 down, a URL) is fetched on its own
+        with retries and counted attempts. Photos are decoded in ``decode_threads`` chunks, one executor hop per chunk rather
         than one per photo. A photo whose decoding fails in an unexpected way (not an
         :class:`ImageError`) takes the one-by-one path with counted attempts.
         """
@@ -179,9 +181,14 @@ class Pipeline:
             event = events[i]
             return await self._attempt(messages[i], event, "fetch", lambda: fetch(event.image, self.store, self.settings, self.io_pool))
 
-        fetched = dict(zip(events, await asyncio.gather(*(get(i) for i in events)), strict=True))
+        # the configured bucket's photos in one go; anything it cannot settle one by one
+        in_s3 = [i for i, e in events.items() if e.image.s3 is not None]
+        fast = await self.store.get_images([events[i].image.s3 for i in in_s3], self.settings.max_image_bytes)  # type: ignore[misc]
+        fetched: dict[int, bytes | DeadLetter] = {i: data for i, data in zip(in_s3, fast, strict=True) if data is not None}
+        slow = [i for i in events if i not in fetched]
+        fetched.update(zip(slow, await asyncio.gather(*(get(i) for i in slow)), strict=True))
         todo = []
-        for i, data in fetched.items():
+        for i, data in sorted(fetched.items()):
             if isinstance(data, DeadLetter):
                 results[i] = data
             else:

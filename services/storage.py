@@ -11,6 +11,7 @@ which refuse anything that could leave their prefix; only the configured bucket 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from datetime import timedelta
@@ -156,25 +157,71 @@ class LabelStore:
             raise ImageError(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
         return data
 
+    async def get_images(self, locations: list[S3Location], max_bytes: int) -> list[bytes | None]:
+        """Many photos at once: one ranged GET each, all in flight together, no task per request.
+
+        None where a photo needs :meth:`get_image` instead (not found, empty, too large, another
+        bucket, any error): that path classifies it as bad input or an outage.
+        """
+        import obstore
+
+        def start(loc: S3Location) -> asyncio.Future | None:
+            if loc.bucket != self.bucket:
+                return None
+            try:
+                # up to max_bytes + 1 bytes: a longer photo is found too large without reading it all
+                return obstore.get_range_async(self.store, loc.key, start=0, end=max_bytes + 1)
+            except Exception:  # noqa: BLE001 - the one-by-one path says what it is
+                return None
+
+        futures = [start(loc) for loc in locations]
+        done = iter(await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True))
+        out: list[bytes | None] = []
+        for f in futures:
+            result = next(done) if f is not None else None
+            ok = result is not None and not isinstance(result, BaseException) and 0 < len(result) <= max_bytes
+            out.append(bytes(result) if ok else None)  # type: ignore[arg-type]
+        return out
+
     async def put_label(self, event: ProductLabeled, body: bytes | None = None) -> bool:
         """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
 
         One conditional PUT (create only) in the common case; only when the key exists is it
         read to compare model versions, and a new version replaces it. True when written.
         """
-        import obstore
-        from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+        return (await self.put_labels([(event, body if body is not None else event.to_bytes())]))[0]
 
-        key = label_key(self.settings.s3_labels_prefix, event.product_id)
-        body = body if body is not None else event.to_bytes()  # the same bytes as the label event
+    async def put_labels(self, items: list[tuple[ProductLabeled, bytes]]) -> list[bool]:
+        """:meth:`put_label` for a batch, ``(event, body)`` each (the body is the label event's
+        bytes): the create-only PUTs all in flight together, one future each and no task.
+
+        Raises TransientError if any write failed for want of S3; written ones are then
+        found in place (same version) when the batch is retried.
+        """
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
         attrs = {"Content-Type": "application/json"}
-        try:
-            await obstore.put_async(self.store, key, body, mode="create", attributes=attrs)
-            return True
-        except (AlreadyExistsError, PreconditionError, FileExistsError):
-            pass
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "put") from exc
+        keys = [label_key(self.settings.s3_labels_prefix, event.product_id) for event, _ in items]
+        results = await asyncio.gather(
+            *(obstore.put_async(self.store, key, body, mode="create", attributes=attrs) for key, (_, body) in zip(keys, items, strict=True)),
+            return_exceptions=True,
+        )
+        written: list[bool] = []
+        for key, (event, body), result in zip(keys, items, results, strict=True):
+            if not isinstance(result, BaseException):
+                written.append(True)
+            elif isinstance(result, (AlreadyExistsError, PreconditionError, FileExistsError)):
+                written.append(await self._replace_older(key, event, body, attrs))
+            else:
+                raise self._transient(result, "put") from result  # type: ignore[arg-type]
+        return written
+
+    async def _replace_older(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
+        """The key exists: keep a record of the same model version, replace any other."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
         try:
             stored = ProductLabeled.model_validate_json(bytes(await (await obstore.get_async(self.store, key)).bytes_async()))
             if stored.model.version == event.model.version:

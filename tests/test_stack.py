@@ -232,3 +232,28 @@ def test_label_record_is_written_once_per_model_version(stack_settings):
     assert Storage(settings).get_label("once-1").latency_ms == 1.0
     assert asyncio.run(store.put_label(event("v2", 3.0))) is True  # a new model version replaces it
     assert Storage(settings).get_label("once-1").model.version == "v2"
+    # the worker's batch form: a new product is written, the stored one of the same version kept
+    fresh = event("v2", 4.0).model_copy(update={"product_id": "once-2"})
+    assert asyncio.run(store.put_labels([(fresh, fresh.to_bytes()), (event("v2", 5.0), event("v2", 5.0).to_bytes())])) == [True, False]
+    assert Storage(settings).get_label("once-2").latency_ms == 4.0
+    assert Storage(settings).get_label("once-1").latency_ms == 3.0
+
+
+def test_batch_photo_reads_leave_every_doubtful_photo_to_the_one_by_one_path(stack_settings):
+    import asyncio
+
+    from services.events import S3Location
+    from services.storage import LabelStore, Storage
+
+    settings, _ = stack_settings
+    storage = Storage(settings)
+    good, big = storage.put_image(b"\xff\xd8batch"), storage.put_image(b"\xff" * 2000)
+    empty = S3Location(bucket=settings.s3_bucket, key=f"{settings.s3_images_prefix}empty.jpg")
+    storage.client.put_object(Bucket=settings.s3_bucket, Key=empty.key, Body=b"")
+    missing = S3Location(bucket=settings.s3_bucket, key=f"{settings.s3_images_prefix}missing.jpg")
+    other = S3Location(bucket="another-bucket", key=good.key)
+    got = asyncio.run(LabelStore(settings).get_images([good, missing, big, empty, other, good], max_bytes=1000))
+    assert got == [b"\xff\xd8batch", None, None, None, None, b"\xff\xd8batch"]
+    # S3 refusing the worker: nothing is settled in the batch, each photo is retried on its own
+    wrong = LabelStore(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong-secret")}))
+    assert asyncio.run(wrong.get_images([good], max_bytes=1000)) == [None]

@@ -2,7 +2,8 @@
 
 It measures the pipeline's own overhead (`autolabel bench pipeline --model trivial`) and
 gives the stack tests a model that loads in a second. Its "probabilities" are a softmax
-of mean colour statistics: deterministic, input-dependent, meaningless as labels.
+of mean colour statistics (of a 1-in-16 pixel grid, a few ms per batch of 128):
+deterministic, input-dependent, meaningless as labels.
 
 Two knobs exist for fault and load tests, in this test model only (never in the worker):
 
@@ -27,6 +28,7 @@ MODEL_PY = textwrap.dedent(
     import triton_python_backend_utils as pb_utils
 
     SIZES = {"style": 3, "gender": 2, "season": 3}
+    MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
 
 
     def _softmax(x):
@@ -50,11 +52,13 @@ MODEL_PY = textwrap.dedent(
                     responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("image must be uint8 NxHxWx3")))
                     continue
                 flat = image.reshape(image.shape[0], -1, 3)
-                if any(((img[:, 0] == 255) & (img[:, 1] == 0) & (img[:, 2] == 255)).all() for img in flat):
+                # only an image whose first pixel is magenta can be all magenta: the full scan is rare
+                if any((img[0] == MAGENTA).all() and (img == MAGENTA).all() for img in flat):
                     # the documented poison image of this test model: refused every time
                     responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("poison image (all magenta) refused")))
                     continue
-                stats = image.reshape(image.shape[0], -1, 3).astype(np.float32).mean(axis=1) / 64.0
+                # mean colour of a 1-in-16 pixel grid: the model must cost next to nothing
+                stats = image[:, ::4, ::4, :].reshape(image.shape[0], -1, 3).mean(axis=1) / 64.0
                 outs = []
                 for task, n in SIZES.items():
                     logits = np.stack([stats[:, i % 3] * (i + 1) for i in range(n)], axis=1)
