@@ -95,11 +95,11 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         producer.send(run_settings.topic_images, key=pid.encode(), value=event.to_bytes())
 
     def send_all(prefix: str, count: int) -> set[str]:
-        ids = {f"{prefix}{i:06d}" for i in range(count)}
-        for i, pid in enumerate(sorted(ids)):
+        pids = [f"{prefix}{i:06d}" for i in range(count)]
+        for i, pid in enumerate(pids):
             send(pid, i)
         producer.flush()
-        return ids
+        return set(pids)
 
     def labeled() -> int:
         return int(scrape_metrics(metrics_port).get("autolabel_events_out_total", 0))

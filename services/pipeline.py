@@ -13,7 +13,6 @@ Publishing and storing happen in :mod:`services.worker`; nothing here commits of
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -163,9 +162,10 @@ class Pipeline:
 
         The configured bucket's photos are read in one :meth:`LabelStore.get_images` call;
         a photo it cannot settle (missing, too large, S3 down, a URL) is fetched on its own
-        with retries and counted attempts. Photos are decoded in ``decode_threads`` chunks, one executor hop per chunk rather
-        than one per photo. A photo whose decoding fails in an unexpected way (not an
-        :class:`ImageError`) takes the one-by-one path with counted attempts.
+        with retries and counted attempts. Photos are decoded in ``decode_threads`` chunks,
+        one executor hop per chunk rather than one per photo. A photo whose decoding fails
+        in an unexpected way (not an :class:`ImageError`) takes the one-by-one path with
+        counted attempts.
         """
         loop = asyncio.get_running_loop()
         served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
@@ -211,8 +211,8 @@ class Pipeline:
                 if isinstance(arr, ImageError):
                     results[i] = self.dead_letter(messages[i], arr.code, str(arr), events[i])
                 elif isinstance(arr, Exception):
-                    slow = await self._load(messages[i], events[i])
-                    results[i] = slow if isinstance(slow, DeadLetter) else (events[i], slow)
+                    single = await self._load(messages[i], events[i])
+                    results[i] = single if isinstance(single, DeadLetter) else (events[i], single)
                 else:
                     results[i] = (events[i], arr)
         return results  # type: ignore[return-value]
