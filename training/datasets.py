@@ -51,9 +51,15 @@ class Sample:
     path: Path
     digest: str  # sha256 of the image bytes: the feature cache key and the dedup key
     labels: Mapping[str, str | None]
+    # catalog facts beside the labels: title, category (masterCategory), catalog_gender, article
+    meta: Mapping[str, str] = field(default_factory=dict)
 
     def label(self, task: str) -> str | None:
         return self.labels.get(task)
+
+    @property
+    def title(self) -> str:
+        return self.meta.get("title", "")
 
 
 @dataclass
@@ -165,11 +171,12 @@ def _digest_if_readable(path: Path) -> str | None:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_images(
-    candidates: Sequence[tuple[str, Path, dict[str, str | None]]], report: LoadReport, progress: bool
-) -> list[Sample]:
+Candidate = tuple[str, Path, dict[str, str | None], dict[str, str]]  # key, path, labels, meta
+
+
+def _read_images(candidates: Sequence[Candidate], report: LoadReport, progress: bool) -> list[Sample]:
     samples = []
-    for key, path, labels in tqdm(candidates, desc="reading images", unit="img", disable=not progress, leave=False):
+    for key, path, labels, meta in tqdm(candidates, desc="reading images", unit="img", disable=not progress, leave=False):
         if not path.is_file():
             report.drop("image file missing")
             continue
@@ -177,7 +184,7 @@ def _read_images(
         if digest is None:
             report.drop("image unreadable")
             continue
-        samples.append(Sample(key, path, digest, labels))
+        samples.append(Sample(key, path, digest, labels, meta))
     return samples
 
 
@@ -240,7 +247,9 @@ def load_fpi(root: Path, categories: Sequence[str] | None = None, progress: bool
                 report.drop("no task label defined")
                 continue
             reasons[key] = why
-            candidates.append((key, root / "images" / f"{key}.jpg", labels))
+            meta = {"title": row.get("productDisplayName") or "", "category": row.get("masterCategory") or "",
+                    "catalog_gender": row.get("gender") or "", "article": row.get("articleType") or ""}
+            candidates.append((key, root / "images" / f"{key}.jpg", labels, {k: v.strip() for k, v in meta.items()}))
     # Sort by numeric id so the kept copy of a duplicate does not depend on the CSV order.
     candidates.sort(key=lambda c: (len(c[0]), c[0]))
     dataset = _finish(_read_images(candidates, report, progress), dict(TASK_CLASSES), report)
@@ -285,7 +294,8 @@ def load_manifest(csv_path: Path, progress: bool = True) -> Dataset:
             report.drop("no task label defined")
             continue
         path = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
-        candidates.append((rel, path, labels))
+        meta = {k: (row.get(k) or "").strip() for k in ("title", "category") if (row.get(k) or "").strip()}
+        candidates.append((rel, path, labels, meta))
     classes = {t: _classes_for(t, seen[t]) for t in tasks}
     return _finish(_read_images(candidates, report, progress), classes, report)
 
@@ -304,7 +314,7 @@ def load_folders(root: Path, progress: bool = True) -> Dataset:
             for path in sorted((root / task / cls).iterdir()):
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                     report.rows += 1
-                    candidates.append((str(path.relative_to(root)), path, {task: cls}))
+                    candidates.append((str(path.relative_to(root)), path, {task: cls}, {}))
     # The same photo may sit in several task folders: merge its labels into one sample.
     merged: dict[str, Sample] = {}
     for s in _read_images(candidates, report, progress):

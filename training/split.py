@@ -1,8 +1,9 @@
-"""A stratified train/validation/test split with a fixed seed, saved as JSON.
+"""The train/validation/test split: by near-duplicate group, seeded, saved as JSON.
 
-Each task is split on the rows where its label is defined, stratified by that label, so
-every class keeps its share in every part. The split depends only on the keys, the labels
-and the seed (not on the row order), and is saved so later runs are comparable.
+Rows are grouped (:mod:`training.grouping`: a similar photo or the same colour-free title)
+and whole groups are assigned to parts, so no product has a copy, a re-shoot or a colour
+variant on the other side. One assignment serves every task. The split depends only on the
+photos, titles, keys and seed (not on the row order) and is saved so later runs are comparable.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training.datasets import Dataset
+from training.grouping import DEFAULT_MAX_DISTANCE, group_rows, hash_photos
 
 PARTS = ("train", "val", "test")
 
@@ -23,6 +25,7 @@ class Split:
     seed: int
     fractions: tuple[float, float, float]
     tasks: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)  # task -> part -> keys
+    grouping: "Grouping | None" = None  # how near-duplicates were grouped (None: an older, ungrouped split)
 
     def keys(self, task: str, part: str) -> tuple[str, ...]:
         if task not in self.tasks:
@@ -33,6 +36,7 @@ class Split:
         return {
             "seed": self.seed,
             "fractions": list(self.fractions),
+            **({"grouping": self.grouping.to_dict()} if self.grouping else {}),
             "tasks": {t: {p: list(k) for p, k in parts.items()} for t, parts in self.tasks.items()},
         }
 
@@ -40,7 +44,8 @@ class Split:
     def from_dict(cls, data: Mapping[str, object]) -> "Split":
         tasks = {t: {p: tuple(k) for p, k in parts.items()} for t, parts in data["tasks"].items()}  # type: ignore[union-attr]
         fr = tuple(float(f) for f in data["fractions"])  # type: ignore[union-attr]
-        return cls(int(data["seed"]), fr, tasks)  # type: ignore[arg-type]
+        grouping = Grouping(**data["grouping"]) if isinstance(data.get("grouping"), dict) else None  # type: ignore[arg-type]
+        return cls(int(data["seed"]), fr, tasks, grouping)  # type: ignore[arg-type]
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,35 +56,61 @@ class Split:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def stratified_parts(
-    keys: Sequence[str], labels: Sequence[str], fractions: tuple[float, float, float], seed: int
-) -> dict[str, tuple[str, ...]]:
-    """Split keys per class by ``fractions`` (train, val, test); val and test get >= 1 where a class has >= 3."""
-    if len(keys) != len(labels):
-        raise ValueError("keys and labels differ in length")
+def group_parts(
+    keys: Sequence[str], groups: Sequence[int], fractions: tuple[float, float, float], seed: int
+) -> dict[str, str]:
+    """Key -> part, whole groups at a time: groups in a seeded random order fill test, then val,
+    then train up to their share of the rows. Independent of the row order."""
+    if len(keys) != len(groups):
+        raise ValueError("keys and groups differ in length")
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must be >= 0 and sum to 1 (got {fractions})")
-    by_class: dict[str, list[str]] = {}
-    for k, y in zip(keys, labels):
-        by_class.setdefault(y, []).append(k)
-    out: dict[str, list[str]] = {p: [] for p in PARTS}
-    for y in sorted(by_class):
-        members = sorted(by_class[y])
-        random.Random(f"{seed}:{y}").shuffle(members)
-        n = len(members)
-        n_val = round(n * fractions[1])
-        n_test = round(n * fractions[2])
-        if n >= 3:
-            n_val, n_test = max(n_val, 1 if fractions[1] else 0), max(n_test, 1 if fractions[2] else 0)
-        out["test"] += members[:n_test]
-        out["val"] += members[n_test : n_test + n_val]
-        out["train"] += members[n_test + n_val :]
-    return {p: tuple(sorted(v)) for p, v in out.items()}
+    members: dict[int, list[str]] = {}
+    for k, g in zip(keys, groups):
+        members.setdefault(int(g), []).append(k)
+    order = sorted(members.values(), key=min)  # a group is named by its smallest key: no dependence on numbering
+    for m in order:
+        m.sort()
+    random.Random(seed).shuffle(order)
+    quota = {"test": fractions[2] * len(keys), "val": fractions[1] * len(keys)}
+    filled = {"test": 0, "val": 0}
+    out: dict[str, str] = {}
+    for m in order:
+        part = next((p for p in ("test", "val") if filled[p] + len(m) / 2 <= quota[p]), "train")
+        if part != "train":
+            filled[part] += len(m)
+        out.update((k, part) for k in m)
+    return out
 
 
-def make_split(dataset: Dataset, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Split:
+@dataclass(frozen=True)
+class Grouping:
+    """How the split's groups were made (saved with it)."""
+
+    photo_max_distance: int
+    groups: int
+    rows: int
+    largest: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def make_split(
+    dataset: Dataset,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    progress: bool = True,
+) -> Split:
+    """The honest split: near-duplicate groups (:mod:`training.grouping`) never straddle two
+    parts, and every task uses the same assignment (a test photo is test for all three)."""
+    samples = dataset.samples
+    groups = group_rows(hash_photos([s.path for s in samples], progress), [s.title for s in samples], max_distance)
+    part_of = group_parts([s.key for s in samples], groups.group.tolist(), fractions, seed)
     tasks = {}
     for task in dataset.tasks:
         rows = dataset.labeled(task)
-        tasks[task] = stratified_parts([s.key for s in rows], [s.label(task) for s in rows], fractions, seed)  # type: ignore[misc]
-    return Split(seed, fractions, tasks)
+        tasks[task] = {p: tuple(sorted(s.key for s in rows if part_of[s.key] == p)) for p in PARTS}
+    info = Grouping(max_distance, groups.n_groups, len(samples), groups.largest)
+    return Split(seed, fractions, tasks, info)
