@@ -143,6 +143,7 @@ class ErrorCode(StrEnum):
     image_too_many_pixels = "image_too_many_pixels"
     image_unsupported = "image_unsupported"
     processing_failed = "processing_failed"  # failed max_attempts times (poison message)
+    publish_refused = "publish_refused"  # the broker refuses this record's output for good (too large)
 
 
 class DeadLetter(_Event):
@@ -150,7 +151,19 @@ class DeadLetter(_Event):
     type: Literal["product.image.dead_letter"] = "product.image.dead_letter"
     code: ErrorCode
     message: str = Field(max_length=2000)
-    original_b64: str = Field(description="The original event bytes, base64.")
+    original_b64: str = Field(
+        description="The original record value, base64: all of it, or its first "
+        "AUTOLABEL_DEAD_LETTER_MAX_ORIGINAL_BYTES bytes when original_truncated."
+    )
+    # optional: dead letters written before these fields existed lack them
+    original_size: int | None = Field(None, ge=0, description="Bytes in the whole original value.")
+    original_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the whole original value, hex."
+    )
+    original_truncated: bool = Field(False, description="original_b64 holds only a prefix of the original.")
+    original_ref: S3Location | None = Field(
+        None, description="Where the whole original value is stored when original_b64 holds only a prefix."
+    )
     original_key: str | None = None
     topic: str
     partition: int
@@ -163,6 +176,7 @@ class DeadLetter(_Event):
 
     @property
     def original(self) -> bytes:
+        """The original value as carried here: the whole of it unless ``original_truncated``."""
         return base64.b64decode(self.original_b64)
 
     @staticmethod

@@ -14,18 +14,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.errors import BadInput
 from services.events import ErrorCode
 
 ResizeMode = Literal["pad", "stretch"]
 PAD_COLOR = (255, 255, 255)  # catalog photos sit on white
 
 
-class ImageError(ValueError):
+class ImageError(BadInput):
     """The bytes are not a usable photo; ``code`` says why (dead-letter code)."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

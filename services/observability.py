@@ -14,6 +14,9 @@ EVENTS_IN = Counter("autolabel_events_in_total", "Product-image events consumed"
 EVENTS_OUT = Counter("autolabel_events_out_total", "Label events published and stored")
 REVIEW_OUT = Counter("autolabel_review_total", "Label events flagged needs_review")
 DEAD_LETTERS = Counter("autolabel_dead_letters_total", "Events dead-lettered", ["code"])
+UNDELIVERABLE = Counter(
+    "autolabel_undeliverable_total", "Events acknowledged with neither a label nor a dead letter: even the dead letter was refused", ["code"]
+)
 RETRIES = Counter("autolabel_transient_retries_total", "Transient failures retried", ["stage"])
 BATCH_SIZE = Histogram("autolabel_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 E2E_LATENCY = Histogram("autolabel_e2e_latency_seconds", "Upload to label published", buckets=_LATENCY_BUCKETS)

@@ -1,13 +1,15 @@
 """One batch of raw events -> label events or dead letters. Decides between the two in one place.
 
-- Bad input (unparseable, schema-invalid, missing or undecodable photo, refused URL)
-  becomes a :class:`DeadLetter` with its :class:`ErrorCode` at once.
+- Bad input (:class:`BadInput`: unparseable, schema-invalid, missing or undecodable
+  photo, refused URL) becomes a :class:`DeadLetter` with its :class:`ErrorCode` at once.
 - Transient failures (:class:`TransientError`: Triton, S3 or the network unreachable)
   are retried with capped exponential backoff, forever: never dead-lettered.
 - Anything else is a failed attempt; after ``max_attempts`` attempts on the same event
   (a poison message) it is dead-lettered with ``processing_failed``.
 
-Publishing and storing happen in :mod:`services.worker`; nothing here commits offsets.
+:meth:`Pipeline.settle` is that decision (:mod:`services.errors` says which error is
+which); the worker's publishing goes through it too. Publishing and storing happen in
+:mod:`services.worker`; nothing here commits offsets.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from services import observability as obs
+from services.dead_letters import Subject, build_dead_letter, subject_ids
+from services.errors import BadInput, TransientError
 from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
 from services.images import ImageError, ImageLimits, prepare
 from services.inference import InferenceError, TritonLabeler
 from services.labeling import label_batch
 from services.settings import TASKS, Settings
 from services.sources import fetch
-from services.storage import LabelStore, TransientError
+from services.storage import LabelStore
 
 T = TypeVar("T")
 
@@ -74,10 +78,8 @@ def parse_event(msg: RawMessage, max_bytes: int) -> ProductImageUploaded:
         raise BadEvent(ErrorCode.schema_invalid, detail) from None
 
 
-class BadEvent(ValueError):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class BadEvent(BadInput):
+    """The record is not a usable ProductImageUploaded; ``code`` says why."""
 
 
 class Pipeline:
@@ -92,17 +94,18 @@ class Pipeline:
         self.thresholds = {t: settings.threshold(t) for t in TASKS}
         self.log = obs.get_logger(worker=settings.worker_name)
 
-    def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: ProductImageUploaded | None = None) -> DeadLetter:
+    def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: Subject = None) -> DeadLetter:
+        """The dead letter of ``msg`` (bounded in size: :mod:`services.dead_letters`)."""
         obs.DEAD_LETTERS.labels(code=code.value).inc()
-        self.log.warning("dead_letter", code=code.value, reason=message[:300], product_id=event.product_id if event else None,
-                         event_id=event.event_id if event else None, partition=msg.partition, offset=msg.offset)
-        return DeadLetter(
-            code=code, message=message[:2000], original_b64=DeadLetter.encode_original(msg.value),
-            original_key=msg.key.decode(errors="replace") if msg.key else None,
-            topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            product_id=event.product_id if event else None, event_id=event.event_id if event else None,
-            worker=self.settings.worker_name, attempts=self.attempts.pop(msg.ref, 0) + 1,
-        )
+        self.log.warning("dead_letter", code=code.value, reason=message[:300], partition=msg.partition, offset=msg.offset,
+                         size=len(msg.value), **subject_ids(event))
+        s = self.settings
+        return build_dead_letter(msg, code, message, subject=event, worker=s.worker_name, attempts=self.tries(msg),
+                                 bucket=s.s3_bucket, max_original_bytes=s.dead_letter_max_original_bytes)
+
+    def tries(self, msg: RawMessage) -> int:
+        """How many times ``msg`` was tried, this last try included; forgets its count."""
+        return self.attempts.pop(msg.ref, 0) + 1
 
     def _transient(self, stage: str, exc: TransientError, backoff: Backoff | None) -> Backoff:
         obs.RETRIES.labels(stage=stage).inc()
@@ -120,8 +123,13 @@ class Pipeline:
                 backoff = self._transient(stage, exc, backoff)
                 await backoff.sleep()
 
-    async def _attempt(self, msg: RawMessage, event: ProductImageUploaded | None, stage: str, fn: Callable[[], Awaitable[T]]) -> T | DeadLetter:
-        """Transient -> retry; bad input -> dead letter; other errors -> counted attempts."""
+    async def settle(self, msg: RawMessage, event: Subject, stage: str, fn: Callable[[], Awaitable[T]]) -> T | BadInput:
+        """Await ``fn()`` until it succeeds, or until ``msg`` is found at fault (the returned BadInput).
+
+        The one decision on an error while handling a record: transient -> retried with
+        backoff, forever; bad input -> the record's fault at once; anything else -> a
+        counted attempt, and after ``max_attempts`` the record's fault (``processing_failed``).
+        """
         transient: Backoff | None = None
         failed: Backoff | None = None
         while True:
@@ -130,21 +138,25 @@ class Pipeline:
             except TransientError as exc:
                 transient = self._transient(stage, exc, transient)
                 await transient.sleep()
-            except (ImageError, BadEvent) as exc:
-                return self.dead_letter(msg, exc.code, str(exc), event)
+            except BadInput as exc:
+                return exc
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed attempt, whatever it is
                 n = self.attempts.get(msg.ref, 0) + 1
                 self.attempts[msg.ref] = n
-                self.log.error("processing_failed", stage=stage, attempt=n, error=repr(exc)[:300],
-                               product_id=event.product_id if event else None)
+                self.log.error("processing_failed", stage=stage, attempt=n, error=repr(exc)[:300], **subject_ids(event))
                 if n >= self.settings.max_attempts:
-                    self.attempts[msg.ref] = n - 1
-                    return self.dead_letter(msg, ErrorCode.processing_failed, f"{stage}: {exc!r} (after {n} attempts)", event)
+                    self.attempts[msg.ref] = n - 1  # tries() adds this last one
+                    return BadInput(ErrorCode.processing_failed, f"{stage}: {exc!r} (after {n} attempts)")
                 failed = failed or Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
                 await failed.sleep()
                 transient = None  # a new attempt starts its transient backoff afresh
+
+    async def _attempt(self, msg: RawMessage, event: ProductImageUploaded | None, stage: str, fn: Callable[[], Awaitable[T]]) -> T | DeadLetter:
+        """:meth:`settle`, with the record's fault as its dead letter."""
+        result = await self.settle(msg, event, stage, fn)
+        return self.dead_letter(msg, result.code, str(result), event) if isinstance(result, BadInput) else result
 
     async def _load(self, msg: RawMessage, event: ProductImageUploaded) -> np.ndarray | DeadLetter:
         """Fetch and prepare one photo as a counted attempt (the slow path; see :meth:`_load_all`)."""
@@ -227,12 +239,12 @@ class Pipeline:
         return await self.retry_transient("infer", call)
 
     async def process(self, messages: list[RawMessage]) -> list[Outcome]:
-        """Outcomes in the order of ``messages``: a label event or a dead letter each."""
+        """Outcomes in the order of ``messages``: a label event or a dead letter for each one."""
         loaded = await self._load_all(messages)
         outcomes: list[Outcome | None] = [r if isinstance(r, DeadLetter) else None for r in loaded]
         good = [i for i, r in enumerate(loaded) if not isinstance(r, DeadLetter)]
         if not good:
-            return [o for o in outcomes if o is not None]
+            return outcomes  # type: ignore[return-value] - every one a dead letter
         arrays = [loaded[i][1] for i in good]  # type: ignore[index]
         obs.BATCH_SIZE.observe(len(arrays))
         try:
@@ -263,7 +275,8 @@ class Pipeline:
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
             )
             self.attempts.pop(messages[i].ref, None)
-        return [o for o in outcomes if o is not None]
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
 
     def close(self) -> None:
         self.io_pool.shutdown(wait=False, cancel_futures=True)

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Larger images are dead-lettered.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are dead-lettered.")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger events are dead-lettered.")
+    dead_letter_max_original_bytes: int = Field(
+        16 * 1024, ge=0, le=512 * 1024,
+        description="A dead letter carries at most this many bytes of its original record; a longer original is "
+        "stored whole at s3://<bucket>/dead-letters/<topic>/<partition>/<offset> and the dead letter says where.",
+    )
     url_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts whose http(s) image URLs may be fetched (comma-separated); empty = none.",

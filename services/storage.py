@@ -19,16 +19,12 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from services.errors import TransientError, is_transient_s3_error
 from services.events import ErrorCode, ProductLabeled, S3Location, label_key
 from services.images import ImageError
 from services.settings import Settings
-
-
-
-class TransientError(RuntimeError):
-    """A failure worth retrying (server unreachable, throttled, 5xx). Never dead-lettered."""
 
 
 def make_s3_client(settings: Settings):  # noqa: ANN201 - botocore client
@@ -53,16 +49,6 @@ def make_s3_client(settings: Settings):  # noqa: ANN201 - botocore client
 def image_key(prefix: str, data: bytes, suffix: str = ".jpg") -> str:
     """Content-addressed key: the same bytes always land on the same key."""
     return f"{prefix}{hashlib.sha256(data).hexdigest()}{suffix}"
-
-
-def _is_transient(exc: Exception) -> bool:
-    if isinstance(exc, (EndpointConnectionError, BotoCoreError)):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}
-    return False
 
 
 class Storage:
@@ -97,7 +83,7 @@ class Storage:
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            if _is_transient(exc):
+            if is_transient_s3_error(exc):
                 raise TransientError(f"S3 {fn.__name__} failed: {exc}") from exc
             raise
         except (BotoCoreError, OSError) as exc:
@@ -216,6 +202,19 @@ class LabelStore:
             else:
                 raise self._transient(result, "put") from result  # type: ignore[arg-type]
         return written
+
+    async def put_objects(self, items: list[tuple[str, bytes]]) -> None:
+        """Write ``(key, body)`` objects, all in flight together; a key written again is
+        overwritten (the callers' keys name their content: writing twice is harmless).
+
+        Raises TransientError if any write failed; the caller retries the whole list.
+        """
+        import obstore
+
+        results = await asyncio.gather(*(obstore.put_async(self.store, key, body) for key, body in items), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise self._transient(result, "put") from result  # type: ignore[arg-type]
 
     async def _replace_older(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
         """The key exists: keep a record of the same model version, replace any other."""

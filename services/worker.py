@@ -1,9 +1,11 @@
 """The Faust worker: consume -> pipeline -> publish + store -> ack (commit). At-least-once.
 
 An event's offset is acknowledged only after its label event is on the label topic(s)
-and its record is in S3, or its dead letter is on the DLQ topic. Faust commits acked
-offsets; a SIGKILL at any point means the unacknowledged events are consumed again, and
-the label record in S3 is rewritten only if its model version changed.
+and its record is in S3, or its dead letter is on the DLQ topic (and its original, when
+too long to embed, in S3). Faust commits acked offsets; a SIGKILL at any point means the
+unacknowledged events are consumed again, and the label record in S3 is rewritten only
+if its model version changed. The one exception: a record whose dead letter the broker
+refuses too is logged, counted and acknowledged, so that it cannot stop its partition.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
 
 import click
 import faust
 from faust.sensors import Monitor
 
 from services import observability as obs
+from services.dead_letters import subject_ids
+from services.errors import BadInput, classify_publish_error
 from services.events import DeadLetter, ProductLabeled
 from services.inference import TritonLabeler
-from services.pipeline import Pipeline, RawMessage
+from services.pipeline import Outcome, Pipeline, RawMessage
 from services.settings import Settings, load_settings
-from services.storage import LabelStore, TransientError
+from services.storage import LabelStore
 
 
 def _broker_credentials(settings: Settings):  # noqa: ANN202
@@ -43,65 +50,133 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
     return faust.SSLCredentials(ssl_context)
 
 
-class Output:
-    """Where outcomes go: label record to S3, then label (and review) events; dead letters to the DLQ.
+PUBLISH_TIMEOUT_S = 30.0  # one round of sends waits this long for its acknowledgements
 
-    Every step retries transient failures (broker or S3 down) forever with backoff; the
-    caller acknowledges the event only after :meth:`emit` returned.
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """One Kafka record to publish, and the consumed record whose outcome it carries."""
+
+    source: RawMessage
+    outcome: Outcome
+    topic: str
+    key: str | None
+    value: bytes
+
+
+class Output:
+    """Where outcomes go: label record to S3, then label (and review) events; dead letters to
+    the DLQ, after their originals too long to embed are stored in S3.
+
+    Transient failures (broker or S3 down) are retried forever with backoff; the caller
+    acknowledges the records only after :meth:`emit` returned. An output the broker refuses
+    for good (too large), or one failing ``max_attempts`` times, is the record's fault: the
+    record is dead-lettered instead of labeled; if its dead letter is refused too, it is
+    logged, counted (``autolabel_undeliverable_total``) and acknowledged all the same. No
+    record can stop the worker, and none is retried forever but for a transient failure.
     """
 
     def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, store: LabelStore) -> None:
         self.app, self.settings, self.pipeline, self.store = app, settings, pipeline, store
         self.log_each = settings.log_level in {"debug", "info"}  # one line per label event, or none at all
 
-    async def _publish(self, stage: str, messages: list[tuple[str, str | None, bytes]]) -> None:
-        """Send ``(topic, key, value)`` messages, then wait for every acknowledgement at once.
-
-        Broker trouble (timeout, connection, any aiokafka error) retries the messages not
-        acknowledged yet, with backoff, forever; those may reach the topic twice
-        (at-least-once). Anything else propagates.
-        """
-        pending = messages
-
-        async def attempt() -> None:
-            nonlocal pending
-            try:
-                futures = [await self.app.producer.send(topic, key.encode() if key else None, value, partition=None, timestamp=None, headers=None)
-                           for topic, key, value in pending]
-                results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=30)
-            except Exception as exc:
-                raise self._broker_trouble(exc) from exc
-            failed = [(m, r) for m, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
-            if failed:
-                pending = [m for m, _ in failed]
-                raise self._broker_trouble(failed[0][1]) from failed[0][1]  # type: ignore[arg-type]
-
-        await self.pipeline.retry_transient(stage, attempt)
-
-    @staticmethod
-    def _broker_trouble(exc: BaseException) -> BaseException:
-        if isinstance(exc, (TimeoutError, OSError)) or exc.__class__.__module__.startswith(("aiokafka", "kafka")):
-            return TransientError(f"publish: {exc!r}")
-        return exc
-
-    async def emit(self, outcomes: list[ProductLabeled | DeadLetter]) -> None:
-        """Store the label records, then publish label, review and dead-letter events."""
+    async def emit(self, results: list[tuple[RawMessage, Outcome]]) -> None:
+        """Store the label records and long originals, then publish label, review and dead-letter events."""
         s = self.settings
-        labeled = [(o, o.to_bytes()) for o in outcomes if isinstance(o, ProductLabeled)]  # one body for S3 and Kafka
+        labeled = [(msg, o, o.to_bytes()) for msg, o in results if isinstance(o, ProductLabeled)]  # one body for S3 and Kafka
         if labeled:
-            await self.pipeline.retry_transient("store", lambda: self.store.put_labels(labeled))
-        messages = [(s.topic_dlq, o.original_key, o.to_bytes()) for o in outcomes if isinstance(o, DeadLetter)]
-        for o, body in labeled:
-            messages.append((s.topic_labels, o.product_id, body))
+            records = [(o, body) for _, o, body in labeled]
+            await self.pipeline.retry_transient("store", lambda: self.store.put_labels(records))
+        dead = [(msg, o) for msg, o in results if isinstance(o, DeadLetter)]
+        sends = await self._dead_letter_sends(dead) if dead else []
+        for msg, o, body in labeled:
+            sends.append(_Send(msg, o, s.topic_labels, o.product_id, body))
             if o.needs_review:
-                messages.append((s.topic_review, o.product_id, body))
-        await self._publish("publish", messages)
-        for o, _ in labeled:
+                sends.append(_Send(msg, o, s.topic_review, o.product_id, body))
+        refused = await self._publish(sends)
+        if refused:
+            await self._dead_letter_refused(refused)
+        gone = {send.source.ref for send, _ in refused}
+        self._count_labeled([o for msg, o, _ in labeled if msg.ref not in gone])
+
+    async def _dead_letter_sends(self, letters: list[tuple[RawMessage, DeadLetter]]) -> list[_Send]:
+        """The DLQ records of ``letters``, once the originals they only name are in S3."""
+        originals = [(d.original_ref.key, msg.value) for msg, d in letters if d.original_ref is not None]
+        if originals:
+            await self.pipeline.retry_transient("store", lambda: self.store.put_objects(originals))
+        return [_Send(msg, d, self.settings.topic_dlq, d.original_key, d.to_bytes()) for msg, d in letters]
+
+    async def _publish(self, sends: list[_Send]) -> list[tuple[_Send, BadInput]]:
+        """Publish ``sends``; return those refused for good, at most one per consumed record.
+
+        All are sent at once and acknowledged together. Only when some failed are those sent
+        again, each through :meth:`Pipeline.settle`: transient trouble (broker away, timeout)
+        is retried forever, and those may reach the topic twice (at-least-once); a record
+        the broker refuses for good, or failing ``max_attempts`` times, is the record's fault.
+        """
+        failed = await self._send_all(sends)
+        if not failed:
+            return []
+        settled = await asyncio.gather(
+            *(self.pipeline.settle(send.source, send.outcome, "publish", partial(self._send_one, send)) for send, _ in failed)
+        )
+        refused: dict[tuple[str, int, int], tuple[_Send, BadInput]] = {}
+        for (send, _), result in zip(failed, settled, strict=True):
+            if isinstance(result, BadInput):
+                refused.setdefault(send.source.ref, (send, result))
+        return list(refused.values())
+
+    async def _send_one(self, send: _Send) -> None:
+        """Publish one record; raise its failure as :func:`classify_publish_error` decides."""
+        failed = await self._send_all([send])
+        if failed:
+            raise classify_publish_error(failed[0][1])
+
+    async def _send_all(self, sends: list[_Send]) -> list[tuple[_Send, BaseException]]:
+        """Send, then wait for every acknowledgement at once; return the sends that failed, with their errors."""
+        failed: list[tuple[_Send, BaseException]] = []
+        pending: list[tuple[_Send, Awaitable[object]]] = []
+        for send in sends:
+            key = send.key.encode() if send.key else None
+            try:
+                pending.append((send, await self.app.producer.send(send.topic, key, send.value, partition=None, timestamp=None, headers=None)))
+            except Exception as exc:  # noqa: BLE001 - classified by the caller (e.g. too large for the producer)
+                failed.append((send, exc))
+        if pending:
+            try:
+                acks = await asyncio.wait_for(asyncio.gather(*(f for _, f in pending), return_exceptions=True), timeout=PUBLISH_TIMEOUT_S)
+            except TimeoutError as exc:
+                acks = [exc] * len(pending)
+            failed.extend((send, ack) for (send, _), ack in zip(pending, acks, strict=True) if isinstance(ack, BaseException))
+        return failed
+
+    async def _dead_letter_refused(self, refused: list[tuple[_Send, BadInput]]) -> None:
+        """Records whose output was refused: a label refused becomes the record's dead letter; a
+        dead letter refused (or a second one) leaves the record undeliverable."""
+        lost = [(send, err) for send, err in refused if isinstance(send.outcome, DeadLetter)]
+        letters = [(send.source, self.pipeline.dead_letter(send.source, err.code, str(err), send.outcome))
+                   for send, err in refused if isinstance(send.outcome, ProductLabeled)]
+        if letters:
+            lost += await self._publish(await self._dead_letter_sends(letters))
+        for send, err in lost:
+            self._undeliverable(send, err)
+
+    def _undeliverable(self, send: _Send, err: BadInput) -> None:
+        """Even the record's dead letter cannot be published: say so loudly and let the record go."""
+        msg = send.source
+        obs.UNDELIVERABLE.labels(code=err.code.value).inc()
+        obs.get_logger(worker=self.settings.worker_name, **subject_ids(send.outcome)).error(
+            "undeliverable", code=err.code.value, reason=str(err)[:300], topic=msg.topic, partition=msg.partition,
+            offset=msg.offset, size=len(msg.value), attempts=self.pipeline.tries(msg),
+        )
+
+    def _count_labeled(self, published: list[ProductLabeled]) -> None:
+        for o in published:
             obs.E2E_LATENCY.observe(o.latency_ms / 1000)
-        obs.EVENTS_OUT.inc(len(labeled))
-        obs.REVIEW_OUT.inc(sum(o.needs_review for o, _ in labeled))
+        obs.EVENTS_OUT.inc(len(published))
+        obs.REVIEW_OUT.inc(sum(o.needs_review for o in published))
         if self.log_each:
-            for o, _ in labeled:
+            for o in published:
                 obs.get_logger(product_id=o.product_id, event_id=o.source_event_id).info(
                     "labeled", needs_review=o.needs_review, latency_ms=round(o.latency_ms, 1),
                     **{t: lab.label for t, lab in o.labels.items()},
@@ -187,7 +262,7 @@ def create_app(settings: Settings) -> faust.App:
             ]
             try:
                 outcomes = await pipeline.process(messages)
-                await output.emit(outcomes)
+                await output.emit(list(zip(messages, outcomes, strict=True)))
             finally:
                 obs.IN_FLIGHT.dec(len(events))
             # only now: the offsets may be committed

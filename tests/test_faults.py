@@ -17,6 +17,7 @@ a file to get each test's figures as JSON lines (docs/reliability.md quotes them
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -289,6 +290,94 @@ def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> Non
     assert later_same_partition, "events behind the poison on its partition"
     assert worker.alive()
     assert_no_loss(result, dead_letters=1)
+
+
+def _send_huge(sc: Scenario, sizes: dict[str, int]) -> dict[str, tuple[bytes, int, int]]:
+    """Raw records of these sizes, keyed by name: name -> (value, partition, offset)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**sc.settings.kafka_client_kwargs(), acks="all", max_request_size=8 * 1024 * 1024)
+    sent = {}
+    try:
+        for name, size in sizes.items():
+            value = b'{"pad": "' + b"x" * (size - 11) + b'"}'  # JSON of exactly ``size`` bytes
+            meta = producer.send(sc.settings.topic_images, key=name.encode(), value=value).get(timeout=60)
+            sent[name] = (value, meta.partition, meta.offset)
+    finally:
+        producer.close()
+    return sent
+
+
+def _committed_past(sc: Scenario, ends: dict[int, int], timeout: float = 60) -> dict[int, int]:
+    """The group's committed offsets, once each partition's passed ``ends`` (or the timeout)."""
+    from services.bench_soak import LagReader
+
+    reader = LagReader(sc.settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = reader.committed(list(range(sc.settings.topic_partitions))) or {}
+            if all(committed.get(p, 0) >= end for p, end in ends.items()) or time.monotonic() > deadline:
+                return committed
+            time.sleep(1)
+    finally:
+        reader.close()
+
+
+def test_a_one_megabyte_event_cannot_stop_the_worker(scenario) -> None:  # noqa: ANN001
+    """Issue 13: a 1,000,330-byte event (and a 2 MB one: the embedded broker takes it) among
+    normal uploads. Its dead letter used to embed it whole (1.33 MB in base64), over the
+    producer's max_request_size: the agent crashed, the offset was never committed, and a
+    restarted worker crashed on it again. Now the dead letter carries a 16 KiB prefix, the
+    size and SHA-256, and names the whole original, stored in S3."""
+    from services.events import DeadLetter, ErrorCode
+    from services.storage import Storage
+    from services.topics import read_topic
+
+    sc = scenario()
+    normal = 40
+    sizes = {"huge-1mb": 1_000_330, "huge-2mb": 2_000_000}
+    # all on the topic before the worker starts: full batches, so the huge records share theirs with uploads
+    for i in range(normal // 2):
+        sc.feeder.send(i)
+    sc.feeder.finish(timeout=60)
+    huge = _send_huge(sc, sizes)
+    for i in range(normal // 2, normal):
+        sc.feeder.send(i)
+    sc.feeder.finish(timeout=60)
+    worker = sc.worker()
+    sent = set(sc.feeder.acked) | set(sizes)
+    result = sc.wait_until_done(sent, timeout=180)
+    record("1 MB and 2 MB events among 40 uploads", result, sizes=list(sizes.values()))
+    assert worker.alive(), worker.output()[-3000:]
+    assert "Crashed" not in worker.output(), worker.output()[-3000:]
+    assert_no_loss(result, dead_letters=len(sizes))
+    records = list(read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0))
+    letters = {d.original_key: d for d in (DeadLetter.model_validate_json(r.value) for r in records)}
+    assert max(len(r.value) for r in records) < 32 * 1024, "dead letters stay small"
+    s3 = Storage(sc.settings).client
+    for name, (value, partition, offset) in huge.items():
+        letter = letters[name]
+        assert letter.code == ErrorCode.event_too_large and (letter.partition, letter.offset) == (partition, offset)
+        assert letter.original == value[: sc.settings.dead_letter_max_original_bytes] and letter.original_truncated
+        assert letter.original_size == len(value) and letter.original_sha256 == hashlib.sha256(value).hexdigest()
+        assert letter.original_ref is not None
+        assert letter.original_ref.key == f"dead-letters/{sc.settings.topic_images}/{partition}/{offset}"
+        stored = s3.get_object(Bucket=letter.original_ref.bucket, Key=letter.original_ref.key)["Body"].read()
+        assert stored == value, "the whole original is in S3"
+    ends = dict(sc.feeder.end_offsets)
+    for _, partition, offset in huge.values():
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    committed = _committed_past(sc, ends)
+    assert all(committed.get(p, 0) >= end for p, end in ends.items()), (committed, ends)
+    # a restarted worker starts past them and labels new uploads
+    worker.kill()
+    second = sc.worker("w2")
+    later = {sc.feeder.send(normal + i) for i in range(4)}
+    sc.feeder.finish(timeout=60)
+    assert sc.wait_until_done(later, timeout=90).labeled == len(later)
+    assert second.alive() and "Crashed" not in second.output(), second.output()[-3000:]
+    assert len(list(read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0))) == len(sizes), "nothing dead-lettered twice"
 
 
 def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> None:

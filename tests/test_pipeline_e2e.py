@@ -141,10 +141,15 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
     dead = wait_for(all_dead, 60, interval=1.0) or _dead_letters(settings)
     got = {(d.product_id or d.original_key): d.code for d in dead}
     assert got == expected_dlq
+    cut = settings.dead_letter_max_original_bytes
     for d in dead:
         assert d.worker == "w1" and d.message
         if d.original_key in raw_bad:
-            assert d.original == raw_bad[d.original_key][0]
+            raw = raw_bad[d.original_key][0]
+            assert d.original == raw[:cut] and d.original_size == len(raw), "the original, or its first bytes"
+            assert d.original_truncated == (len(raw) > cut) and (d.original_ref is not None) == d.original_truncated
+            if d.original_ref is not None:  # raw-huge: the whole of it in S3
+                assert storage.client.get_object(Bucket=d.original_ref.bucket, Key=d.original_ref.key)["Body"].read() == raw
     labeled = {e.product_id for e in _labels(settings)}
     assert labeled == expected_labels, "no bad event is labeled, every good one is"
     assert worker.alive(), worker.output()[-2000:]
