@@ -49,7 +49,7 @@ class ServedModel:
     classes: dict[str, list[str]]
     info: ModelInfo
     max_batch: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold shipped with the model
 
 
 def _params(config: dict) -> dict[str, str]:
@@ -102,6 +102,15 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         weights_source=params.get("weights_source", "unknown"),
     )
     resize = params.get("resize", "pad")
+    thresholds = {}
+    for t in TASKS:
+        text = params.get(f"threshold_{t}", "")
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            value = None
+        if value is not None and 0.0 <= value <= 1.0:
+            thresholds[t] = value
     return ServedModel(
         calls=calls,
         input_size=_input_hw(main),
@@ -109,6 +118,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         classes=classes,
         info=info,
         max_batch=int(main.get("max_batch_size", 0) or 0),
+        thresholds=thresholds,
     )
 
 

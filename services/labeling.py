@@ -8,6 +8,19 @@ import numpy as np
 
 from services.events import TaskLabel
 
+FALLBACK_THRESHOLD = 0.5  # a model that ships no threshold (older builds, test models), no override set
+
+
+def resolve_thresholds(
+    tasks: Sequence[str], overrides: Mapping[str, float | None], shipped: Mapping[str, float]
+) -> dict[str, float]:
+    """Per task: the operator's override, else the threshold shipped with the model, else 0.5."""
+    out = {}
+    for task in tasks:
+        override = overrides.get(task)
+        out[task] = override if override is not None else shipped.get(task, FALLBACK_THRESHOLD)
+    return out
+
 
 def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[TaskLabel]:
     """(N, C) probabilities -> N labels; the numpy work is done once for the whole batch."""

@@ -31,7 +31,7 @@ from services.errors import BadInput, TransientError
 from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
 from services.images import ImageError, ImageLimits, prepare
 from services.inference import InferenceError, TritonLabeler
-from services.labeling import label_batch
+from services.labeling import label_batch, resolve_thresholds
 from services.settings import TASKS, Settings
 from services.sources import fetch
 from services.storage import LabelStore
@@ -91,8 +91,13 @@ class Pipeline:
         self.io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="url")
         self.cpu_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.attempts: dict[tuple[str, int, int], int] = {}
-        self.thresholds = {t: settings.threshold(t) for t in TASKS}
         self.log = obs.get_logger(worker=settings.worker_name)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Settings' overrides over the thresholds the served model ships (known after discovery)."""
+        served = self.labeler.served
+        return resolve_thresholds(TASKS, {t: self.settings.threshold(t) for t in TASKS}, served.thresholds if served else {})
 
     def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: Subject = None) -> DeadLetter:
         """The dead letter of ``msg`` (bounded in size: :mod:`services.dead_letters`)."""

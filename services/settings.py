@@ -97,9 +97,19 @@ class Settings(BaseSettings):
         description="Batches one worker has in flight at once (Triton works on one while another is fetched or "
         "published); above 1, two events of the same product may be labeled out of order.",
     )
-    threshold_style: float = Field(0.6, ge=0, le=1, description="needs_review below this confidence.")
-    threshold_gender: float = Field(0.8, ge=0, le=1, description="needs_review below this confidence.")
-    threshold_season: float = Field(0.5, ge=0, le=1, description="needs_review below this confidence.")
+    threshold_style: float | None = Field(
+        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
+    )
+    threshold_gender: float | None = Field(
+        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
+    )
+    threshold_season: float | None = Field(
+        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
+    )
+    target_precision: float = Field(
+        0.95, gt=0, le=1,
+        description="`autolabel train`: auto-accept thresholds are chosen on validation for this precision of accepted labels.",
+    )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Larger images are dead-lettered.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are dead-lettered.")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger events are dead-lettered.")
@@ -143,6 +153,11 @@ class Settings(BaseSettings):
     stack_triton_grpc_port: int = Field(0, ge=0, le=65535, description="Embedded Triton gRPC port; 0 = free.")
     stack_triton_metrics_port: int = Field(0, ge=0, le=65535, description="Embedded Triton metrics; 0 = free.")
 
+    @field_validator("threshold_style", "threshold_gender", "threshold_season", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("url_allow_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -157,8 +172,10 @@ class Settings(BaseSettings):
             raise ValueError("must be relative, end with '/' and contain no '..'")
         return value
 
-    def threshold(self, task: str) -> float:
-        return float(getattr(self, f"threshold_{task}"))
+    def threshold(self, task: str) -> float | None:
+        """The operator's override of ``task``'s auto-accept threshold, or None (use the model's)."""
+        value = getattr(self, f"threshold_{task}")
+        return None if value is None else float(value)
 
     def kafka_client_kwargs(self) -> dict[str, object]:
         """Security settings in kafka-python's keyword names."""

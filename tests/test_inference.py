@@ -75,3 +75,12 @@ def test_batches_larger_than_the_served_maximum_are_split(stack):
 
     n, out = asyncio.run(run())
     assert out["style"].shape == (n, 3) and out["gender"].shape == (n, 2)
+
+
+def test_thresholds_shipped_with_the_model_are_read_and_bad_ones_ignored():
+    cfg = _ensemble()
+    cfg["parameters"] = {**PARAMS, "threshold_style": {"string_value": "0.871234"}, "threshold_gender": {"string_value": "nan?"},
+                         "threshold_season": {"string_value": "1.5"}}
+    served = describe("autolabel", {"autolabel": cfg})
+    assert served.thresholds == {"style": pytest.approx(0.871234)}
+    assert describe("autolabel", {"autolabel": _ensemble()}).thresholds == {}

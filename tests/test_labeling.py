@@ -43,3 +43,10 @@ def test_batch_matches_one_by_one_and_rounds_the_same_way():
 def test_out_of_range_probabilities_are_clipped():
     lab = task_label(np.array([-0.1, 1.2]), ["men", "women"], 0.8)
     assert lab.probabilities == {"men": 0.0, "women": 1.0} and lab.label == "women"
+
+
+def test_an_override_beats_the_shipped_threshold_which_beats_the_fallback() -> None:
+    from services.labeling import FALLBACK_THRESHOLD, resolve_thresholds
+
+    got = resolve_thresholds(["style", "gender", "season"], {"style": 0.7, "gender": None, "season": None}, {"style": 0.9, "gender": 0.8})
+    assert got == {"style": 0.7, "gender": 0.8, "season": FALLBACK_THRESHOLD}

@@ -58,3 +58,13 @@ def test_readme_configuration_table_is_complete():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [name for name, _, _ in settings_table() if name not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+def test_thresholds_unset_or_empty_mean_the_models_own(monkeypatch):
+    from services.settings import load_settings
+
+    monkeypatch.setenv("AUTOLABEL_THRESHOLD_STYLE", "")
+    monkeypatch.setenv("AUTOLABEL_THRESHOLD_GENDER", "0.7")
+    s = load_settings()
+    assert s.threshold("style") is None and s.threshold("gender") == 0.7 and s.threshold("season") is None
+    assert s.target_precision == 0.95

@@ -40,7 +40,7 @@ def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
         r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{data}", "--models", str(models), *args, "--json", str(out), "--quiet"],
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output
-        scores[name] = json.loads(out.read_text())
+        scores[name] = json.loads(out.read_text())["tasks"]
     assert set(scores["served"]) == {"style", "gender", "season"}
     for task in scores["served"]:
         assert scores["served"][task]["n"] == scores["heads"][task]["n"] > 0

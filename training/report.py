@@ -67,6 +67,61 @@ def plot_curves(history: Mapping[str, Any], title: str, path: Path) -> Path:
     return path
 
 
+def plot_calibration(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None, path: Path) -> Path:
+    """Left: reliability diagram (accuracy per confidence bin vs the diagonal, bar width = rows).
+    Right: coverage vs precision of the auto-accepted labels as the threshold moves; the
+    shipped threshold is marked."""
+    from training.calibration import coverage_curve, expected_calibration_error, reliability
+
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    bins = reliability(probs, y, bins=10)
+    n = max(sum(b.n for b in bins), 1)
+    centres = [(b.lower + b.upper) / 2 for b in bins if b.n]
+    a1.bar(centres, [b.accuracy for b in bins if b.n], width=0.09, alpha=0.75, label="accuracy in bin")
+    a1.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    a1.scatter(centres, [b.confidence for b in bins if b.n], s=[10 + 200 * b.n / n for b in bins if b.n], color="C1", zorder=3,
+               label="mean confidence (size: rows)")
+    a1.set_xlim(0, 1)
+    a1.set_ylim(0, 1)
+    a1.set_xlabel("confidence")
+    a1.set_ylabel("accuracy")
+    a1.set_title(f"{task}: reliability (ECE {expected_calibration_error(probs, y):.3f})", fontsize=10)
+    a1.legend(fontsize=7, loc="upper left")
+    curve = coverage_curve(probs.max(1), probs.argmax(1) == y)
+    a2.plot(curve.coverage, curve.precision, lw=1.5)
+    if threshold is not None:
+        accepted = probs.max(1) >= threshold
+        cov = float(accepted.mean()) if len(y) else 0.0
+        prec = float((probs.argmax(1) == y)[accepted].mean()) if accepted.any() else float("nan")
+        a2.scatter([cov], [prec], color="C3", zorder=3, label=f"threshold {threshold:.3f}: coverage {cov:.0%}, precision {prec:.3f}")
+        a2.legend(fontsize=7, loc="lower left")
+    a2.axhline(0.95, color="grey", ls=":", lw=1)
+    a2.set_xlim(0, 1)
+    a2.set_ylim(max(0.0, float(np.nanmin(curve.precision)) - 0.05) if len(curve.precision) else 0, 1.01)
+    a2.set_xlabel("coverage (share auto-accepted)")
+    a2.set_ylabel("precision of accepted labels")
+    a2.set_title(f"{task}: coverage vs precision", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accept_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per task: calibration error and what the shipped threshold auto-accepts."""
+    lines = ["| task | ECE | threshold | coverage (auto-accepted) | precision of accepted |", "|---|---:|---:|---:|---:|"]
+    for task, m in results.items():
+        a = m.get("auto_accept")
+        if a is None:
+            lines.append(f"| {task} | {m.get('ece', float('nan')):.3f} | (none shipped) | | |")
+            continue
+        lines.append(f"| {task} | {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} ({a['accepted']}/{a['rows']}) |"
+                     f" {a['precision']:.3f} |")
+    return "\n".join(lines)
+
+
 def metrics_table(results: Mapping[str, Mapping[str, Any]], study: Mapping[str, float] = STUDY_TEST_ACCURACY) -> str:
     lines = [
         "| task | n | accuracy | balanced accuracy | macro-F1 | study test accuracy | balanced acc. - study |",
@@ -96,12 +151,21 @@ def write_report(
     confusions: Mapping[str, tuple[np.ndarray, Sequence[str]]],
     histories: Mapping[str, Mapping[str, Any]] | None = None,
     notes: Sequence[str] = (),
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]] | None = None,
 ) -> Path:
-    """``out_dir/report.md`` with the metrics, per-class tables and the PNGs beside it."""
+    """``out_dir/report.md`` with the metrics, per-class tables and the PNGs beside it.
+
+    ``predictions``: per task (labels, probabilities, threshold) for the calibration plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", "", *notes, "", metrics_table(results), ""]
+    if any("ece" in m for m in results.values()):
+        parts += [accept_table(results), ""]
     for task, m in results.items():
         parts += [f"## {task}", "", per_class_table(task, m), ""]
+        if predictions and task in predictions and len(predictions[task][0]):
+            y, probs, thr = predictions[task]
+            png = plot_calibration(task, y, probs, thr, out_dir / f"calibration_{task}.png")
+            parts += [f"![{task} reliability and coverage]({png.name})", ""]
         if task in confusions:
             matrix, classes = confusions[task]
             png = plot_confusion(matrix, classes, f"{task}: confusion (n={m['n']})", out_dir / f"confusion_{task}.png")

@@ -73,6 +73,7 @@ class TaskEntry:
     model: Path | None = None  # full fine-tuned model: image -> probs
     backbone: BackboneSpec | None = None  # own backbone (None: the shared one)
     fine_tuned: Mapping[str, Any] | None = None  # the manifest's record of how ``backbone`` was fine-tuned
+    threshold: float | None = None  # auto-accept confidence chosen on validation (manifest "threshold")
 
     @property
     def shared(self) -> bool:
@@ -108,6 +109,14 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
         data = json.loads(path.read_text())
         spec = BackboneSpec.from_dict(data["backbone"])
         entries = data["tasks"]
+        if spec.tuned:
+            from dataclasses import replace
+
+            tuned = models_dir / spec.tuned
+            if not tuned.is_file():
+                raise ModelsError(f"{path}: the tuned backbone layers {tuned} are missing (committed with the heads; "
+                                  "rebuild them with the `autolabel train` command in the manifest's 'trained_with')")
+            spec = replace(spec, tuned=str(tuned.resolve()))
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise ModelsError(f"{path} is not a valid manifest ({type(exc).__name__}: {exc}); see docs/model-repository.md") from None
     missing = [t for t in tasks if t not in entries]
@@ -118,7 +127,7 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
         out[task] = _task_entry(models_dir, task, entries[task])
     for task, e in out.items():
         if e.backbone == spec:  # the same backbone as the shared one: shared after all
-            out[task] = TaskEntry(e.name, e.classes, e.head, e.model, None, None)
+            out[task] = TaskEntry(e.name, e.classes, e.head, e.model, None, None, e.threshold)
         elif e.backbone is not None and e.backbone.input_size != spec.input_size:
             raise ModelsError(f"{path}: task {task}'s backbone takes {e.backbone.input_size}, the shared one {spec.input_size}: "
                               "one served input size is needed")
@@ -149,7 +158,10 @@ def _task_entry(models_dir: Path, task: str, entry: Mapping[str, Any]) -> TaskEn
     model, head = file("model"), file("head")
     if model is None and head is None:
         raise _no_heads(models_dir, f"task {task} names neither a 'head' nor a 'model' file")
-    return TaskEntry(task, classes, head, model, own, fine_tuned)
+    threshold = entry.get("threshold", {}).get("threshold") if isinstance(entry.get("threshold"), dict) else None
+    if threshold is not None and not 0 <= float(threshold) <= 1.0000001:
+        raise ModelsError(f"{models_dir}/{MANIFEST}: task {task}'s threshold {threshold} is not a probability")
+    return TaskEntry(task, classes, head, model, own, fine_tuned, None if threshold is None else min(float(threshold), 1.0))
 
 
 def missing_backbone_message(path: Path, task: str, fine_tuned: Mapping[str, Any] | None) -> str:

@@ -1,0 +1,112 @@
+"""Three calibrated heads on one readout, the top block fine-tuned jointly: train -> build -> evaluate.
+
+VGG16 with seeded ``random`` weights at 32x32 keeps it cheap (block4_pool and block5_conv3
+are 2x2 there, so a 2x2 grid is the whole map).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from training import cli
+from training.backbones import BackboneSpec, Readout, build_backbone
+from training.calibration import softmax
+from training.evaluate import read_config_parameters
+from training.joint import TUNED_FILE, logits_of
+from training.synthetic import make_fpi
+
+READOUT = "grid2:block4_pool,block5_conv3+colour"
+VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--readout", READOUT, "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def joint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("joint")
+    data, models, cache = base / "fpi", base / "models", base / "cache"
+    make_fpi(data, n_per_combo=3)
+    args = ["--data", f"fpi:{data}", *VGG, "--cache-dir", str(cache), "--out", str(models), "--set", "all.epochs=8",
+            "--set", "all.learning_rate=1e-3", "--fine-tune-blocks", "1", "--fine-tune-epochs", "2", "--target-precision", "0.9"]
+    result = CliRunner().invoke(cli.train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return {"base": base, "data": data, "models": models, "cache": cache, "output": result.output}
+
+
+def _manifest(models: Path) -> dict:
+    return json.loads((models / "manifest.json").read_text())
+
+
+def test_the_manifest_ships_calibration_thresholds_and_only_the_tuned_block(joint: dict[str, Path]) -> None:
+    m = _manifest(joint["models"])
+    assert m["backbone"] == {"name": "vgg16", "weights": "random", "input_size": [32, 32], "readout": READOUT, "tuned": TUNED_FILE}
+    with np.load(joint["models"] / TUNED_FILE) as z:
+        assert {k.split("/")[0] for k in z.files} == {"block5_conv1", "block5_conv2", "block5_conv3"}
+    ft = m["trained_with"]["fine_tuned"]
+    assert ft["layers"] == ["block5_*"] and ft["jointly"] == ["style", "gender", "season"] and 1 <= ft["kept_epoch"] <= 2
+    assert "--fine-tune-blocks 1" in m["trained_with"]["command"]
+    for task, entry in m["tasks"].items():
+        cal, thr = entry["calibration"], entry["threshold"]
+        assert cal["method"] == "temperature" and cal["temperature"] > 0
+        assert thr["target_precision"] == 0.9 and thr["chosen_on"] == "val"
+        assert 0 <= thr["coverage"] <= 1 and entry["metrics"]["val"]["auto_accept"]["threshold"] == thr["threshold"]
+        assert set(entry["metrics"]) == {"val", "test"}
+    assert (joint["models"] / "split.json").is_file()
+    assert "| style | test |" in joint["output"] and "coverage" in joint["output"]
+
+
+def test_the_tuned_block_changed_and_the_lower_blocks_did_not(joint: dict[str, Path]) -> None:
+    plain = BackboneSpec("vgg16", "random", (32, 32), Readout.parse(READOUT))
+    tuned = BackboneSpec("vgg16", "random", (32, 32), Readout.parse(READOUT), str(joint["models"] / TUNED_FILE))
+    a, b = build_backbone(plain), build_backbone(tuned)
+
+    def layer(model, name):  # noqa: ANN001, ANN202
+        inner = next(x for x in model.layers if hasattr(x, "layers") and any(y.name == name for y in x.layers))
+        return inner.get_layer(name).get_weights()[0]
+
+    assert np.array_equal(layer(a, "block4_conv3"), layer(b, "block4_conv3"))
+    assert not np.array_equal(layer(a, "block5_conv3"), layer(b, "block5_conv3"))
+
+
+def test_heads_output_the_temperature_scaled_softmax(joint: dict[str, Path]) -> None:
+    import keras
+
+    m = _manifest(joint["models"])
+    x = np.random.default_rng(0).normal(size=(5, keras.models.load_model(joint["models"] / "heads/style.keras").input_shape[1]))
+    for task, entry in m["tasks"].items():
+        head = keras.models.load_model(joint["models"] / entry["head"])
+        probs = np.asarray(head.predict_on_batch(x))
+        expected = softmax(logits_of(head, x) / entry["calibration"]["temperature"])
+        assert np.allclose(probs, expected, atol=1e-5), task
+
+
+def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(joint: dict[str, Path]) -> None:
+    from training.export import build_repository
+
+    models, repo = joint["models"], joint["base"] / "repo"
+    build_repository(models, repo, "cpu", progress=False, log=lambda _: None)
+    params = read_config_parameters(repo / "autolabel" / "config.pbtxt")
+    m = _manifest(models)
+    for task, entry in m["tasks"].items():
+        assert float(params[f"threshold_{task}"]) == pytest.approx(entry["threshold"]["threshold"], abs=1e-6)
+    scores = {}
+    for name, args in (("served", ["--repository", str(repo)]), ("heads", ["--from-heads"])):
+        out = joint["base"] / f"{name}.json"
+        r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{joint['data']}", "--models", str(models), *args, "--json", str(out),
+                                              "--quiet", "--report", str(joint["base"] / f"report-{name}")], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        scores[name] = json.loads(out.read_text())
+        assert "rows: the test part" in r.output
+    for task in ("style", "gender", "season"):
+        s, h = scores["served"]["tasks"][task], scores["heads"]["tasks"][task]
+        assert s["n"] == h["n"] > 0 and s["accuracy"] == pytest.approx(h["accuracy"], abs=1e-9)
+        assert s["ece"] == pytest.approx(h["ece"], abs=1e-4)
+        assert s["auto_accept"]["threshold"] == pytest.approx(m["tasks"][task]["threshold"]["threshold"], abs=1e-6)
+        # the training run scored the same test rows: the same figures
+        assert s["balanced_accuracy"] == pytest.approx(m["tasks"][task]["metrics"]["test"]["balanced_accuracy"], abs=1e-9)
+    products = scores["served"]["products"]
+    assert products["products"] > 0 and 0 <= products["unflagged"] <= products["products"]
+    assert (joint["base"] / "report-served" / "calibration_style.png").is_file()
