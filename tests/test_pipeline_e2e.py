@@ -216,3 +216,45 @@ def test_publish_cli_names_products_and_refuses_bad_ids(stack_settings, tmp_path
     records = list(read_topic(settings, settings.topic_images, idle_s=1.0))
     assert [ProductImageUploaded.model_validate_json(r.value).product_id for r in records] == ["sku-42"]
     assert records[0].key == b"sku-42"
+
+
+def test_a_replaced_photo_replaces_the_stored_record(stack_settings, worker_factory):
+    """Issue 13: product P uploaded with photo A, then with photo B: s3://.../labels/P.json
+    holds B's labels; an older upload or the same event again, labeled later, leaves it."""
+    from datetime import UTC, datetime, timedelta
+
+    settings, _ = stack_settings
+    storage = Storage(settings)
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    a_loc, b_loc = (storage.put_image(p.read_bytes()) for p in photos[:2])
+    t = datetime.now(UTC)
+    a = ProductImageUploaded(product_id="replaced-1", image=ImageLocation(s3=a_loc), uploaded_at=t - timedelta(seconds=10))
+    b = ProductImageUploaded(product_id="replaced-1", image=ImageLocation(s3=b_loc), uploaded_at=t)
+    older = ProductImageUploaded(product_id="replaced-1", image=ImageLocation(s3=a_loc), uploaded_at=t - timedelta(seconds=20))
+    producer = _producer(settings)
+
+    def send(*events: ProductImageUploaded) -> None:
+        for e in events:
+            producer.send(settings.topic_images, key=e.product_id.encode(), value=e.to_bytes())
+        producer.flush()
+
+    def label_events(n: int) -> list[ProductLabeled]:
+        got = wait_for(lambda: (lambda evs: evs if len(evs) >= n else None)(_labels(settings)), 120, interval=1.0)
+        assert got, f"fewer than {n} label events"
+        return got
+
+    send(a)
+    worker_factory()
+    assert [e.source_event_id for e in label_events(1)] == [a.event_id]
+    send(b)
+    label_events(2)
+    key = f"{settings.s3_labels_prefix}replaced-1.json"
+    stored = storage.get_label("replaced-1")
+    assert stored.source_event_id == b.event_id and stored.image.s3 == b_loc and stored.uploaded_at == b.uploaded_at
+    etag = storage.client.head_object(Bucket=settings.s3_bucket, Key=key)["ETag"]
+    send(older, b)  # an older upload arriving late, and B delivered again
+    events = label_events(4)
+    assert sorted(e.source_event_id for e in events) == sorted([a.event_id, b.event_id, older.event_id, b.event_id])
+    assert storage.get_label("replaced-1").source_event_id == b.event_id
+    assert storage.client.head_object(Bucket=settings.s3_bucket, Key=key)["ETag"] == etag, "not written again"
+    producer.close()

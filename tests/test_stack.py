@@ -213,19 +213,21 @@ def test_missing_model_repository_names_the_fix(tmp_path):
 
 def test_label_record_is_written_once_per_model_version(stack_settings):
     import asyncio
+    from datetime import UTC, datetime
 
     from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
     from services.storage import LabelStore, Storage
 
     settings, _ = stack_settings
     store = LabelStore(settings)
+    uploaded = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
-    def event(version: str, latency: float) -> ProductLabeled:
+    def event(version: str, latency: float) -> ProductLabeled:  # one upload, labeled again
         lab = TaskLabel(label="men", confidence=0.9, probabilities={"men": 0.9, "women": 0.1}, threshold=0.5, needs_review=False)
         return ProductLabeled(product_id="once-1", source_event_id="e", image=ImageLocation(url="https://a.example/b.jpg"),
                               labels={"style": lab, "gender": lab, "season": lab},
                               model=ModelInfo(name="m", version=version, backbone="b", weights_source="w"),
-                              needs_review=False, latency_ms=latency)
+                              needs_review=False, latency_ms=latency, uploaded_at=uploaded)
 
     assert asyncio.run(store.put_label(event("v1", 1.0))) is True
     assert asyncio.run(store.put_label(event("v1", 2.0))) is False  # a redelivery leaves it as it is
@@ -237,6 +239,84 @@ def test_label_record_is_written_once_per_model_version(stack_settings):
     assert asyncio.run(store.put_labels([(fresh, fresh.to_bytes()), (event("v2", 5.0), event("v2", 5.0).to_bytes())])) == [True, False]
     assert Storage(settings).get_label("once-2").latency_ms == 4.0
     assert Storage(settings).get_label("once-1").latency_ms == 3.0
+
+
+def _upload_label(product_id: str, event_id: str, uploaded_at, version: str = "v1"):  # noqa: ANN001, ANN202
+    from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
+
+    lab = TaskLabel(label="men", confidence=0.9, probabilities={"men": 0.9, "women": 0.1}, threshold=0.5, needs_review=False)
+    return ProductLabeled(product_id=product_id, source_event_id=event_id, image=ImageLocation(url=f"https://a.example/{event_id}.jpg"),
+                          labels={"style": lab, "gender": lab, "season": lab},
+                          model=ModelInfo(name="m", version=version, backbone="b", weights_source="w"),
+                          needs_review=False, latency_ms=1.0, uploaded_at=uploaded_at)
+
+
+def test_label_record_follows_the_newest_upload(stack_settings):
+    """Issue 13: photo A then photo B -> B's record; B then an older A -> still B's; the same
+    event again -> not written (ETag unchanged); a relabeling of the newest upload replaces it."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from services.storage import LabelStore, Storage
+
+    settings, _ = stack_settings
+    store, storage = LabelStore(settings), Storage(settings)
+    key = f"{settings.s3_labels_prefix}order-1.json"
+    t = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    a, b = _upload_label("order-1", "a", t), _upload_label("order-1", "b", t + timedelta(seconds=5))
+
+    def etag() -> str:
+        return storage.client.head_object(Bucket=settings.s3_bucket, Key=key)["ETag"]
+
+    assert asyncio.run(store.put_label(a)) is True
+    assert asyncio.run(store.put_label(b)) is True, "a later upload replaces the record"
+    assert storage.get_label("order-1").source_event_id == "b"
+    written = etag()
+    assert asyncio.run(store.put_label(a)) is False, "an older upload does not"
+    assert asyncio.run(store.put_label(_upload_label("order-1", "a0", t - timedelta(days=1), version="v9"))) is False
+    assert asyncio.run(store.put_label(b)) is False, "the same event again is not written"
+    assert etag() == written
+    assert storage.get_label("order-1").source_event_id == "b"
+    # the same upload time: the event id decides, the same way everywhere
+    assert asyncio.run(store.put_label(_upload_label("order-1", "c", b.uploaded_at))) is True
+    assert asyncio.run(store.put_label(b)) is False
+    relabeled = _upload_label("order-1", "c", b.uploaded_at, version="v2")
+    assert asyncio.run(store.put_label(relabeled)) is True, "a new model version relabeling the same upload replaces it"
+    assert storage.get_label("order-1").model.version == "v2"
+    # both in one batch, in either order: the newer one stays
+    d, e = _upload_label("order-2", "d", t), _upload_label("order-2", "e", t + timedelta(seconds=1))
+    assert sorted(asyncio.run(store.put_labels([(e, e.to_bytes()), (d, d.to_bytes())]))) == [False, True]
+    assert storage.get_label("order-2").source_event_id == "e"
+
+
+def test_concurrent_label_writers_cannot_leave_a_stale_record(stack_settings):
+    """Three stores (as three workers) write 24 uploads of one product at once, in shuffled
+    order: conditional writes (If-None-Match, If-Match on the ETag read) leave the newest."""
+    import asyncio
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from services.storage import LabelStore, Storage, TransientError
+
+    settings, _ = stack_settings
+    t = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    uploads = [_upload_label("race-1", f"u{i:02d}", t + timedelta(seconds=i)) for i in range(24)]
+    random.Random(7).shuffle(uploads)
+    stores = [LabelStore(settings) for _ in range(3)]
+
+    async def put(store: LabelStore, upload) -> bool:  # noqa: ANN001
+        while True:  # as the worker does: a TransientError (S3, or too many conflicts) is retried
+            try:
+                return await store.put_label(upload)
+            except TransientError:
+                await asyncio.sleep(0.05)
+
+    async def race() -> list[bool]:
+        return await asyncio.gather(*(put(stores[i % 3], u) for i, u in enumerate(uploads)))
+
+    written = asyncio.run(race())
+    assert any(written)
+    assert Storage(settings).get_label("race-1").source_event_id == "u23"
 
 
 def test_batch_photo_reads_leave_every_doubtful_photo_to_the_one_by_one_path(stack_settings):
