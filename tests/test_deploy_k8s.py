@@ -7,6 +7,7 @@ rendered objects are checked again.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+COMPONENTS = sorted(p for p in (K8S / "components").glob("*") if (p / "kustomization.yaml").exists())
+PRIVATE_CA = K8S / "components" / "kafka-private-ca"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+# Jobs' pod templates are immutable: every documented apply deletes the last run first.
+DELETE_TOPIC_INIT = "kubectl -n autolabel delete job autolabel-topic-init --ignore-not-found"
 LAST_TF_TRITON = (25, 2)
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
@@ -71,6 +77,7 @@ def config_env(directory: Path, name: str) -> dict[str, str]:
     """The data of ConfigMap `name` as built for `directory` (base, then overlay merges)."""
     env: dict[str, str] = {}
     chain = [BASE] if directory == BASE else [BASE, directory]
+    chain += [(directory / c).resolve() for c in kustomization(directory).get("components", [])]
     for d in chain:
         for gen in kustomization(d).get("configMapGenerator", []):
             if gen["name"] == name:
@@ -158,14 +165,14 @@ def test_every_manifest_parses_and_is_a_k8s_object() -> None:
         assert docs, f"{path} is empty"
         for doc in docs:
             assert "apiVersion" in doc and "kind" in doc, path
-            if doc["kind"] != "Kustomization":
+            if doc["kind"] not in ("Kustomization", "Component"):
                 assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without a name"
 
 
 def test_kustomizations_reference_existing_files() -> None:
-    for directory in [BASE, *OVERLAYS]:
+    for directory in [BASE, *OVERLAYS, *COMPONENTS]:
         k = kustomization(directory)
-        refs = list(k.get("resources", []))
+        refs = list(k.get("resources", [])) + list(k.get("components", []))
         refs += [p["path"] for p in k.get("patches", []) if "path" in p]
         for gen in k.get("configMapGenerator", []) + k.get("secretGenerator", []):
             refs += gen.get("envs", []) + gen.get("files", [])
@@ -447,12 +454,111 @@ def test_prod_overlay_is_secure_and_gpu() -> None:
     env = config_env(K8S / "overlays" / "prod-gpu", "autolabel-config")
     s = settings_from(env)
     assert s.kafka_security_protocol.value == "SASL_SSL"
-    assert str(s.kafka_ssl_cafile) == "/etc/autolabel/kafka/ca.crt"
-    worker = base_objects()[("Deployment", "autolabel-worker")]
-    mounts = {m["mountPath"] for m in containers(worker)[0]["volumeMounts"]}
-    assert str(s.kafka_ssl_cafile.parent) in mounts
     prod = kustomization(K8S / "overlays" / "prod-gpu")
     assert "secretGenerator" not in prod, "prod secrets come from the cluster's secret store"
+
+
+# --- Kafka CA: optional ----------------------------------------------------------------------
+
+
+def provided_ca(directory: Path) -> str:
+    """The ca.crt the workers get in `directory`: generated (dev) or the template's (prod)."""
+    for gen in kustomization(directory).get("secretGenerator", []):
+        if gen["name"] == "autolabel-kafka":
+            return dict(lit.partition("=")[::2] for lit in gen.get("literals", []))["ca.crt"]
+    (template,) = [d for d in load_docs(BASE / "secrets.template.yaml") if d["metadata"]["name"] == "autolabel-kafka"]
+    return template["stringData"]["ca.crt"]
+
+
+def test_an_empty_ca_file_stops_a_tls_client(tmp_path: Path) -> None:
+    """Why the next test matters: the worker builds its TLS context from
+    AUTOLABEL_KAFKA_SSL_CAFILE, and an empty file there is an error, not "system CAs"."""
+    import ssl
+
+    empty = tmp_path / "ca.crt"
+    empty.write_text("")
+    with pytest.raises(ssl.SSLError):
+        ssl.create_default_context(cafile=str(empty))
+
+
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda p: p.name)
+def test_kafka_ca_file_is_set_only_where_a_ca_is_provided(directory: Path) -> None:
+    """The template (prod) and dev's generated Secret leave ca.crt empty (public CA / no TLS):
+    then AUTOLABEL_KAFKA_SSL_CAFILE must stay unset so the workers use the system CAs.
+    Brokers with a private CA opt in with the kafka-private-ca component."""
+    env = config_env(directory, "autolabel-config")
+    if provided_ca(directory).strip() == "":
+        assert "AUTOLABEL_KAFKA_SSL_CAFILE" not in env, (
+            f"{directory.name}: AUTOLABEL_KAFKA_SSL_CAFILE names a ca.crt that is empty by default"
+        )
+    assert "components/kafka-private-ca" not in " ".join(kustomization(directory).get("components", []))
+
+
+def test_private_ca_component_names_the_mounted_ca() -> None:
+    k = kustomization(PRIVATE_CA)
+    assert k["kind"] == "Component"
+    (gen,) = k["configMapGenerator"]
+    assert gen["name"] == "autolabel-config" and gen["behavior"] == "merge"
+    env = dict(lit.partition("=")[::2] for lit in gen["literals"])
+    assert set(env) == {"AUTOLABEL_KAFKA_SSL_CAFILE"}
+    cafile = settings_from(env).kafka_ssl_cafile
+    assert cafile is not None and cafile.name == "ca.crt"
+    # Every project container that talks to Kafka mounts ca.crt of Secret autolabel-kafka there.
+    for name in ("autolabel-worker", "autolabel-topic-init"):
+        obj = [o for (kind, n), o in base_objects().items() if n == name and kind in ("Deployment", "Job")][0]
+        spec = obj["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (mount,) = [m for m in containers(obj)[0]["volumeMounts"] if m["mountPath"] == str(cafile.parent)]
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "autolabel-kafka"
+        assert {"key": "ca.crt", "path": cafile.name} in secret["items"]
+    # The prod overlay shows how to turn it on.
+    text = (K8S / "overlays" / "prod-gpu" / "kustomization.yaml").read_text()
+    assert re.search(r"^#\s+- \.\./\.\./components/kafka-private-ca$", text, re.M)
+
+
+# --- KEDA owns the replica counts ------------------------------------------------------------
+
+
+def scaled_targets() -> set[str]:
+    return {o["spec"]["scaleTargetRef"]["name"] for (kind, _), o in base_objects().items() if kind == "ScaledObject"}
+
+
+def test_deployments_scaled_by_keda_set_no_replicas() -> None:
+    """`replicas` next to a ScaledObject resets the HPA's count on every `kubectl apply`."""
+    targets = scaled_targets()
+    assert targets == {"autolabel-worker", "triton"}
+    for name in targets:
+        assert "replicas" not in base_objects()[("Deployment", name)]["spec"], f"base Deployment {name} sets replicas"
+        for directory in OVERLAYS:
+            assert "replicas" not in overlay_patch(directory, "Deployment", name).get("spec", {}), directory.name
+            for op in json6902(directory, "Deployment", name):
+                assert "/replicas" not in op["path"], f"{directory.name} patches {name} replicas"
+
+
+# --- topic-init Job: immutable pod template ----------------------------------------------------
+
+
+def apply_commands(text: str) -> list[tuple[str, str]]:
+    """(command before, apply command) for every `kubectl apply -k` of an overlay in `text`."""
+    lines = [re.sub(r"^\s*#?\s*", "", line) for line in text.splitlines()]
+    lines = [line for line in lines if line.startswith("kubectl ")]
+    return [(lines[i - 1] if i else "", line) for i, line in enumerate(lines) if line.startswith("kubectl apply -k deploy/k8s/overlays/")]
+
+
+def test_every_apply_deletes_the_last_topic_init_job_first() -> None:
+    """The Job's pod template (image, hashed ConfigMap name) cannot change in place, so an
+    apply while the last run still exists (ttlSecondsAfterFinished) fails for it."""
+    job = base_objects()[("Job", "autolabel-topic-init")]
+    assert job["metadata"]["name"] in DELETE_TOPIC_INIT and kustomization(BASE)["namespace"] in DELETE_TOPIC_INIT
+    sources = [DEPLOY_DOC] + [d / "kustomization.yaml" for d in [BASE, *OVERLAYS]]
+    found = 0
+    for path in sources:
+        for before, apply in apply_commands(path.read_text()):
+            found += 1
+            assert before == DELETE_TOPIC_INIT, f"{path.relative_to(ROOT)}: `{apply}` without `{DELETE_TOPIC_INIT}` before it"
+    assert found >= 4
+    assert "delete job autolabel-topic-init" in (BASE / "topic-init-job.yaml").read_text()
 
 
 # --- with kubectl -----------------------------------------------------------------------------
@@ -494,6 +600,11 @@ def test_kustomize_build(directory: Path) -> None:
         triton = [d for d in by_kind["Deployment"] if d["metadata"]["name"] == "triton"][0]
         res = containers(triton)[0]["resources"]
         assert "nvidia.com/gpu" not in res.get("requests", {}) and "nvidia.com/gpu" not in res.get("limits", {})
+    for d in by_kind["Deployment"]:
+        if d["metadata"]["name"] in scaled_targets():
+            assert "replicas" not in d["spec"], f"{directory.name}: {d['metadata']['name']} sets replicas under KEDA"
+    if "AUTOLABEL_KAFKA_SSL_CAFILE" in autolabel_cm["data"]:
+        assert provided_ca(directory).strip(), f"{directory.name}: CA file set, no CA provided"
     if directory.name == "prod-gpu":
         assert not secrets
         assert "ServiceMonitor" in by_kind
@@ -502,3 +613,22 @@ def test_kustomize_build(directory: Path) -> None:
         (pdb,) = [p for p in by_kind["PodDisruptionBudget"] if p["metadata"]["name"] == "triton"]
         assert pdb["spec"] == {"minAvailable": 1, "selector": pdb["spec"]["selector"]}
         assert triton_so["spec"]["minReplicaCount"] >= 2
+
+
+def test_kustomize_build_with_private_ca(tmp_path: Path) -> None:
+    """prod-gpu plus the kafka-private-ca component: the worker's ConfigMap names the CA."""
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731 - kustomize wants relative paths
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [rel(K8S / "overlays" / "prod-gpu")],
+        "components": [rel(PRIVATE_CA)],
+    }))
+    docs = kubectl_build(tmp_path)
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("autolabel-config-")]
+    settings = settings_from(cm["data"])
+    assert str(settings.kafka_ssl_cafile) == "/etc/autolabel/kafka/ca.crt"
+    assert settings.kafka_security_protocol.value == "SASL_SSL"
+    # The worker refers to the hashed ConfigMap that carries it.
+    (worker,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "autolabel-worker"]
+    assert containers(worker)[0]["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"]
