@@ -108,6 +108,17 @@ class Pipeline:
         return build_dead_letter(msg, code, message, subject=event, worker=s.worker_name, attempts=self.tries(msg),
                                  bucket=s.s3_bucket, max_original_bytes=s.dead_letter_max_original_bytes)
 
+    def crashed(self, msg: RawMessage, failed: int) -> DeadLetter:
+        """The dead letter of a record the worker process died handling ``failed`` times
+        (counted across restarts by :mod:`services.attempts`)."""
+        try:
+            event: ProductImageUploaded | None = parse_event(msg, self.settings.max_event_bytes)
+        except BadEvent:
+            event = None
+        self.attempts[msg.ref] = failed - 1  # tries() adds the last one
+        return self.dead_letter(msg, ErrorCode.processing_failed,
+                                f"the worker process died {failed} times while handling this record", event)
+
     def tries(self, msg: RawMessage) -> int:
         """How many times ``msg`` was tried, this last try included; forgets its count."""
         return self.attempts.pop(msg.ref, 0) + 1

@@ -223,6 +223,42 @@ class LabelStore:
             if isinstance(result, BaseException):
                 raise self._transient(result, "put") from result  # type: ignore[arg-type]
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a folder: ends with ``/``). TransientError if S3 fails."""
+        import obstore
+
+        try:
+            return [meta["path"] for chunk in [c async for c in obstore.list(self.store, prefix)] for meta in chunk]
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "list") from exc
+
+    async def get_objects(self, keys: list[str]) -> list[bytes | None]:
+        """The bytes of each key, None where there is none; all in flight together."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        async def get(key: str) -> bytes | None:
+            try:
+                return bytes(await (await obstore.get_async(self.store, key)).bytes_async())
+            except (NotFoundError, FileNotFoundError):
+                return None
+
+        try:
+            return list(await asyncio.gather(*(get(k) for k in keys)))
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "get") from exc
+
+    async def delete_objects(self, keys: list[str]) -> None:
+        """Delete these keys (one already gone is fine). TransientError if S3 fails."""
+        import obstore
+
+        try:
+            await obstore.delete_async(self.store, keys[0] if len(keys) == 1 else keys)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise self._transient(exc, "delete") from exc
+
     async def _replace_if_newer(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
         """The key exists: read it, and replace it if ``event`` supersedes it, conditionally on
         the ETag read. Another writer in between (412) -> read and compare again, at most

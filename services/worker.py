@@ -6,6 +6,11 @@ too long to embed, in S3). Faust commits acked offsets; a SIGKILL at any point m
 unacknowledged events are consumed again, and the label record in S3 is rewritten only
 if its model version changed. The one exception: a record whose dead letter the broker
 refuses too is logged, counted and acknowledged, so that it cannot stop its partition.
+
+Each batch is announced by an in-flight marker in S3 before it is handled and the marker
+cleared once it is acknowledged (:mod:`services.attempts`): a record that kills the
+process is found by the next worker, retried alone, and dead-lettered after
+``max_attempts`` deaths.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from functools import partial
 import click
 import faust
 from faust.sensors import Monitor
+from faust.types import TP
 
 from services import observability as obs
+from services.attempts import AttemptLedger, Gate
 from services.dead_letters import subject_ids
 from services.errors import BadInput, classify_publish_error
 from services.events import DeadLetter, ProductLabeled
@@ -241,8 +248,19 @@ def create_app(settings: Settings) -> faust.App:
         pipeline = Pipeline(settings, store, TritonLabeler(settings))
         runtime["pipeline"] = pipeline
         runtime["output"] = Output(app, settings, pipeline, store)
+        def committed(partition: int) -> int | None:  # known for the partitions assigned here (Faust seeks to them)
+            return app.consumer._committed_offset.get(TP(settings.topic_images, partition))  # noqa: SLF001
+
+        runtime["ledger"] = AttemptLedger(store, settings.consumer_group, settings.topic_images, settings.worker_name, committed)
+        runtime["gate"] = Gate()
         obs.start_metrics_server(settings.metrics_port)
         obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app, assigned, **kwargs) -> None:  # noqa: ANN001, ARG001
+        ledger = runtime.get("ledger")
+        if ledger is not None:
+            ledger.stale = True  # markers left by a worker that had these partitions: read them again
 
     # offsets are committed only up to the first unacknowledged one (Faust tracks gaps),
     # so batches finishing out of order cannot commit an event that was not labeled
@@ -252,7 +270,29 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.sleep(0.05)
         pipeline: Pipeline = runtime["pipeline"]  # type: ignore[assignment]
         output: Output = runtime["output"]  # type: ignore[assignment]
+        ledger: AttemptLedger = runtime["ledger"]  # type: ignore[assignment]
+        gate: Gate = runtime["gate"]  # type: ignore[assignment]
         within = settings.batch_max_ms / 1000 if settings.batch_max_ms else 0.001
+
+        async def handle(batch: list[RawMessage], failed: list[int]) -> None:
+            """Announce the batch (in-flight marker), label it, publish and store, then clear the marker."""
+            key = await pipeline.retry_transient("attempts", lambda: ledger.begin(list(zip(batch, failed, strict=True))))
+            for msg, n in zip(batch, failed, strict=True):
+                if n:
+                    pipeline.attempts[msg.ref] = n  # raised failures add to the process deaths
+            outcomes = await pipeline.process(batch)
+            await output.emit(list(zip(batch, outcomes, strict=True)))
+            await pipeline.retry_transient("attempts", lambda: ledger.end(key, batch))
+
+        async def handle_suspect(msg: RawMessage, failed: int) -> None:
+            """A record a worker process died handling: alone, or dead-lettered once it has had its attempts."""
+            if failed >= settings.max_attempts:
+                await output.emit([(msg, pipeline.crashed(msg, failed))])
+                await pipeline.retry_transient("attempts", lambda: ledger.end(None, [msg]))
+            else:
+                pipeline.log.warning("suspect_retried_alone", partition=msg.partition, offset=msg.offset, failed_attempts=failed)
+                await handle([msg], [failed])
+
         async for events in stream.noack_take(settings.batch_max_size, within=within):
             obs.EVENTS_IN.inc(len(events))
             obs.IN_FLIGHT.inc(len(events))
@@ -261,8 +301,20 @@ def create_app(settings: Settings) -> faust.App:
                 for e in events
             ]
             try:
-                outcomes = await pipeline.process(messages)
-                await output.emit(list(zip(messages, outcomes, strict=True)))
+                if ledger.stale:
+                    await pipeline.retry_transient("attempts", ledger.load)
+                failed = [ledger.failed_before(m) for m in messages]
+                if not any(failed):
+                    async with gate.shared():
+                        await handle(messages, failed)
+                else:  # suspects: nothing else in flight meanwhile, each one alone
+                    async with gate.exclusive():
+                        ordinary = [m for m, n in zip(messages, failed, strict=True) if not n]
+                        if ordinary:
+                            await handle(ordinary, [0] * len(ordinary))
+                        for msg, n in zip(messages, failed, strict=True):
+                            if n:
+                                await handle_suspect(msg, n)
             finally:
                 obs.IN_FLIGHT.dec(len(events))
             # only now: the offsets may be committed

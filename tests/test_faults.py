@@ -399,3 +399,81 @@ def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> N
     assert kind("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") is TransientError
     assert kind("Server disconnected", None) is TransientError  # no gRPC status: message markers
     assert type(labeler._classify(ConnectionRefusedError(), "infer")) is TransientError
+
+
+def _markers_naming(sc: Scenario, worker: str, ref: tuple[int, int]) -> list[str]:
+    """In-flight markers written by ``worker`` that name the record at ``ref`` (partition, offset)."""
+    from services.attempts import marker_prefix
+    from services.storage import Storage
+
+    client = Storage(sc.settings).client
+    prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
+    found = []
+    for obj in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=f"{prefix}{worker}.").get("Contents", []):
+        try:
+            body = json.loads(client.get_object(Bucket=sc.settings.s3_bucket, Key=obj["Key"])["Body"].read())
+        except Exception:  # noqa: BLE001 - deleted meanwhile: its batch finished
+            continue
+        if any((r["partition"], r["offset"]) == ref for r in body["records"]):
+            found.append(obj["Key"])
+    return found
+
+
+def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attempts(tmp_path: Path) -> None:
+    """Issue 13: a record that kills the process (no exception to count) used to be retried
+    after every restart. Here each worker is SIGKILLed as soon as it has taken that record
+    in hand (its in-flight marker names it), which is what a crash looks like from outside.
+    After AUTOLABEL_MAX_ATTEMPTS deaths it is dead-lettered processing_failed; the records
+    that shared its batches are labeled (each retried alone once)."""
+    from services.events import DeadLetter, ErrorCode
+    from services.topics import read_topic
+
+    attempts = 3
+    # a slow model (1 s per execution) keeps each batch in flight long enough to be seen
+    stack = LocalStack(tmp_path / "stack", delay_ms=1000).start()
+    sc = Scenario(stack, tmp_path, AUTOLABEL_MAX_ATTEMPTS=str(attempts))
+    try:
+        normal = 24
+        for i in range(normal + 1):
+            sc.feeder.send(i)
+        sc.feeder.finish(timeout=60)
+        killer = sc.feeder.product_id(normal // 2)
+        record_of = {r.key.decode(): (r.partition, r.offset) for r in read_topic(sc.settings, sc.settings.topic_images, idle_s=1.0)}
+        ref = record_of[killer]
+        sent = set(sc.feeder.acked)
+        started = time.monotonic()
+        for n in range(1, attempts + 1):
+            worker = sc.worker(f"w{n}")
+            deadline = time.monotonic() + 180
+            while not _markers_naming(sc, f"w{n}", ref):
+                assert worker.alive(), worker.output()[-3000:]
+                assert time.monotonic() < deadline, f"w{n} never took the record in hand:\n{worker.output()[-3000:]}"
+                time.sleep(0.1)
+            worker.kill()  # SIGKILL: no exception, no log line, nothing committed
+        last = sc.worker("w-last")
+        result = sc.wait_until_done(sent, timeout=240)
+        dead = [DeadLetter.model_validate_json(r.value) for r in read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0)]
+        record("a record that kills the worker process", result, kills=attempts, attempts=[d.attempts for d in dead],
+               done_s=round(time.monotonic() - started, 1))
+        assert [d.product_id for d in dead] == [killer]
+        assert dead[0].code == ErrorCode.processing_failed and dead[0].attempts == attempts, dead[0]
+        assert (dead[0].partition, dead[0].offset) == ref and json.loads(dead[0].original)["product_id"] == killer
+        assert "suspect_retried_alone" in sc.workers[1].output()
+        assert last.alive(), last.output()[-3000:]
+        assert result.labeled == normal and not result.lost
+        # nothing left in flight: the dead workers' markers went once what they named was settled
+        from services.attempts import marker_prefix
+        from services.storage import Storage
+
+        prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
+        client = Storage(sc.settings).client
+        left: list[str] = []
+        for _ in range(20):
+            left = [o["Key"] for o in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=prefix).get("Contents", [])]
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, left
+    finally:
+        sc.close()
+        stack.close()
