@@ -79,6 +79,7 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
         click.secho(f"5/5 waiting for {len(wanted)} labels", bold=True)
         got = _wait(settings, wanted, timeout, worker)
         _print_table(got, _catalog(samples))
+        _print_thresholds(got, models_dir)
         missing = set(wanted) - set(got)
         if missing:
             raise click.ClickException(f"{len(missing)} label(s) did not arrive within {timeout:.0f}s; see {log_path}")
@@ -133,3 +134,26 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
     click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review")
+
+
+def _print_thresholds(got: dict, models_dir: Path) -> None:
+    """Each task's auto-accept threshold (what the worker used) and what it gives on held-out photos."""
+    import json
+
+    if not got:
+        return
+    manifest_path = models_dir / "manifest.json"
+    tasks = json.loads(manifest_path.read_text()).get("tasks", {}) if manifest_path.is_file() else {}
+    click.echo("\nauto-accept thresholds (labels below them are flagged for review):")
+    first = next(iter(got.values()))
+    for task, label in first.labels.items():
+        shipped = tasks.get(task, {}).get("threshold")
+        line = f"  {task:<7} threshold {label.threshold:.3f}"
+        test = tasks.get(task, {}).get("metrics", {}).get("test", {}).get("auto_accept")
+        if shipped and test:
+            line += (f"  (target precision {shipped['target_precision']:.2f}, chosen on validation;"
+                     f" on unseen test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})")
+        elif not shipped:
+            line += "  (the model ships no threshold: a setting or the 0.5 fallback)"
+        click.echo(line)
+

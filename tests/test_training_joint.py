@@ -21,6 +21,7 @@ from training.joint import TUNED_FILE, logits_of
 from training.synthetic import make_fpi
 
 READOUT = "grid2:block4_pool,block5_conv3+colour"
+PLAIN = "grid2:block4_pool,block5_conv3"
 VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--readout", READOUT, "--quiet"]
 
 
@@ -110,3 +111,16 @@ def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(join
     products = scores["served"]["products"]
     assert products["products"] > 0 and 0 <= products["unflagged"] <= products["products"]
     assert (joint["base"] / "report-served" / "calibration_style.png").is_file()
+
+
+def test_a_readout_without_colour_fine_tunes_and_serves_too(joint: dict[str, Path], tmp_path: Path) -> None:
+    from training.export import build_repository
+
+    models = tmp_path / "models"
+    args = ["--data", f"fpi:{joint['data']}", *VGG, "--readout", PLAIN, "--cache-dir", str(joint["cache"]), "--out", str(models),
+            "--set", "all.epochs=2", "--fine-tune-blocks", "1", "--fine-tune-epochs", "1", "--split", str(joint["models"] / "split.json")]
+    result = CliRunner().invoke(cli.train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _manifest(models)["backbone"]["readout"] == PLAIN
+    repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda _: None)
+    assert (repo / "autolabel" / "config.pbtxt").is_file()

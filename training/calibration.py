@@ -126,8 +126,11 @@ class Threshold:
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float = DEFAULT_TARGET_PRECISION,
                      z: float = DEFAULT_Z, min_accepted: int = MIN_ACCEPTED) -> Threshold:
-    """The lowest threshold t such that, for t and every higher threshold accepting at least
-    ``min_accepted`` rows, the Wilson lower bound of the precision is >= ``target``.
+    """The lowest threshold t (the most labels accepted) whose accepted rows, at least
+    ``min_accepted`` of them, have a Wilson lower bound of their precision >= ``target``.
+
+    Not "every higher threshold too": a few confidently wrong catalog labels at the very top
+    would then veto every threshold.
 
     Where no threshold qualifies, t is just above the highest confidence: nothing is
     auto-accepted (every label goes to review), which is the honest answer."""
@@ -136,13 +139,8 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float 
     curve = coverage_curve(np.asarray(confidence, np.float64), np.asarray(correct, bool))
     rows = len(confidence)
     lower = wilson_lower(curve.correct, curve.accepted, z)
-    best = None
-    for k in range(len(curve.thresholds)):  # from the highest threshold down
-        if curve.accepted[k] < min_accepted:
-            continue
-        if lower[k] < target:
-            break
-        best = k
+    ok = np.nonzero((lower >= target) & (curve.accepted >= min_accepted))[0]
+    best = int(ok[-1]) if len(ok) else None  # the lowest such threshold: the most labels accepted
     if best is None:
         top = float(np.max(confidence)) if rows else 1.0
         return Threshold(float(np.nextafter(min(top, 1.0), 2.0)), target, 0.0, float("nan"), 0, rows)

@@ -67,6 +67,8 @@ def cache_fingerprint(spec: BackboneSpec, resize: ResizeMode, layer: str | None 
         out["colour_version"] = COLOUR_VERSION
     elif layer is None and spec.readout is not None:
         out["readout"] = str(spec.readout)
+        if spec.readout.colour:
+            out["colour_version"] = COLOUR_VERSION
     return out
 
 

@@ -87,10 +87,18 @@ class TaskOutcome:
 
 
 def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any, keep_maps: bool, progress: bool = True) -> Features:
-    """Readout vectors of every readable sample from the cut cache (computing what it lacks)."""
+    """Readout vectors of every readable sample from the cut cache (computing what it lacks).
+
+    The frozen readout vectors are cached too (a rerun of the heads then reads 4k numbers a
+    photo instead of running block5 again); the cut maps are read only when they are needed."""
     paths, digests = [s.path for s in dataset.samples], [s.digest for s in dataset.samples]
     colour_cache = FeatureCache(cache_dir, spec, "pad", COLOUR)
     colour, ok_c, _ = extract_paths(paths, digests, colour_cache, progress=progress)
+    readout_cache = FeatureCache(cache_dir, spec, "pad")
+    if not keep_maps and readout_cache.keys() >= {d for d, ok in zip(digests, ok_c) if ok}:
+        keep = np.nonzero(ok_c)[0]
+        vectors = np.stack([readout_cache.get(digests[i]) for i in keep])
+        return Features([dataset.samples[i] for i in keep], colour[keep], vectors)
     cut_cache = FeatureCache(cache_dir, spec, "pad", cut)
     cached = cut_cache.keys()
     todo = [i for i, d in enumerate(digests) if d not in cached]
@@ -108,7 +116,7 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
         if not pairs:
             continue
         js, idx = [j for j, _ in pairs], [i for _, i in pairs]
-        readout[idx] = top.predict([feats[js], colour[idx]], batch_size=64, verbose=0)
+        readout[idx] = top.predict(_top_inputs(spec, feats[js], colour[idx]), batch_size=64, verbose=0)
         if keep_maps:
             if maps is None:
                 maps = np.zeros((len(digests), *feats.shape[1:]), np.float16)
@@ -118,7 +126,17 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
     bar.close()
     ok = ok_c & seen
     keep = np.nonzero(ok)[0]
+    have = readout_cache.keys()
+    fresh = [i for i in keep if digests[i] not in have]
+    for start in range(0, len(fresh), 4096):
+        part = fresh[start : start + 4096]
+        readout_cache.put([digests[i] for i in part], readout[part])
     return Features([dataset.samples[i] for i in keep], colour[keep], readout[keep], None if maps is None else maps[keep])
+
+
+def _top_inputs(spec: BackboneSpec, maps: Any, colour: Any) -> list[Any]:
+    """The inputs of :func:`build_readout_top`'s model: the cut maps, and the colour features if read out."""
+    return [maps, colour] if spec.readout is not None and spec.readout.colour else [maps]
 
 
 def _labels(samples: Sequence[Sample], task: str, classes: Sequence[str]) -> np.ndarray:
@@ -210,9 +228,9 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     tasks = list(heads)
     maps_in = keras.Input(shape=feats.maps.shape[1:], dtype="float16", name="cut_maps")
     colour_in = keras.Input(shape=(feats.colour.shape[1],), name=COLOUR)
-    vec = top([keras.layers.Activation("linear", dtype="float32", name="to_float32")(maps_in), colour_in])
+    vec = top(_top_inputs(spec, keras.layers.Activation("linear", dtype="float32", name="to_float32")(maps_in), colour_in))
     outputs = {t: heads[t][0](vec) for t in tasks}
-    model = keras.Model([maps_in, colour_in], outputs, name="joint_fine_tune")
+    model = keras.Model(_top_inputs(spec, maps_in, colour_in), outputs, name="joint_fine_tune")
     keras.utils.set_random_seed(cfg.seed)
     model.compile(optimizer=make_optimizer("adam", cfg.fine_tune_lr), loss={t: "sparse_categorical_crossentropy" for t in tasks})
 
@@ -237,21 +255,26 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     def data(idx: np.ndarray, part: str):  # noqa: ANN202
         # a row is in train for every task it has a label for (one assignment per photo)
         sw = {t: weights[t][idx] * part_w[part][idx] for t in tasks}
-        return [feats.maps[idx], feats.colour[idx]], {t: labels[t][idx] for t in tasks}, sw
+        return _top_inputs(spec, feats.maps[idx], feats.colour[idx]), {t: labels[t][idx] for t in tasks}, sw
 
     x_tr, y_tr, w_tr = data(tr, "train")
     x_va, y_va, w_va = data(va, "val")
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.fine_tune_epochs, restore_best_weights=True)]
-    bar = tqdm(total=cfg.fine_tune_epochs, desc="joint fine-tuning (top block + 3 heads)", unit="epoch", disable=not progress)
+    batch = 32
+    steps = -(-len(tr) // batch)
+    # per batch, so a long epoch shows its progress and time left
+    bar = tqdm(total=cfg.fine_tune_epochs * steps, desc="joint fine-tuning (top block + 3 heads)", unit="batch", disable=not progress)
 
     class Bar(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
-            bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "val_loss")})
+        def on_train_batch_end(self, step, logs=None):  # noqa: ANN001, ANN202
             bar.update(1)
+
+        def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001, ANN202
+            bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "val_loss")}})
 
     started = time.perf_counter()
     fit = model.fit(x_tr, y_tr, sample_weight=w_tr, validation_data=(x_va, y_va, w_va), epochs=cfg.fine_tune_epochs,
-                    batch_size=32, shuffle=True, verbose=0, callbacks=[*callbacks, Bar()])
+                    batch_size=batch, shuffle=True, verbose=0, callbacks=[*callbacks, Bar()])
     bar.close()
     h = fit.history
     hist = History(loss=[float(v) for v in h["loss"]], val_loss=[float(v) for v in h["val_loss"]],
@@ -305,7 +328,7 @@ def train_joint(dataset: Dataset, split: Split, spec: BackboneSpec, cfg: JointCo
         base, ft_hist = fine_tune_jointly(feats, dataset, split, spec, cut, heads, cfg, progress)
         top = build_readout_top(spec, cut, base)
         feats.readout = np.concatenate([
-            np.asarray(top.predict_on_batch([feats.maps[i : i + 64].astype(np.float32), feats.colour[i : i + 64]]))
+            np.asarray(top.predict_on_batch(_top_inputs(spec, feats.maps[i : i + 64].astype(np.float32), feats.colour[i : i + 64])))
             for i in range(0, len(feats.samples), 64)
         ])
         feats.maps = None
