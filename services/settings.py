@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="The worker's event loop: uvloop (faster), or the standard asyncio one."
     )
+    shutdown_timeout_s: float = Field(
+        20.0, gt=0, le=3600,
+        description="After SIGTERM/SIGINT or an agent crash the worker exits within this many seconds whatever it is "
+        "doing (batches in flight get until then; unfinished ones are not committed and are consumed again); exit 1 "
+        "after a crash or when the stop overran.",
+    )
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port of the worker; 0 = off.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 

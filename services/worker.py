@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -214,6 +218,53 @@ class _QuietMonitor(Monitor):
         return None
 
 
+EXIT_CRASHED = 1  # an agent crashed, or the stop overran shutdown_timeout_s: a supervisor should restart it
+
+
+class _Stopper:
+    """Bounds the worker's stop. Once a stop begins (SIGTERM/SIGINT, or an agent crash), a
+    daemon thread ends the process after ``shutdown_timeout_s`` whatever the event loop is
+    doing (Faust waits for every consumed event to be acknowledged, which may never happen:
+    a batch stuck behind an outage, or one whose agent crashed)."""
+
+    def __init__(self) -> None:
+        self.timeout_s = 20.0
+        self.exit_code = 0
+        self.timer: threading.Timer | None = None
+
+    def arm(self, reason: str) -> None:
+        if self.timer is None:
+            obs.get_logger().info("worker_stopping", reason=reason, timeout_s=self.timeout_s)
+            self.timer = threading.Timer(self.timeout_s, self._expire, args=(reason,))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _expire(self, reason: str) -> None:
+        obs.get_logger().error("shutdown_timeout", reason=reason, timeout_s=self.timeout_s,
+                               detail="batches still in flight are not committed; they are consumed again")
+        sys.stderr.flush()
+        os._exit(EXIT_CRASHED)
+
+
+STOPPER = _Stopper()
+
+
+async def _crashed(agent, exc: BaseException) -> None:  # noqa: ANN001
+    """An agent (or the start-up task) crashed: it would leave its events unacknowledged and
+    the worker idling forever. Stop the whole process, non-zero, so its supervisor restarts it."""
+    obs.get_logger().critical("agent_crashed", agent=getattr(agent, "name", None), error=repr(exc)[:500],
+                              exc_info=exc, detail="stopping the worker (exit 1) for its supervisor to restart")
+    STOPPER.exit_code = EXIT_CRASHED
+    STOPPER.arm("agent_crashed")
+    os.kill(os.getpid(), signal.SIGTERM)  # the same stop as an operator's, bounded by the timer
+
+
+class _Worker(faust.Worker):
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:  # noqa: ANN001 - mode's hook for SIGTERM/SIGINT
+        STOPPER.arm(signal.name)
+        super()._schedule_shutdown(signal)
+
+
 def create_app(settings: Settings) -> faust.App:
     servers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
     datadir = settings.state_dir / "faust" / settings.worker_name
@@ -243,6 +294,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start() -> None:
+        try:
+            await _start()
+        except Exception as exc:  # noqa: BLE001 - the worker cannot run: stop, non-zero
+            await _crashed(None, exc)
+
+    async def _start() -> None:
         obs.quiet_libraries(settings.log_level)  # after Faust configured logging
         store = LabelStore(settings)
         pipeline = Pipeline(settings, store, TritonLabeler(settings))
@@ -293,33 +350,39 @@ def create_app(settings: Settings) -> faust.App:
                 pipeline.log.warning("suspect_retried_alone", partition=msg.partition, offset=msg.offset, failed_attempts=failed)
                 await handle([msg], [failed])
 
-        async for events in stream.noack_take(settings.batch_max_size, within=within):
-            obs.EVENTS_IN.inc(len(events))
-            obs.IN_FLIGHT.inc(len(events))
-            messages = [
-                RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
-                for e in events
-            ]
-            try:
-                if ledger.stale:
-                    await pipeline.retry_transient("attempts", ledger.load)
-                failed = [ledger.failed_before(m) for m in messages]
-                if not any(failed):
-                    async with gate.shared():
-                        await handle(messages, failed)
-                else:  # suspects: nothing else in flight meanwhile, each one alone
-                    async with gate.exclusive():
-                        ordinary = [m for m, n in zip(messages, failed, strict=True) if not n]
-                        if ordinary:
-                            await handle(ordinary, [0] * len(ordinary))
-                        for msg, n in zip(messages, failed, strict=True):
-                            if n:
-                                await handle_suspect(msg, n)
-            finally:
-                obs.IN_FLIGHT.dec(len(events))
-            # only now: the offsets may be committed
-            for e in events:
-                await stream.ack(e)
+        try:
+            async for events in stream.noack_take(settings.batch_max_size, within=within):
+                obs.EVENTS_IN.inc(len(events))
+                obs.IN_FLIGHT.inc(len(events))
+                messages = [
+                    RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
+                    for e in events
+                ]
+                try:
+                    if ledger.stale:
+                        await pipeline.retry_transient("attempts", ledger.load)
+                    failed = [ledger.failed_before(m) for m in messages]
+                    if not any(failed):
+                        async with gate.shared():
+                            await handle(messages, failed)
+                    else:  # suspects: nothing else in flight meanwhile, each one alone
+                        async with gate.exclusive():
+                            ordinary = [m for m, n in zip(messages, failed, strict=True) if not n]
+                            if ordinary:
+                                await handle(ordinary, [0] * len(ordinary))
+                            for msg, n in zip(messages, failed, strict=True):
+                                if n:
+                                    await handle_suspect(msg, n)
+                finally:
+                    obs.IN_FLIGHT.dec(len(events))
+                # only now: the offsets may be committed
+                for e in events:
+                    await stream.ack(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - stop the process rather than leave this actor dead
+            await _crashed(label, exc)
+            raise
 
     return app
 
@@ -334,8 +397,10 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings) -> int:
+    """Run until stopped; the exit code (0 after a clean stop, :data:`EXIT_CRASHED` after a crash)."""
     obs.configure_logging(settings.log_level)
+    STOPPER.timeout_s = settings.shutdown_timeout_s
     if settings.event_loop == "uvloop":
         import mode.loop
 
@@ -347,15 +412,21 @@ def run_worker(settings: Settings) -> None:
     _tune_gc()
     # Faust's own chatter (banners, assignment tables) only from warnings up
     faust_level = "DEBUG" if settings.log_level == "debug" else "WARNING"
-    worker = faust.Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    worker = _Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return max(code, STOPPER.exit_code)
 
 
 @click.command("worker")
 @click.option("--batch-size", type=int, default=None, help="Override AUTOLABEL_BATCH_MAX_SIZE.")
 @click.option("--metrics-port", type=int, default=None, help="Override AUTOLABEL_METRICS_PORT (0 = off).")
 def worker_command(batch_size: int | None, metrics_port: int | None) -> None:
-    """Run one labeling worker until SIGTERM/SIGINT (graceful: in-flight work is not committed)."""
+    """Run one labeling worker until SIGTERM/SIGINT (graceful within AUTOLABEL_SHUTDOWN_TIMEOUT_S:
+    in-flight work is not committed). Exits non-zero when an agent crashed or the stop overran."""
     overrides: dict[str, object] = {}
     if batch_size is not None:
         overrides["batch_max_size"] = batch_size
@@ -363,5 +434,6 @@ def worker_command(batch_size: int | None, metrics_port: int | None) -> None:
         overrides["metrics_port"] = metrics_port
     settings = load_settings(**overrides)
     started = time.monotonic()
-    run_worker(settings)
-    obs.get_logger().info("worker_stopped", ran_s=round(time.monotonic() - started, 1))
+    code = run_worker(settings)
+    obs.get_logger().info("worker_stopped", ran_s=round(time.monotonic() - started, 1), exit_code=code)
+    sys.exit(code)
