@@ -90,6 +90,7 @@ def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(join
     models, repo = joint["models"], joint["base"] / "repo"
     build_repository(models, repo, "cpu", progress=False, log=lambda _: None)
     params = read_config_parameters(repo / "autolabel" / "config.pbtxt")
+    assert params["weights_source"] == "random + tuned layers"  # label events say the base was fine-tuned
     m = _manifest(models)
     for task, entry in m["tasks"].items():
         assert float(params[f"threshold_{task}"]) == pytest.approx(entry["threshold"]["threshold"], abs=1e-6)

