@@ -150,9 +150,12 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
         shipped = tasks.get(task, {}).get("threshold")
         line = f"  {task:<7} threshold {label.threshold:.3f}"
         test = tasks.get(task, {}).get("metrics", {}).get("test", {}).get("auto_accept")
-        if shipped and test:
+        if shipped and test and test.get("accepted"):
             line += (f"  (target precision {shipped['target_precision']:.2f}, chosen on validation;"
                      f" on unseen test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})")
+        elif shipped:
+            line += (f"  (no threshold reached precision {shipped['target_precision']:.2f} on validation:"
+                     " every label of this task goes to review)")
         elif not shipped:
             line += "  (the model ships no threshold: a setting or the 0.5 fallback)"
         click.echo(line)
