@@ -183,6 +183,15 @@ class Settings(BaseSettings):
         value = getattr(self, f"threshold_{task}")
         return None if value is None else float(value)
 
+    @property
+    def kafka_ca_path(self) -> str | None:
+        """The CA bundle brokers are verified with; None (the system's CAs) when unset or an empty
+        file (a secret's empty ca.crt: a public CA)."""
+        path = self.kafka_ssl_cafile
+        if path is None or (path.is_file() and path.stat().st_size == 0):
+            return None
+        return str(path)
+
     def kafka_client_kwargs(self) -> dict[str, object]:
         """Security settings in kafka-python's keyword names."""
         kw: dict[str, object] = {
@@ -195,8 +204,8 @@ class Settings(BaseSettings):
             kw["sasl_plain_password"] = (
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
-        if self.kafka_ssl_cafile:
-            kw["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ca_path:
+            kw["ssl_cafile"] = self.kafka_ca_path
         return kw
 
 

@@ -50,7 +50,7 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
 
     ssl_context = None
     if proto in {"SSL", "SASL_SSL"}:
-        ssl_context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        ssl_context = ssl.create_default_context(cafile=settings.kafka_ca_path)
     if proto.startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username,

@@ -68,3 +68,15 @@ def test_thresholds_unset_or_empty_mean_the_models_own(monkeypatch):
     s = load_settings()
     assert s.threshold("style") is None and s.threshold("gender") == 0.7 and s.threshold("season") is None
     assert s.target_precision == 0.95
+
+
+def test_an_empty_kafka_ca_file_means_the_system_cas(tmp_path):
+    from services.settings import Settings
+
+    empty, bundle = tmp_path / "ca.crt", tmp_path / "bundle.pem"
+    empty.write_text("")
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert Settings(kafka_ssl_cafile=empty).kafka_ca_path is None
+    assert "ssl_cafile" not in Settings(kafka_ssl_cafile=empty, kafka_security_protocol="SSL").kafka_client_kwargs()
+    assert Settings(kafka_ssl_cafile=bundle).kafka_ca_path == str(bundle)
+    assert Settings().kafka_ca_path is None
