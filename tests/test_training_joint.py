@@ -125,3 +125,31 @@ def test_a_readout_without_colour_fine_tunes_and_serves_too(joint: dict[str, Pat
     assert _manifest(models)["backbone"]["readout"] == PLAIN
     repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda _: None)
     assert (repo / "autolabel" / "config.pbtxt").is_file()
+
+
+def test_the_onnx_build_computes_the_same_readout_and_probabilities(joint: dict[str, Path]) -> None:
+    """The readout (average pooling, the colour histogram) and the tuned block survive tf2onnx."""
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from training.export import build_repository
+
+    onnx_repo = build_repository(joint["models"], joint["base"] / "repo-onnx", "gpu-onnx", progress=False, log=lambda _: None)
+    tf_repo = build_repository(joint["models"], joint["base"] / "repo-tf", "gpu-tf", progress=False, log=lambda _: None)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    images[:, :8] = 255  # a white background band, as product photos have
+
+    def run_onnx(name: str, **inputs: np.ndarray) -> np.ndarray:
+        s = ort.InferenceSession(str(onnx_repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        return s.run(None, inputs)[0]
+
+    def run_tf(name: str, key: str, **inputs: np.ndarray) -> np.ndarray:
+        sig = tf.saved_model.load(str(tf_repo / name / "1" / "model.savedmodel")).signatures["serving_default"]
+        return sig(**{k: tf.constant(v) for k, v in inputs.items()})[key].numpy()
+
+    f_onnx, f_tf = run_onnx("backbone", image=images), run_tf("backbone", "features", image=images)
+    assert f_onnx.shape == f_tf.shape and np.abs(f_onnx - f_tf).max() <= 1e-4 * max(1.0, float(np.abs(f_tf).max()))
+    for task in ("style", "gender", "season"):
+        p_onnx, p_tf = run_onnx(task, image=images), run_tf(task, "probs", image=images)
+        assert np.abs(p_onnx - p_tf).max() <= 1e-4, task
