@@ -292,20 +292,28 @@ def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> Non
     assert_no_loss(result, dead_letters=1)
 
 
-def _send_huge(sc: Scenario, sizes: dict[str, int]) -> dict[str, tuple[bytes, int, int]]:
-    """Raw records of these sizes, keyed by name: name -> (value, partition, offset)."""
+def _produce(sc: Scenario, records: list[tuple[str, bytes]]) -> dict[str, tuple[bytes, int, int]]:
+    """Send raw records in this order, each acknowledged before the next: key -> (value, partition, offset).
+
+    kafka-python's producer refuses a record over its ``max_request_size`` (1,000,000 bytes by
+    default) before sending it; raised to 8 MiB here. The embedded broker (Tansu) has no
+    limit of its own below that (5 MB tried)."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(**sc.settings.kafka_client_kwargs(), acks="all", max_request_size=8 * 1024 * 1024)
     sent = {}
     try:
-        for name, size in sizes.items():
-            value = b'{"pad": "' + b"x" * (size - 11) + b'"}'  # JSON of exactly ``size`` bytes
-            meta = producer.send(sc.settings.topic_images, key=name.encode(), value=value).get(timeout=60)
-            sent[name] = (value, meta.partition, meta.offset)
+        for key, value in records:
+            meta = producer.send(sc.settings.topic_images, key=key.encode(), value=value).get(timeout=60)
+            sent[key] = (value, meta.partition, meta.offset)
     finally:
         producer.close()
     return sent
+
+
+def _padded(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes (not an event)."""
+    return b'{"pad": "' + b"x" * (size - 11) + b'"}'
 
 
 def _committed_past(sc: Scenario, ends: dict[int, int], timeout: float = 60) -> dict[int, int]:
@@ -324,60 +332,148 @@ def _committed_past(sc: Scenario, ends: dict[int, int], timeout: float = 60) -> 
         reader.close()
 
 
-def test_a_one_megabyte_event_cannot_stop_the_worker(scenario) -> None:  # noqa: ANN001
-    """Issue 13: a 1,000,330-byte event (and a 2 MB one: the embedded broker takes it) among
-    normal uploads. Its dead letter used to embed it whole (1.33 MB in base64), over the
-    producer's max_request_size: the agent crashed, the offset was never committed, and a
-    restarted worker crashed on it again. Now the dead letter carries a 16 KiB prefix, the
-    size and SHA-256, and names the whole original, stored in S3."""
+def _holders(sc: Scenario, ref: tuple[int, int]) -> set[str]:
+    """Names of the workers whose in-flight markers name the record at ``ref`` (partition, offset)."""
+    from services.attempts import marker_prefix
+    from services.storage import Storage
+
+    client = Storage(sc.settings).client
+    prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
+    found = set()
+    for obj in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=prefix).get("Contents", []):
+        try:
+            body = json.loads(client.get_object(Bucket=sc.settings.s3_bucket, Key=obj["Key"])["Body"].read())
+        except Exception:  # noqa: BLE001 - deleted meanwhile: its batch finished
+            continue
+        if any((r["partition"], r["offset"]) == ref for r in body["records"]):
+            found.add(obj["Key"][len(prefix):].split(".", 1)[0])
+    return found
+
+
+def _markers_left(sc: Scenario) -> list[str]:
+    """In-flight markers still in S3 after a while (none once everything is settled)."""
+    from services.attempts import marker_prefix
+    from services.storage import Storage
+
+    prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
+    client = Storage(sc.settings).client
+    left: list[str] = []
+    for _ in range(20):
+        left = [o["Key"] for o in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=prefix).get("Contents", [])]
+        if not left:
+            break
+        time.sleep(0.5)
+    return left
+
+
+def test_hostile_records_among_uploads_two_workers_one_restart(tmp_path: Path) -> None:
+    """Issue 13: records of 1, 2 and 4 MB, 300 kB of JSON nested 50,000 deep, a 300 kB JSON
+    array, and a record that kills the worker process, among 48 uploads, with two workers.
+
+    The huge records used to crash the agent (their dead letter embedded them whole, over
+    the producer's limit) and a restarted worker crashed on them again; a killing record
+    was retried after every restart. Here every upload is labeled, each bad record is
+    dead-lettered with its documented code and a bounded body (16 KiB prefix, size,
+    SHA-256, the whole original in S3), the killing record after AUTOLABEL_MAX_ATTEMPTS
+    (2) deaths: the worker that had it in flight is SIGKILLed (its in-flight marker names
+    it) and replaced once (w3); the worker that takes it over is SIGKILLed too, and the
+    last one dead-letters it without handling it. Offsets end committed at the end of
+    every partition; the surviving worker never crashed."""
     from services.events import DeadLetter, ErrorCode
     from services.storage import Storage
     from services.topics import read_topic
 
-    sc = scenario()
-    normal = 40
-    sizes = {"huge-1mb": 1_000_330, "huge-2mb": 2_000_000}
-    # all on the topic before the worker starts: full batches, so the huge records share theirs with uploads
-    for i in range(normal // 2):
-        sc.feeder.send(i)
-    sc.feeder.finish(timeout=60)
-    huge = _send_huge(sc, sizes)
-    for i in range(normal // 2, normal):
-        sc.feeder.send(i)
-    sc.feeder.finish(timeout=60)
-    worker = sc.worker()
-    sent = set(sc.feeder.acked) | set(sizes)
-    result = sc.wait_until_done(sent, timeout=180)
-    record("1 MB and 2 MB events among 40 uploads", result, sizes=list(sizes.values()))
-    assert worker.alive(), worker.output()[-3000:]
-    assert "Crashed" not in worker.output(), worker.output()[-3000:]
-    assert_no_loss(result, dead_letters=len(sizes))
-    records = list(read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0))
-    letters = {d.original_key: d for d in (DeadLetter.model_validate_json(r.value) for r in records)}
-    assert max(len(r.value) for r in records) < 32 * 1024, "dead letters stay small"
-    s3 = Storage(sc.settings).client
-    for name, (value, partition, offset) in huge.items():
-        letter = letters[name]
-        assert letter.code == ErrorCode.event_too_large and (letter.partition, letter.offset) == (partition, offset)
-        assert letter.original == value[: sc.settings.dead_letter_max_original_bytes] and letter.original_truncated
-        assert letter.original_size == len(value) and letter.original_sha256 == hashlib.sha256(value).hexdigest()
-        assert letter.original_ref is not None
-        assert letter.original_ref.key == f"dead-letters/{sc.settings.topic_images}/{partition}/{offset}"
-        stored = s3.get_object(Bucket=letter.original_ref.bucket, Key=letter.original_ref.key)["Body"].read()
-        assert stored == value, "the whole original is in S3"
-    ends = dict(sc.feeder.end_offsets)
-    for _, partition, offset in huge.values():
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-    committed = _committed_past(sc, ends)
-    assert all(committed.get(p, 0) >= end for p, end in ends.items()), (committed, ends)
-    # a restarted worker starts past them and labels new uploads
-    worker.kill()
-    second = sc.worker("w2")
-    later = {sc.feeder.send(normal + i) for i in range(4)}
-    sc.feeder.finish(timeout=60)
-    assert sc.wait_until_done(later, timeout=90).labeled == len(later)
-    assert second.alive() and "Crashed" not in second.output(), second.output()[-3000:]
-    assert len(list(read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0))) == len(sizes), "nothing dead-lettered twice"
+    attempts = 2
+    max_event_bytes = 400_000  # the 300 kB records reach the parser; the MB ones are over it
+    # a slow model (1 s per execution) keeps the killing record's batch in flight long enough to be seen
+    stack = LocalStack(tmp_path / "stack", delay_ms=1000).start()
+    sc = Scenario(stack, tmp_path, AUTOLABEL_MAX_ATTEMPTS=str(attempts), AUTOLABEL_MAX_EVENT_BYTES=str(max_event_bytes))
+    try:
+        depth = 50_000
+        bad = {  # key -> (value, code)
+            "huge-1mb": (_padded(1_000_330), ErrorCode.event_too_large),
+            "huge-2mb": (_padded(2_000_000), ErrorCode.event_too_large),
+            "huge-4mb": (_padded(4 * 1024 * 1024), ErrorCode.event_too_large),
+            # valid JSON, deeper than the parser's recursion limit: refused as not JSON, nothing raised
+            "nested-300kb": (b'{"a":' * depth + b"1" + b"}" * depth, ErrorCode.malformed_json),
+            "array-300kb": (b"[" + b"0," * 149_999 + b"0]", ErrorCode.schema_invalid),
+        }
+        normal = 48
+        killer = sc.feeder.product_id(normal // 2)
+        # all on the topic before the workers start: full batches, so the bad records share theirs with uploads
+        records: list[tuple[str, bytes]] = []
+        uploads = iter(range(normal + 1))
+        for name, (value, _) in bad.items():
+            records += [sc.feeder.event_bytes(next(uploads)) for _ in range(8)]
+            records.append((name, value))
+        records += [sc.feeder.event_bytes(i) for i in uploads]
+        produced = _produce(sc, records)
+        ref = produced[killer][1:]
+        sent = set(produced)
+        ends: dict[int, int] = {}
+        for _, partition, offset in produced.values():
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+
+        started = time.monotonic()
+        live = {name: sc.worker(name) for name in ("w1", "w2")}
+        kills: list[str] = []
+        deadline = time.monotonic() + 240
+        while len(kills) < attempts:  # SIGKILL whoever has the killing record in flight
+            for name in _holders(sc, ref) & set(live):
+                live.pop(name).kill()  # no exception, no log line, nothing committed
+                kills.append(name)
+                if len(kills) == 1:
+                    live["w3"] = sc.worker("w3")  # the one restart
+            for name, w in live.items():
+                assert w.alive(), f"{name} died:\n{w.output()[-3000:]}"
+            assert killer not in {pid for w in sc.workers for pid, _ in sc.labeled(w)}, "the killing record was labeled unseen"
+            assert time.monotonic() < deadline, f"kills so far: {kills}"
+            time.sleep(0.1)
+        result = sc.wait_until_done(sent, timeout=240)
+        done_s = time.monotonic() - started
+        records_dlq = list(read_topic(sc.settings, sc.settings.topic_dlq, idle_s=1.0))
+        letters: dict[str, list[DeadLetter]] = {}
+        for r in records_dlq:
+            d = DeadLetter.model_validate_json(r.value)
+            letters.setdefault(d.original_key, []).append(d)
+        committed = _committed_past(sc, ends)
+        (survivor,) = live.values()
+        record("1, 2, 4 MB, 300 kB nested and array, a killing record among 48 uploads, 2 workers, 1 restart", result,
+               sizes={k: len(v) for k, (v, _) in bad.items()}, kills=kills, done_s=round(done_s, 1),
+               dead_letter_codes={k: [d.code.value for d in v] for k, v in letters.items()},
+               committed_at_end=committed == {p: ends.get(p, 0) for p in committed})
+
+        assert survivor.alive() and "Crashed" not in survivor.output(), survivor.output()[-3000:]
+        assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
+        assert result.labeled == normal, "every upload labeled"
+        assert result.stored == normal and not result.stored_missing and not result.wrong_version
+        assert not result.written_twice and not result.rewritten, (result.written_twice[:10], result.rewritten[:10])
+        assert set(letters) == set(bad) | {killer}, sorted(letters)
+        assert max(len(r.value) for r in records_dlq) < 32 * 1024, "dead letters stay small"
+        # a worker killed after publishing a dead letter but before its commit makes a re-delivery
+        # publish it again (at-least-once): the copies must agree
+        for key, copies in letters.items():
+            assert len({(d.code, d.partition, d.offset, d.original_sha256) for d in copies}) == 1, copies
+        s3 = Storage(sc.settings).client
+        for name, (value, code) in bad.items():
+            letter = letters[name][0]
+            _, partition, offset = produced[name]
+            assert letter.code == code and (letter.partition, letter.offset) == (partition, offset), letter
+            assert letter.original == value[: sc.settings.dead_letter_max_original_bytes] and letter.original_truncated
+            assert letter.original_size == len(value) and letter.original_sha256 == hashlib.sha256(value).hexdigest()
+            assert letter.original_ref is not None
+            assert letter.original_ref.key == f"dead-letters/{sc.settings.topic_images}/{partition}/{offset}"
+            stored = s3.get_object(Bucket=letter.original_ref.bucket, Key=letter.original_ref.key)["Body"].read()
+            assert stored == value, "the whole original is in S3"
+        letter = letters[killer][0]
+        assert letter.code == ErrorCode.processing_failed and letter.attempts == attempts, letter
+        assert (letter.partition, letter.offset) == ref and json.loads(letter.original)["product_id"] == killer
+        assert not letter.original_truncated and letter.original_ref is None
+        assert all(committed.get(p, 0) >= end for p, end in ends.items()), (committed, ends)
+        assert not _markers_left(sc), "nothing left in flight"
+    finally:
+        sc.close()
+        stack.close()
 
 
 def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> None:
@@ -399,24 +495,6 @@ def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> N
     assert kind("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") is TransientError
     assert kind("Server disconnected", None) is TransientError  # no gRPC status: message markers
     assert type(labeler._classify(ConnectionRefusedError(), "infer")) is TransientError
-
-
-def _markers_naming(sc: Scenario, worker: str, ref: tuple[int, int]) -> list[str]:
-    """In-flight markers written by ``worker`` that name the record at ``ref`` (partition, offset)."""
-    from services.attempts import marker_prefix
-    from services.storage import Storage
-
-    client = Storage(sc.settings).client
-    prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
-    found = []
-    for obj in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=f"{prefix}{worker}.").get("Contents", []):
-        try:
-            body = json.loads(client.get_object(Bucket=sc.settings.s3_bucket, Key=obj["Key"])["Body"].read())
-        except Exception:  # noqa: BLE001 - deleted meanwhile: its batch finished
-            continue
-        if any((r["partition"], r["offset"]) == ref for r in body["records"]):
-            found.append(obj["Key"])
-    return found
 
 
 def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attempts(tmp_path: Path) -> None:
@@ -445,7 +523,7 @@ def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attem
         for n in range(1, attempts + 1):
             worker = sc.worker(f"w{n}")
             deadline = time.monotonic() + 180
-            while not _markers_naming(sc, f"w{n}", ref):
+            while f"w{n}" not in _holders(sc, ref):
                 assert worker.alive(), worker.output()[-3000:]
                 assert time.monotonic() < deadline, f"w{n} never took the record in hand:\n{worker.output()[-3000:]}"
                 time.sleep(0.1)
@@ -462,18 +540,7 @@ def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attem
         assert last.alive(), last.output()[-3000:]
         assert result.labeled == normal and not result.lost
         # nothing left in flight: the dead workers' markers went once what they named was settled
-        from services.attempts import marker_prefix
-        from services.storage import Storage
-
-        prefix = marker_prefix(sc.settings.consumer_group, sc.settings.topic_images)
-        client = Storage(sc.settings).client
-        left: list[str] = []
-        for _ in range(20):
-            left = [o["Key"] for o in client.list_objects_v2(Bucket=sc.settings.s3_bucket, Prefix=prefix).get("Contents", [])]
-            if not left:
-                break
-            time.sleep(0.5)
-        assert not left, left
+        assert not _markers_left(sc)
     finally:
         sc.close()
         stack.close()
