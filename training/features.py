@@ -149,9 +149,9 @@ class FeatureCache:
         tmp = self.dir / f"{name}.tmp.npz"
         np.savez(tmp, digests=np.asarray(digests), features=features.astype(np.float32))
         tmp.rename(self.dir / f"{name}.npz")
-        index = self._load()
-        for d, f in zip(digests, features):
-            index[d] = f
+        if self._index is not None:  # else read lazily from disk when asked (maps may be too big to hold)
+            for d, f in zip(digests, features):
+                self._index[d] = f
 
 
 class BackboneError(RuntimeError):
@@ -182,9 +182,10 @@ def image_loader(paths: Sequence[Path], size: tuple[int, int], resize: ResizeMod
 
 
 def extract_paths(
-    paths: Sequence[Path], digests: Sequence[str], cache: FeatureCache, batch_size: int = 32, progress: bool = True
+    paths: Sequence[Path], digests: Sequence[str], cache: FeatureCache, batch_size: int = 32, progress: bool = True,
+    collect: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, ExtractReport]:
-    return extract(digests, image_loader(paths, cache.spec.input_size, cache.resize), cache, batch_size, progress)
+    return extract(digests, image_loader(paths, cache.spec.input_size, cache.resize), cache, batch_size, progress, collect)
 
 
 def extract(
@@ -193,14 +194,17 @@ def extract(
     cache: FeatureCache,
     batch_size: int = 32,
     progress: bool = True,
+    collect: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, ExtractReport]:
     """Features for each key (from the cache, else ``loader(i)`` through the backbone, then cached).
 
     Returns ``(features, ok, report)``: ``ok[i]`` is False for an image that could not be
-    decoded (its row of ``features`` is zeros and must be skipped).
+    decoded (its row of ``features`` is zeros and must be skipped). ``collect=False`` only
+    fills the cache (``features`` is empty): for maps too big to hold in memory at once.
     """
     report = ExtractReport()
-    todo = [i for i, d in enumerate(keys) if d not in cache]
+    cached = cache.keys()  # the digests only: the features are read when collected
+    todo = [i for i, d in enumerate(keys) if d not in cached]
     report.reused = len(keys) - len(todo)
     failed: set[int] = set()
     if todo:
@@ -232,6 +236,8 @@ def extract(
         report.seconds = time.perf_counter() - started
     report.unreadable = len(failed)
     ok = np.array([i not in failed for i in range(len(keys))], dtype=bool)
+    if not collect:
+        return np.zeros((len(keys), 0), np.float32), ok, report
     first = next((keys[i] for i in range(len(keys)) if ok[i]), None)
     if first is None:
         return np.zeros((len(keys), 0), np.float32), ok, report

@@ -102,9 +102,8 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
     cut_cache = FeatureCache(cache_dir, spec, "pad", cut)
     cached = cut_cache.keys()
     todo = [i for i, d in enumerate(digests) if d not in cached]
-    if todo:  # compute and cache the missing maps; all maps are then read shard by shard (too big to hold twice)
-        extract_paths([paths[i] for i in todo], [digests[i] for i in todo], FeatureCache(cache_dir, spec, "pad", cut),
-                      progress=progress)
+    if todo:  # compute and cache the missing maps; all maps are then read shard by shard (too big to hold at once)
+        extract_paths([paths[i] for i in todo], [digests[i] for i in todo], cut_cache, progress=progress, collect=False)
     top = build_readout_top(spec, cut)
     row = {d: i for i, d in enumerate(digests)}
     readout = np.zeros((len(digests), int(top.output.shape[-1])), np.float32)
