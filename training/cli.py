@@ -13,6 +13,7 @@ import click
 from services.settings import TASKS
 
 DEFAULT_MODELS = Path("models")
+SCOPES = ("apparel-mw", "all")  # training.evaluate.in_scope
 
 
 def _csv(value: str | None) -> list[str]:
@@ -121,6 +122,7 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     from training.features import BackboneError
     from training.heads import HeadConfig
     from training.joint import JointConfig, train_joint, write_joint_models
+    from training.report import joint_table
     from training.split import Split, make_split
 
     if resize != "pad":
@@ -166,20 +168,6 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     click.echo(joint_table(result))
     click.echo(f"wrote {manifest}, {len(result.outcomes)} calibrated head(s){' and the tuned top block' if result.base else ''}"
                f" ({result.seconds / 60:.1f} min)")
-
-
-def joint_table(result: Any) -> str:
-    lines = ["| task | part | n | accuracy | balanced acc. | macro-F1 | ECE | threshold | coverage | auto-accepted precision |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for t, o in result.outcomes.items():
-        for part in ("val", "test"):
-            m = o.metrics.get(part)
-            if not m:
-                continue
-            a = m["auto_accept"]
-            lines.append(f"| {t} | {part} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['macro_f1']:.3f} |"
-                         f" {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} | {a['precision']:.3f} |")
-    return "\n".join(lines)
 
 
 def data_options(f):  # noqa: ANN001, ANN201
@@ -377,22 +365,6 @@ def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
         out.write_text(text + "\n")
 
 
-SCOPES = ("apparel-mw", "all")
-
-
-def in_scope(sample: Any, scope: str) -> bool:
-    """The headline rows: Apparel of Men/Women products (what the taxonomy describes). Rows
-    without catalog facts (manifest, folders) are in every scope."""
-    if scope == "all" or not sample.meta.get("category"):
-        return True
-    return sample.meta.get("category") == "Apparel" and sample.meta.get("catalog_gender") in ("Men", "Women")
-
-
-def _category(sample: Any) -> str:
-    cat = sample.meta.get("category") or "(none)"
-    return f"Apparel ({sample.meta.get('catalog_gender') or '?'})" if cat == "Apparel" else cat
-
-
 @click.command("evaluate")
 @data_options
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: all).")
@@ -414,8 +386,10 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
              json_file: Path | None, report_dir: Path | None, batch_size: int, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
-    from training.evaluate import ModelsError, evaluate as run_eval, load_heads, load_repository, product_summary, subset
-    from training.report import accept_table, metrics_table, per_class_table, write_report
+    from training.evaluate import (
+        ModelsError, by_category, evaluate as run_eval, in_scope, load_heads, load_repository, product_summary, subset,
+    )
+    from training.report import accept_table, category_table, metrics_table, per_class_table, write_report
     from training.split import Split
 
     task_list = _tasks(tasks)
@@ -464,7 +438,7 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     results = {t: subset(r, headline_keys) for t, r in every.items()}
     metrics = {t: r.metrics for t, r in results.items()}
     products = product_summary(results)
-    by_category = _by_category(ds, every, headline_keys)
+    by_cat = by_category(ds.samples, every, headline_keys)
     click.echo(f"Scope: {scope}" + (" (Apparel of Men/Women products)" if scope == "apparel-mw" else ""))
     click.echo(metrics_table(metrics))
     click.echo("")
@@ -475,12 +449,12 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     for t, m in metrics.items():
         click.echo("")
         click.echo(per_class_table(t, m))
-    if by_category:
+    if by_cat:
         click.echo("\nOutside the headline scope (reported apart):")
-        click.echo(_category_table(by_category))
+        click.echo(category_table(by_cat))
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({"scope": scope, "tasks": metrics, "products": products, "by_category": by_category}, indent=2) + "\n")
+        json_file.write_text(json.dumps({"scope": scope, "tasks": metrics, "products": products, "by_category": by_cat}, indent=2) + "\n")
     if report_dir:
         hist_path = models_dir / "history.json"
         histories = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
@@ -492,32 +466,3 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
             predictions={t: (r.y, r.probs, r.threshold) for t, r in results.items()},
         )
         click.echo(f"report: {page}", err=True)
-
-
-def _by_category(ds: Any, every: dict[str, Any], headline: set[str]) -> dict[str, dict[str, Any]]:
-    """Per catalog category outside the headline scope, per task: n, accuracy, balanced accuracy."""
-    from training.evaluate import subset
-
-    cats: dict[str, set[str]] = {}
-    for s in ds.samples:
-        if s.key not in headline:
-            cats.setdefault(_category(s), set()).add(s.key)
-    out: dict[str, dict[str, Any]] = {}
-    for cat, keys in sorted(cats.items()):
-        row = {}
-        for t, r in every.items():
-            m = subset(r, keys).metrics
-            if m["n"]:
-                row[t] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
-        if row:
-            out[cat] = row
-    return out
-
-
-def _category_table(by_category: dict[str, dict[str, Any]]) -> str:
-    tasks = sorted({t for row in by_category.values() for t in row}, key=lambda t: TASKS.index(t) if t in TASKS else 99)
-    lines = ["| category | " + " | ".join(f"{t}: n, bal. acc." for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
-    for cat, row in by_category.items():
-        cells = [f"{row[t]['n']}, {row[t]['balanced_accuracy']:.3f}" if t in row else "" for t in tasks]
-        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -297,3 +297,36 @@ def evaluate(
         probs = np.concatenate(probs_of[m.task]) if probs_of[m.task] else np.zeros((0, len(m.classes)))
         out[m.task] = score(m.classes, scored[m.task], np.asarray(y_true[m.task], int), probs, m.threshold, skipped[m.task])
     return out
+
+
+def in_scope(sample: Sample, scope: str) -> bool:
+    """The headline rows: Apparel of Men/Women products (what the taxonomy describes) for
+    ``apparel-mw``, every row for ``all``. Rows without catalog facts (manifest, folders)
+    are in every scope."""
+    if scope == "all" or not sample.meta.get("category"):
+        return True
+    return sample.meta.get("category") == "Apparel" and sample.meta.get("catalog_gender") in ("Men", "Women")
+
+
+def category_of(sample: Sample) -> str:
+    cat = sample.meta.get("category") or "(none)"
+    return f"Apparel ({sample.meta.get('catalog_gender') or '?'})" if cat == "Apparel" else cat
+
+
+def by_category(samples: Sequence[Sample], every: dict[str, TaskEvaluation], headline: set[str]) -> dict[str, dict[str, Any]]:
+    """Per catalog category outside the headline rows, per task: n, accuracy, balanced accuracy, macro-F1."""
+    cats: dict[str, set[str]] = {}
+    for s in samples:
+        if s.key not in headline:
+            cats.setdefault(category_of(s), set()).add(s.key)
+    out: dict[str, dict[str, Any]] = {}
+    for cat, keys in sorted(cats.items()):
+        row = {}
+        for t, r in every.items():
+            m = subset(r, keys).metrics
+            if m["n"]:
+                row[t] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+        if row:
+            out[cat] = row
+    return out
+

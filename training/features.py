@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import ImageError, ResizeMode, prepare
-from training.backbones import COLOUR, COLOUR_VERSION, BackboneSpec, build_backbone, hed_weights_path
+from training.backbones import BackboneSpec, build_backbone, hed_weights_path
+from training.colour import COLOUR, COLOUR_VERSION
 
 DEFAULT_CACHE_DIR = Path(".cache/features")
 SHARD_SIZE = 512

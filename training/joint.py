@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.backbones import COLOUR, BackboneSpec, build_readout_top
+from training.backbones import BackboneSpec, build_readout_top
+from training.colour import COLOUR
 from training.calibration import (
     DEFAULT_TARGET_PRECISION,
     Threshold,

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.backbones import COLOUR, BackboneSpec, _base
+from training.backbones import BackboneSpec, _base
+from training.colour import COLOUR
 from training.datasets import load
 from training.features import DEFAULT_CACHE_DIR, FeatureCache, extract_paths
 from training.metrics import classification_metrics

@@ -176,3 +176,29 @@ def write_report(
     page = out_dir / "report.md"
     page.write_text("\n".join(parts).rstrip() + "\n")
     return page
+
+
+def category_table(by_category: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per category outside the headline: n and balanced accuracy per task."""
+    order = ("style", "gender", "season")
+    tasks = sorted({t for row in by_category.values() for t in row}, key=lambda t: order.index(t) if t in order else 99)
+    lines = ["| category | " + " | ".join(f"{t}: n, bal. acc." for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for cat, row in by_category.items():
+        cells = [f"{row[t]['n']}, {row[t]['balanced_accuracy']:.3f}" if t in row else "" for t in tasks]
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def joint_table(result: Any) -> str:
+    """`autolabel train`'s summary of a joint run: val and test per task, with calibration and auto-accept."""
+    lines = ["| task | part | n | accuracy | balanced acc. | macro-F1 | ECE | threshold | coverage | auto-accepted precision |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t, o in result.outcomes.items():
+        for part in ("val", "test"):
+            m = o.metrics.get(part)
+            if not m:
+                continue
+            a = m["auto_accept"]
+            lines.append(f"| {t} | {part} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['macro_f1']:.3f} |"
+                         f" {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} | {a['precision']:.3f} |")
+    return "\n".join(lines)
