@@ -96,7 +96,8 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
     colour_cache = FeatureCache(cache_dir, spec, "pad", COLOUR)
     colour, ok_c, _ = extract_paths(paths, digests, colour_cache, progress=progress)
     readout_cache = FeatureCache(cache_dir, spec, "pad")
-    if not keep_maps and readout_cache.keys() >= {d for d, ok in zip(digests, ok_c) if ok}:
+    have = readout_cache.keys()
+    if not keep_maps and have >= {d for d, ok in zip(digests, ok_c) if ok}:
         keep = np.nonzero(ok_c)[0]
         vectors = np.stack([readout_cache.get(digests[i]) for i in keep])
         return Features([dataset.samples[i] for i in keep], colour[keep], vectors)
@@ -126,7 +127,6 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
     bar.close()
     ok = ok_c & seen
     keep = np.nonzero(ok)[0]
-    have = readout_cache.keys()
     fresh = [i for i in keep if digests[i] not in have]
     for start in range(0, len(fresh), 4096):
         part = fresh[start : start + 4096]
@@ -234,27 +234,25 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     keras.utils.set_random_seed(cfg.seed)
     model.compile(optimizer=make_optimizer("adam", cfg.fine_tune_lr), loss={t: "sparse_categorical_crossentropy" for t in tasks})
 
-    train_rows, val_rows = set(), set()
+    # per task and part: the class weight on the rows of that part with a label, 0 elsewhere
+    # (right for a split whose parts differ per task too)
     labels, weights = {}, {}
+    rows: dict[str, set[int]] = {"train": set(), "val": set()}
     for t in tasks:
         classes = dataset.classes[t]
         y = _labels(feats.samples, t, classes)
         parts = _parts(feats.samples, split, t)
-        train_rows |= set(parts["train"].tolist())
-        val_rows |= set(parts["val"].tolist())
         cw = class_weights(y[parts["train"]], len(classes))
-        w = np.array([cw[int(v)] if v >= 0 else 0.0 for v in y], np.float32)
-        labels[t], weights[t] = np.maximum(y, 0), w
-    part_w = {}
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        m = np.zeros(len(feats.samples), np.float32)
-        m[sorted(rows)] = 1.0
-        part_w[name] = m
-    tr, va = np.array(sorted(train_rows)), np.array(sorted(val_rows))
+        labels[t], weights[t] = np.maximum(y, 0), {}
+        for part in rows:
+            w = np.zeros(len(y), np.float32)
+            w[parts[part]] = [cw[int(v)] for v in y[parts[part]]]
+            weights[t][part] = w
+            rows[part] |= set(parts[part].tolist())
+    tr, va = np.array(sorted(rows["train"])), np.array(sorted(rows["val"]))
 
     def data(idx: np.ndarray, part: str):  # noqa: ANN202
-        # a row is in train for every task it has a label for (one assignment per photo)
-        sw = {t: weights[t][idx] * part_w[part][idx] for t in tasks}
+        sw = {t: weights[t][part][idx] for t in tasks}
         return _top_inputs(spec, feats.maps[idx], feats.colour[idx]), {t: labels[t][idx] for t in tasks}, sw
 
     x_tr, y_tr, w_tr = data(tr, "train")
