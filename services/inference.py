@@ -65,6 +65,15 @@ def _input_hw(config: dict) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
+def parse_threshold(text: str | None) -> float | None:
+    """A served config's ``threshold_<task>`` parameter: a probability, or None (absent or not one)."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
+
+
 def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
     """Pure: from Triton model configs (JSON form) to what the worker needs."""
     if model_name in configs:
@@ -102,15 +111,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         weights_source=params.get("weights_source", "unknown"),
     )
     resize = params.get("resize", "pad")
-    thresholds = {}
-    for t in TASKS:
-        text = params.get(f"threshold_{t}", "")
-        try:
-            value = float(text) if text else None
-        except ValueError:
-            value = None
-        if value is not None and 0.0 <= value <= 1.0:
-            thresholds[t] = value
+    thresholds = {t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}"))) is not None}
     return ServedModel(
         calls=calls,
         input_size=_input_hw(main),

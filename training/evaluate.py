@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import ImageError, ResizeMode, prepare
+from services.inference import parse_threshold
 from training.datasets import Dataset, Sample
 from training.metrics import classification_metrics, confusion
 
@@ -74,13 +75,6 @@ def _model_dir(repo: Path, name: str) -> Path | None:
     return versions[-1] if versions else None
 
 
-def _threshold(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
-
-
 def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] | None = None) -> list[TaskModel]:
     """The served models of ``tasks`` from a built Triton repository."""
     repo = Path(repo)
@@ -99,7 +93,7 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         if not labels:
             raise ModelsError(f"{repo}: no class names for {task} (config parameter 'labels'/'labels_{task}')")
         classes = tuple(labels.split(","))
-        threshold = _threshold(params.get(f"threshold_{task}"))
+        threshold = parse_threshold(params.get(f"threshold_{task}"))
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
             if backbone_run is None:
@@ -193,8 +187,7 @@ def score(classes: tuple[str, ...], keys: Sequence[str], y: np.ndarray, probs: n
     m = classification_metrics(y, pred, classes)
     m["ece"] = expected_calibration_error(probs, y) if len(y) else 0.0
     if threshold is not None:
-        m["auto_accept"] = accept_stats(probs, y, threshold) if len(y) else {"threshold": threshold, "coverage": 0.0,
-                                                                             "precision": float("nan"), "accepted": 0, "rows": 0}
+        m["auto_accept"] = accept_stats(probs, y, threshold)
     return TaskEvaluation(m, confusion(y, pred, len(classes)), classes, skipped or {}, list(keys), y, probs, threshold)
 
 
