@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -148,10 +149,52 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float 
                      int(curve.accepted[best]), rows)
 
 
-def accept_stats(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float | int]:
-    """Coverage and precision of the labels with confidence >= ``threshold`` (on any rows)."""
-    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
-    accepted = conf >= threshold
+def accepted_mask(probs: np.ndarray, threshold: float | Sequence[float]) -> np.ndarray:
+    """Rows whose label is auto-accepted: confidence >= the threshold (one number, or one per predicted class)."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    if np.ndim(threshold) == 0:
+        return conf >= float(threshold)  # type: ignore[arg-type]
+    return conf >= np.asarray(threshold, np.float64)[pred]
+
+
+def accept_stats(probs: np.ndarray, y: np.ndarray, threshold: float | Sequence[float]) -> dict[str, object]:
+    """Coverage and precision of the labels at or above ``threshold`` (on any rows)."""
+    correct = probs.argmax(axis=1) == y
+    accepted = accepted_mask(probs, threshold)
     n = int(accepted.sum())
-    return {"threshold": float(threshold), "coverage": float(accepted.mean()) if len(y) else 0.0,
+    shown = float(threshold) if np.ndim(threshold) == 0 else [float(t) for t in threshold]  # type: ignore[arg-type, union-attr]
+    return {"threshold": shown, "coverage": float(accepted.mean()) if len(y) else 0.0,
             "precision": float(correct[accepted].mean()) if n else float("nan"), "accepted": n, "rows": int(len(y))}
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    """One threshold per predicted class (class order), and what they give on the rows they were chosen on.
+
+    For a model whose decisions are weighted towards rare classes (balanced accuracy), the
+    confident labels of a rare class are wrong more often than those of a common one at the
+    same probability: one threshold for all would accept almost nothing."""
+
+    thresholds: tuple[float, ...]
+    target_precision: float
+    coverage: float
+    precision: float
+    accepted: int
+    rows: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self) | {"thresholds": list(self.thresholds)}
+
+
+def choose_class_thresholds(probs: np.ndarray, y: np.ndarray, target: float = DEFAULT_TARGET_PRECISION,
+                            z: float = DEFAULT_Z, min_accepted: int = MIN_ACCEPTED) -> ClassThresholds:
+    """:func:`choose_threshold` on the rows predicted as each class in turn."""
+    pred, correct = probs.argmax(axis=1), probs.argmax(axis=1) == y
+    values = []
+    for k in range(probs.shape[1]):
+        rows = pred == k
+        values.append(choose_threshold(probs[rows].max(axis=1), correct[rows], target, z, min_accepted).threshold
+                      if rows.any() else 1.0)
+    stats = accept_stats(probs, y, values)
+    return ClassThresholds(tuple(values), target, float(stats["coverage"]), float(stats["precision"]),  # type: ignore[arg-type]
+                           int(stats["accepted"]), len(y))  # type: ignore[call-overload]

@@ -19,7 +19,9 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -37,6 +39,7 @@ from training.serving_models import (
     servables,
     weights_source,
 )
+from training.text import TITLE_MAX_CHARS
 from training.triton_config import MODEL_FILE, TARGETS, ModelSpec, Step, Tensor, Tuning, config_pbtxt, default_tuning, with_overrides
 from training.untrained import make_tiny_models, write_untrained_models
 
@@ -68,12 +71,22 @@ def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str,
     for t, e in models.tasks.items():
         if e.threshold is not None and (task is None or t == task):
             params[f"threshold_{t}"] = f"{e.threshold:.6f}"
+    if models.title is not None and task is None:  # with a title: one threshold per class (class order)
+        params["title"] = title_description(models.title.text)
+        for t, values in models.title.thresholds.items():
+            params[f"threshold_{t}_title"] = ",".join(f"{v:.6f}" for v in values)
     return params
+
+
+def title_description(text: Any) -> str:
+    """The served ``title`` parameter: how the title is read."""
+    grams = "+".join(f"{n}-grams" for n in text.ngrams)
+    return f"word {grams} hashed into {text.buckets} buckets, TF-IDF; first {TITLE_MAX_CHARS} characters"
 
 
 def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, list[str]]]:
     """Config contents and label files of one servable."""
-    inputs = [Tensor(s.input_name, s.input_dtype, s.input_shape)]
+    inputs = [Tensor(s.input_name, s.input_dtype, s.input_shape)] + ([Tensor("title", "string", (1,))] if s.title else [])
     labels: dict[str, list[str]] = {}
     if s.name == "backbone":
         params = {"backbone": models.backbone.name, "weights_source": weights_source(models.backbone)}
@@ -92,7 +105,7 @@ def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, lis
     params = {"labels": ",".join(classes)}
     if s.name == task:
         params = {**_contract_parameters(models, task), **params}
-    out = [Tensor("probs", "float32", s.outputs["probs"], "labels.txt")]
+    out = [Tensor(name, "float32", dims, "labels.txt") for name, dims in s.outputs.items()]
     return ModelSpec(s.name, inputs, out, params, heavy=s.name == task), labels
 
 
@@ -102,15 +115,17 @@ def _ensemble_spec(models: ModelSet, image: tuple[int, ...]) -> tuple[ModelSpec,
         steps.append(Step("backbone", {"image": "image"}, {"features": "features"}))
     outputs, labels = [], {}
     params = _contract_parameters(models)
+    title = models.title is not None and any(e.shared for e in models.tasks.values())
     for task, entry in models.tasks.items():
         if entry.shared:
-            steps.append(Step(f"{task}_head", {"features": "features"}, {"probs": task}))
+            steps.append(Step(f"{task}_head", {"features": "features", **({"title": "title"} if title else {})}, {"probs": task}))
         else:
             steps.append(Step(task, {"image": "image"}, {"probs": task}))
         labels[f"{task}_labels.txt"] = list(entry.classes)
         outputs.append(Tensor(task, "float32", (len(entry.classes),), f"{task}_labels.txt"))
         params[f"labels_{task}"] = ",".join(entry.classes)
-    return ModelSpec("autolabel", [Tensor("image", "uint8", image)], outputs, params, steps=steps), labels
+    inputs = [Tensor("image", "uint8", image)] + ([Tensor("title", "string", (1,))] if title else [])
+    return ModelSpec("autolabel", inputs, outputs, params, steps=steps), labels
 
 
 def _write_model(folder: Path, spec: ModelSpec, labels: dict[str, list[str]], target: str, tuning: Tuning, tensorrt: bool) -> None:
@@ -156,6 +171,10 @@ def build_repository(
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     started = time.monotonic()
     models = read_models(models_dir)
+    if models.title is not None and target == "gpu-onnx":
+        log("gpu-onnx: the title branch is TensorFlow string ops with no ONNX form; this build serves the photo only "
+            "(use --target gpu-tf or cpu to serve the title)")
+        models = replace(models, title=None)
     h, w = models.backbone.input_size
     log(f"backbone: {describe_weights(models.backbone)}, input {h}x{w} uint8, resize {models.resize}")
     for task, entry in models.tasks.items():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,7 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
     The frozen readout vectors are cached too (a rerun of the heads then reads 4k numbers a
     photo instead of running block5 again); the cut maps are read only when they are needed."""
     paths, digests = [s.path for s in dataset.samples], [s.digest for s in dataset.samples]
-    colour_cache = FeatureCache(cache_dir, spec, "pad", COLOUR)
+    colour_cache = FeatureCache(cache_dir, replace(spec, tuned=""), "pad", COLOUR)  # pixels only: no tuned layers in it
     colour, ok_c, _ = extract_paths(paths, digests, colour_cache, progress=progress)
     readout_cache = FeatureCache(cache_dir, spec, "pad")
     have = readout_cache.keys()
@@ -101,7 +101,8 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
         keep = np.nonzero(ok_c)[0]
         vectors = np.stack([readout_cache.get(digests[i]) for i in keep])
         return Features([dataset.samples[i] for i in keep], colour[keep], vectors)
-    cut_cache = FeatureCache(cache_dir, spec, "pad", cut)
+    # the cut lies below the fine-tuned top block: its maps do not depend on the tuned layers
+    cut_cache = FeatureCache(cache_dir, replace(spec, tuned=""), "pad", cut)
     cached = cut_cache.keys()
     todo = [i for i, d in enumerate(digests) if d not in cached]
     if todo:  # compute and cache the missing maps; all maps are then read shard by shard (too big to hold at once)
@@ -340,7 +341,6 @@ TUNED_FILE = "backbone/tuned-layers.npz"  # under the models folder: only the fi
 def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data_source: str, command: str) -> Any:
     """heads/<task>.keras (calibrated), the tuned layers if any, and manifest.json (docs/model-repository.md)."""
     import json
-    from dataclasses import replace
     from pathlib import Path
 
     from training.backbones import save_tuned_layers, top_block_prefixes

@@ -16,7 +16,7 @@ from pathlib import Path
 from services.settings import TASKS
 
 IO = dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, dims without batch)
-TRITON_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32"}
+TRITON_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_STRING": "string"}
 CONTRACT_PARAMETERS = ("model_version", "backbone", "weights_source", "resize")
 
 
@@ -57,7 +57,7 @@ def savedmodel_io(path: Path) -> tuple[IO, IO]:
     sig = sm.meta_graphs[0].signature_def["serving_default"]
 
     def io(tensors) -> IO:  # noqa: ANN001
-        names = {types_pb2.DT_UINT8: "uint8", types_pb2.DT_FLOAT: "float32"}
+        names = {types_pb2.DT_UINT8: "uint8", types_pb2.DT_FLOAT: "float32", types_pb2.DT_STRING: "string"}
         return {k: (names.get(v.dtype, f"tf:{v.dtype}"), tuple(d.size for d in v.tensor_shape.dim)[1:]) for k, v in tensors.items()}
 
     return io(sig.inputs), io(sig.outputs)
@@ -147,8 +147,9 @@ def _check_contract(models: dict[str, ParsedModel], tasks: Sequence[str]) -> lis
     if top is None:
         return ["no `autolabel` model (docs/model-repository.md)"]
     (in_name, (dtype, dims)), *rest = list(top.inputs.items()) or [("", ("", ()))]
-    if in_name != "image" or dtype != "uint8" or len(dims) != 3 or dims[-1] != 3 or rest:
-        problems.append(f"autolabel: input must be one `image` UINT8 [-1, H, W, 3], got {top.inputs}")
+    title_ok = [name for name, io in rest if name == "title" and io == ("string", (1,))]
+    if in_name != "image" or dtype != "uint8" or len(dims) != 3 or dims[-1] != 3 or len(rest) != len(title_ok):
+        problems.append(f"autolabel: inputs must be `image` UINT8 [-1, H, W, 3] and optionally `title` BYTES [-1, 1], got {top.inputs}")
     if set(top.outputs) != set(tasks):
         problems.append(f"autolabel: outputs {sorted(top.outputs)}, the contract says {sorted(tasks)}")
     params = top.parameters

@@ -82,6 +82,20 @@ class TaskEntry:
 
 
 @dataclass(frozen=True)
+class TitleEntry:
+    """The manifest's ``title`` record: text featurisation, the file of the text models, per-class thresholds."""
+
+    file: Path
+    text: Any  # training.text.TextConfig
+    thresholds: dict[str, tuple[float, ...]]  # task -> one per class (auto-accept with a title)
+
+    def load(self, classes: Mapping[str, Sequence[str]]) -> Any:  # training.title.TitleModel
+        from training.title import TitleModel
+
+        return TitleModel.load(self.file, self.text, classes)
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """What ``models/manifest.json`` says, validated, with absolute paths."""
 
@@ -90,6 +104,7 @@ class ModelSet:
     backbone: BackboneSpec
     resize: str
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
+    title: TitleEntry | None = None  # the title as a second signal (manifest "title"), for shared tasks
 
     @property
     def shared_tasks(self) -> list[str]:
@@ -132,7 +147,30 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
         elif e.backbone is not None and e.backbone.input_size != spec.input_size:
             raise ModelsError(f"{path}: task {task}'s backbone takes {e.backbone.input_size}, the shared one {spec.input_size}: "
                               "one served input size is needed")
-    return ModelSet(models_dir.resolve(), str(data.get("model_version", "unversioned")), spec, str(data.get("resize", "pad")), out)
+    title = _title_entry(models_dir, data["title"], out) if isinstance(data.get("title"), dict) else None
+    return ModelSet(models_dir.resolve(), str(data.get("model_version", "unversioned")), spec, str(data.get("resize", "pad")), out,
+                    title)
+
+
+def _title_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str, TaskEntry]) -> TitleEntry:
+    from training.text import TextConfig
+
+    path = models_dir / str(entry.get("file", ""))
+    if not path.is_file():
+        raise ModelsError(f"{models_dir}/{MANIFEST}: the title models {path} are missing; rebuild them with:\n  "
+                          f"{entry.get('trained_with') or 'autolabel train-title --data KIND:PATH'}")
+    thresholds = {}
+    for task, t in (entry.get("tasks") or {}).items():
+        values = ((t or {}).get("threshold") or {}).get("thresholds")
+        if task in tasks and values is not None:
+            if len(values) != len(tasks[task].classes) or not all(0 <= float(v) <= 1.0000001 for v in values):
+                raise ModelsError(f"{models_dir}/{MANIFEST}: title thresholds of {task} must be one probability per class")
+            thresholds[task] = tuple(min(float(v), 1.0) for v in values)
+    try:
+        text = TextConfig.from_dict(entry["text"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelsError(f"{models_dir}/{MANIFEST}: bad title 'text' record ({exc})") from None
+    return TitleEntry(path.resolve(), text, thresholds)
 
 
 def _task_entry(models_dir: Path, task: str, entry: Mapping[str, Any]) -> TaskEntry:
@@ -188,6 +226,7 @@ class ServingGraphs:
     heads: dict[str, Any]  # task -> keras.Model features -> probs (shared tasks)
     standalone: dict[str, Any]  # task -> callable image -> probs
     tracked: dict[str, list[Any]]  # model name -> keras objects its SavedModel must track
+    title: Any = None  # training.title.TitleModel: the shared heads also take the title
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -241,7 +280,8 @@ def build_graphs(models: ModelSet) -> ServingGraphs:
             tracked[f"{task}_head"] = [head]
         standalone[task] = lambda image, b=base, h=head: h(b(image, training=False), training=False)
         tracked[task] = [base, head]
-    return ServingGraphs(models, backbone, heads, standalone, tracked)
+    title = models.title.load({t: e.classes for t, e in models.tasks.items() if e.shared}) if models.title else None
+    return ServingGraphs(models, backbone, heads, standalone, tracked, title)
 
 
 def _check_head(head: Any, features: tuple[int, ...], n_classes: int, path: Path) -> None:
@@ -273,15 +313,19 @@ class Servable:
     input_dtype: str  # "uint8" or "float32"
     outputs: dict[str, tuple[int, ...]]  # name -> shape without batch
     tracked: list[Any]
+    title: bool = False  # a second input ``title``: [batch, 1] strings (Triton BYTES)
 
     def tf_signature(self) -> list[Any]:
         import tensorflow as tf
 
-        return [tf.TensorSpec([None, *self.input_shape], getattr(tf, self.input_dtype), name=self.input_name)]
+        sig = [tf.TensorSpec([None, *self.input_shape], getattr(tf, self.input_dtype), name=self.input_name)]
+        return sig + ([tf.TensorSpec([None, 1], tf.string, name="title")] if self.title else [])
 
-    def named_fn(self) -> Callable[[Any], dict[str, Any]]:
-        """``fn`` with its argument named like the input (that name keys the signature)."""
+    def named_fn(self) -> Callable[..., dict[str, Any]]:
+        """``fn`` with its arguments named like the inputs (those names key the signature)."""
         fn = self.fn
+        if self.title:
+            return {"image": lambda image, title: fn(image, title), "features": lambda features, title: fn(features, title)}[self.input_name]
         return {"image": lambda image: fn(image), "features": lambda features: fn(features)}[self.input_name]
 
 
@@ -292,7 +336,12 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
     classes = {t: (len(e.classes),) for t, e in graphs.models.tasks.items()}
     bb = graphs.backbone
     out = [Servable("backbone", lambda x: {"features": bb(x, training=False)}, "image", image, "uint8", {"features": feats}, [bb])]
+    title = graphs.title
     for task, head in graphs.heads.items():
+        if title is not None and task in title.tasks:
+            out.append(Servable(f"{task}_head", title_head_fn(head, title, task), "features", feats, "float32",
+                                {"probs": classes[task], "title_probs": classes[task]}, [head], title=True))
+            continue
         out.append(Servable(f"{task}_head", lambda f, h=head: {"probs": h(f, training=False)}, "features", feats, "float32",
                             {"probs": classes[task]}, [head]))
     for task, fn in graphs.standalone.items():
@@ -302,15 +351,33 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
         shared = dict(graphs.heads)
         own = {t: f for t, f in graphs.standalone.items() if t not in shared}
 
-        def all_tasks(x: Any) -> dict[str, Any]:
+        with_title = {t: title_head_fn(h, title, t) for t, h in shared.items() if title is not None and t in title.tasks}
+
+        def all_tasks(x: Any, titles: Any = None) -> dict[str, Any]:
             f = bb(x, training=False)
-            res = {t: h(f, training=False) for t, h in shared.items()}
+            res = {t: (with_title[t](f, titles)["probs"] if t in with_title else h(f, training=False)) for t, h in shared.items()}
             res.update({t: g(x) for t, g in own.items()})
             return {t: res[t] for t in graphs.models.tasks}
 
         keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t])]
-        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", classes, keep))
+        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", classes, keep, title=bool(with_title)))
     return out
+
+
+def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict[str, Any]]:
+    """features, titles -> fused ``probs`` (the image head's own where a title has no words) and ``title_probs``."""
+    import keras
+
+    from training.title import fused_probs
+
+    calibrated = keras.Model(head.input, head.get_layer("temperature").output)  # logits / temperature
+    model = title.tasks[task]
+
+    def fn(features: Any, titles: Any) -> dict[str, Any]:
+        probs, title_probs = fused_probs(calibrated(features, training=False), titles, title.text, title.idf, model)
+        return {"probs": probs, "title_probs": title_probs}
+
+    return fn
 
 
 def export_savedmodel(servable: Servable, path: Path) -> Path:

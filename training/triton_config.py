@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 TARGETS = ("cpu", "gpu-tf", "gpu-onnx")
-DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
+DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 MODEL_FILE = {"cpu": "model.savedmodel", "gpu-tf": "model.savedmodel", "gpu-onnx": "model.onnx"}
 
 
@@ -61,7 +61,7 @@ def default_tuning(target: str) -> Tuning:
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str  # "uint8" | "float32"
+    dtype: str  # "uint8" | "float32" | "string" (Triton BYTES)
     dims: tuple[int, ...]  # without the batch dimension
     label_filename: str | None = None
 

@@ -49,7 +49,9 @@ class TritonPythonModel:
         if missing:
             raise pb_utils.TritonModelException(f"{path}: the SavedModel signature has no tensor(s) {missing}")
         # one warm-up pass so the first request does not pay for graph set-up
-        warm = {n: tf.zeros([1, *[int(d) for d in sig_inputs[n].shape[1:]]], dtype=sig_inputs[n].dtype) for n, _ in self._inputs}
+        warm = {n: (tf.fill([1, *[int(d) for d in sig_inputs[n].shape[1:]]], "")
+                    if sig_inputs[n].dtype == tf.string else tf.zeros([1, *[int(d) for d in sig_inputs[n].shape[1:]]], dtype=sig_inputs[n].dtype))
+                for n, _ in self._inputs}
         self._fn(**warm)
 
     def execute(self, requests: list) -> list:
