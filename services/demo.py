@@ -74,7 +74,8 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
         worker = WorkerProcess({"AUTOLABEL_METRICS_PORT": "0", "AUTOLABEL_STATE_DIR": state_dir}, log_path, "demo-worker").start()
         click.echo(f"worker pid {worker.pid}, log {log_path}")
         click.secho("4/5 publishing the sample photos", bold=True)
-        summary = publish_files(settings, collect([samples]))
+        titles = {pid: {"title": row["productDisplayName"]} for pid, row in _catalog(samples).items() if row.get("productDisplayName")}
+        summary = publish_files(settings, collect([samples]), metadata=titles)  # each photo with its product title
         wanted = {e.event_id: e.product_id for e in summary.published}
         click.secho(f"5/5 waiting for {len(wanted)} labels", bold=True)
         got = _wait(settings, wanted, timeout, worker)
@@ -123,7 +124,7 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         return
     first = next(iter(got.values()))
     click.echo(f"\nmodel {first.model.name} version {first.model.version}: {first.model.backbone} with {first.model.weights_source} weights")
-    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6}  catalog says"
+    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6} {'read':<11}  catalog says"
     click.echo(head)
     click.echo("-" * len(head) + "-" * 30)
     for event in sorted(got.values(), key=lambda e: e.product_id):
@@ -131,7 +132,8 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         row = catalog.get(event.product_id, {})
         says = " / ".join(x for x in (row.get("usage"), row.get("gender"), row.get("season")) if x)
         review = "yes" if event.needs_review else "no"
-        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6}  {says}")
+        read = "+".join(event.inputs)
+        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6} {read:<11}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
     click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review")
 
@@ -143,12 +145,16 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
     if not got:
         return
     manifest_path = models_dir / "manifest.json"
-    tasks = json.loads(manifest_path.read_text()).get("tasks", {}) if manifest_path.is_file() else {}
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    tasks = manifest.get("tasks", {})
     click.echo("\nauto-accept thresholds (labels below them are flagged for review):")
-    first = next(iter(got.values()))
-    for task, label in first.labels.items():
+    first = next((e for e in got.values() if e.inputs == ["image"]), None)
+    for task in next(iter(got.values())).labels:
+        if first is None:
+            break
+        label = first.labels[task]
         shipped = tasks.get(task, {}).get("threshold")
-        line = f"  {task:<7} threshold {label.threshold:.3f}"
+        line = f"  {task:<7} photo only: threshold {label.threshold:.3f}"
         test = tasks.get(task, {}).get("metrics", {}).get("test", {}).get("auto_accept")
         if shipped and test and test.get("accepted"):
             line += (f"  (target precision {shipped['target_precision']:.2f}, chosen on validation;"
@@ -158,5 +164,19 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
                      " every label of this task goes to review)")
         elif not shipped:
             line += "  (the model ships no threshold: a setting or the 0.5 fallback)"
+        click.echo(line)
+    _print_title_thresholds(got, manifest.get("title") or {})
+
+
+def _print_title_thresholds(got: dict, title: dict) -> None:
+    """With a title: one threshold per class, and what they give on unseen test photos."""
+    if not any(e.inputs != ["image"] for e in got.values()) or not title:
+        return
+    for task, entry in title.get("tasks", {}).items():
+        values = (entry.get("threshold") or {}).get("thresholds") or []
+        test = entry.get("metrics", {}).get("image+title", {}).get("test", {}).get("auto_accept") or {}
+        line = f"  {task:<7} photo + title: per class " + "/".join(f"{v:.3f}" for v in values)
+        if test.get("accepted"):
+            line += f"  (on unseen test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})"
         click.echo(line)
 

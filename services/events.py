@@ -125,6 +125,10 @@ class ProductLabeled(_Event):
     labeled_at: datetime = Field(default_factory=_now)
     # optional: records written before it existed lack it (their upload time is labeled_at - latency_ms)
     uploaded_at: datetime | None = Field(None, description="uploaded_at of the upload event this labels.")
+    # optional: records written before it existed were read from the photo alone
+    inputs: list[Literal["image", "title"]] = Field(
+        default_factory=lambda: ["image"], min_length=1, max_length=2,
+        description="What the labels were read from: the photo, and the upload's metadata.title where the model read it.")
 
     def upload_order(self) -> tuple[datetime, str]:
         """Which upload this labels, in upload order: (uploaded_at, then event id).

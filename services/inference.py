@@ -17,6 +17,7 @@ from services.events import ModelInfo
 from services.images import ResizeMode
 from services.settings import TASKS, Settings
 from services.storage import TransientError
+from services.titles import title_bytes
 
 
 # gRPC status codes that mean "Triton (or the way to it) is away or busy": retried forever
@@ -39,6 +40,7 @@ class Call:
     model: str
     input_name: str
     outputs: dict[str, str]  # output name -> task
+    title: bool = False  # the model also takes ``title`` (BYTES [N, 1])
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class ServedModel:
     info: ModelInfo
     max_batch: int = 0
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold shipped with the model
+    title_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> per class, when a title was read
+
+    @property
+    def reads_title(self) -> bool:
+        return any(c.title for c in self.calls)
 
 
 def _params(config: dict) -> dict[str, str]:
@@ -74,6 +81,14 @@ def parse_threshold(text: str | None) -> float | None:
     return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
+def parse_class_thresholds(text: str | None, n_classes: int) -> tuple[float, ...] | None:
+    """A served ``threshold_<task>_title`` parameter: one probability per class (class order), or None."""
+    values = tuple(parse_threshold(v.strip()) for v in (text or "").split(","))
+    if len(values) != n_classes or any(v is None for v in values):
+        return None
+    return values  # type: ignore[return-value]
+
+
 def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
     """Pure: from Triton model configs (JSON form) to what the worker needs."""
     if model_name in configs:
@@ -84,7 +99,9 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         if missing:
             raise InferenceError(f"model {model_name!r} has no output for {sorted(missing)}")
         classes = {t: params.get(f"labels_{t}", "").split(",") for t in TASKS}
-        calls = (Call(model_name, cfg["input"][0]["name"], outputs),)
+        names = [i["name"] for i in cfg["input"]]
+        image_input = next((n for n in names if n != "title"), names[0])
+        calls = (Call(model_name, image_input, outputs, title="title" in names),)
         main = cfg
     elif all(t in configs for t in TASKS):
         calls_list, classes, params = [], {}, {}
@@ -112,6 +129,8 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
     )
     resize = params.get("resize", "pad")
     thresholds = {t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}"))) is not None}
+    title_thresholds = {t: v for t in TASKS
+                        if (v := parse_class_thresholds(params.get(f"threshold_{t}_title"), len(classes[t]))) is not None}
     return ServedModel(
         calls=calls,
         input_size=_input_hw(main),
@@ -120,6 +139,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         info=info,
         max_batch=int(main.get("max_batch_size", 0) or 0),
         thresholds=thresholds,
+        title_thresholds=title_thresholds,
     )
 
 
@@ -203,17 +223,19 @@ class TritonLabeler:
             return TransientError(f"Triton {what} failed: {text[:300]}")
         return InferenceError(f"Triton {what} failed: {text[:300]}")
 
-    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (N, H, W, 3) -> {task: (N, C) probabilities}, in requests of at most the
-        served model's max_batch_size."""
+    async def infer(self, images: np.ndarray, titles: list[str] | None = None) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, 3) and the N titles ('' for none; services.titles.clean_title) -> {task: (N, C)
+        probabilities}, in requests of at most the served model's max_batch_size. A model without a
+        ``title`` input gets the photos alone."""
         if self.served is None:
             await self.discover()
         assert self.served is not None
+        names = np.array([[title_bytes(t)] for t in (titles or [""] * len(images))], dtype=object)
         step = self.served.max_batch or len(images)
-        parts = [await self._infer_once(images[i:i + step]) for i in range(0, len(images), step)]
+        parts = [await self._infer_once(images[i:i + step], names[i:i + step]) for i in range(0, len(images), step)]
         return {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}
 
-    async def _infer_once(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def _infer_once(self, images: np.ndarray, titles: np.ndarray) -> dict[str, np.ndarray]:
         served = self.served
         assert served is not None
         client = await self._connect()
@@ -223,9 +245,14 @@ class TritonLabeler:
             for call in served.calls:
                 inp = tc.InferInput(call.input_name, list(images.shape), "UINT8")
                 inp.set_data_from_numpy(images)
+                inputs = [inp]
+                if call.title:
+                    text = tc.InferInput("title", list(titles.shape), "BYTES")
+                    text.set_data_from_numpy(titles)
+                    inputs.append(text)
                 outs = [tc.InferRequestedOutput(name) for name in call.outputs]
                 kwargs = {"client_timeout": self.settings.triton_timeout_s} if self._grpc else {"timeout": int(self.settings.triton_timeout_s * 1e6)}
-                resp = await client.infer(call.model, [inp], outputs=outs, **kwargs)
+                resp = await client.infer(call.model, inputs, outputs=outs, **kwargs)
                 for name, task in call.outputs.items():
                     results[task] = resp.as_numpy(name)
         except Exception as exc:  # noqa: BLE001

@@ -11,6 +11,14 @@ from services.events import TaskLabel
 FALLBACK_THRESHOLD = 0.5  # a model that ships no threshold (older builds, test models), no override set
 
 
+def resolve_title_thresholds(
+    overrides: Mapping[str, float | None], shipped: Mapping[str, Sequence[float]]
+) -> dict[str, tuple[float, ...]]:
+    """Per task, the per-class thresholds shipped for labels read with a title, unless the
+    operator set one threshold for the task (it then applies to every label of the task)."""
+    return {task: tuple(values) for task, values in shipped.items() if overrides.get(task) is None}
+
+
 def resolve_thresholds(
     tasks: Sequence[str], overrides: Mapping[str, float | None], shipped: Mapping[str, float]
 ) -> dict[str, float]:
@@ -22,21 +30,27 @@ def resolve_thresholds(
     return out
 
 
-def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[TaskLabel]:
-    """(N, C) probabilities -> N labels; the numpy work is done once for the whole batch."""
+def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float,
+          per_class: Sequence[float] | None = None, use_per_class: Sequence[bool] | None = None) -> list[TaskLabel]:
+    """(N, C) probabilities -> N labels; the numpy work is done once for the whole batch.
+
+    ``per_class``: thresholds by predicted class, used for the rows where ``use_per_class`` is
+    true (labels read from photo and title; training/title.py says why one per class)."""
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"expected {len(classes)} probabilities per row, got shape {probs.shape}")
     clipped = np.clip(probs.astype(np.float64), 0.0, 1.0)
     best = clipped.argmax(axis=1).tolist()
+    which = use_per_class if per_class is not None and use_per_class is not None else [False] * len(best)
     out = []
-    for row, b in zip(np.round(clipped, 6).tolist(), best, strict=True):
+    for row, b, own in zip(np.round(clipped, 6).tolist(), best, which, strict=True):
         confidence = row[b]
+        cut = float(per_class[b]) if own else threshold  # type: ignore[index]
         out.append(TaskLabel(
             label=classes[b],
             confidence=confidence,
             probabilities=dict(zip(classes, row, strict=True)),
-            threshold=threshold,
-            needs_review=confidence < threshold,
+            threshold=cut,
+            needs_review=confidence < cut,
         ))
     return out
 
@@ -52,8 +66,15 @@ def label_batch(
     probs: Mapping[str, np.ndarray],
     classes: Mapping[str, Sequence[str]],
     thresholds: Mapping[str, float],
+    title_thresholds: Mapping[str, Sequence[float]] | None = None,
+    read_title: Sequence[bool] | None = None,
 ) -> list[dict[str, TaskLabel]]:
-    """Per image, per task labels for a batch: ``probs[task]`` is (N, C)."""
-    per_task = {task: _rows(np.asarray(p), classes[task], thresholds[task]) for task, p in probs.items()}
+    """Per image, per task labels for a batch: ``probs[task]`` is (N, C).
+
+    Rows where the model read a title (``read_title``) are judged by ``title_thresholds[task]``
+    (one per class) where the task has them, the others by ``thresholds[task]``."""
+    title_thresholds = title_thresholds or {}
+    per_task = {task: _rows(np.asarray(p), classes[task], thresholds[task], title_thresholds.get(task), read_title)
+                for task, p in probs.items()}
     n = len(next(iter(per_task.values())))
     return [{task: per_task[task][i] for task in per_task} for i in range(n)]

@@ -28,13 +28,14 @@ from pydantic import ValidationError
 from services import observability as obs
 from services.dead_letters import Subject, build_dead_letter, subject_ids
 from services.errors import BadInput, TransientError
-from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
+from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled, TaskLabel
 from services.images import ImageError, ImageLimits, prepare
 from services.inference import InferenceError, TritonLabeler
-from services.labeling import label_batch, resolve_thresholds
+from services.labeling import label_batch, resolve_thresholds, resolve_title_thresholds
 from services.settings import TASKS, Settings
 from services.sources import fetch
 from services.storage import LabelStore
+from services.titles import clean_title, has_words
 
 T = TypeVar("T")
 
@@ -98,6 +99,12 @@ class Pipeline:
         """Settings' overrides over the thresholds the served model ships (known after discovery)."""
         served = self.labeler.served
         return resolve_thresholds(TASKS, {t: self.settings.threshold(t) for t in TASKS}, served.thresholds if served else {})
+
+    @property
+    def title_thresholds(self) -> dict[str, tuple[float, ...]]:
+        """Per-class thresholds for labels read with a title (none where the operator set a task's threshold)."""
+        served = self.labeler.served
+        return resolve_title_thresholds({t: self.settings.threshold(t) for t in TASKS}, served.title_thresholds if served else {})
 
     def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: Subject = None) -> DeadLetter:
         """The dead letter of ``msg`` (bounded in size: :mod:`services.dead_letters`)."""
@@ -245,10 +252,10 @@ class Pipeline:
                     results[i] = (events[i], arr)
         return results  # type: ignore[return-value]
 
-    async def _infer(self, batch: list[np.ndarray]) -> dict[str, np.ndarray]:
+    async def _infer(self, batch: list[np.ndarray], titles: list[str]) -> dict[str, np.ndarray]:
         async def call() -> dict[str, np.ndarray]:
             started = time.perf_counter()
-            out = await self.labeler.infer(np.stack(batch))
+            out = await self.labeler.infer(np.stack(batch), titles)
             obs.TRITON_LATENCY.observe(time.perf_counter() - started)
             return out
 
@@ -262,24 +269,25 @@ class Pipeline:
         if not good:
             return outcomes  # type: ignore[return-value] - every one a dead letter
         arrays = [loaded[i][1] for i in good]  # type: ignore[index]
+        titles = {i: clean_title(loaded[i][0].metadata) for i in good}  # type: ignore[index]
         obs.BATCH_SIZE.observe(len(arrays))
         try:
-            probs = await self._infer(arrays)
+            probs = await self._infer(arrays, [titles[i] for i in good])
             rows = {t: np.asarray(probs[t]) for t in TASKS}
             if any(len(r) != len(good) for r in rows.values()):
                 raise ValueError(f"the model returned {[len(r) for r in rows.values()]} rows for {len(good)} images")
-            labeled = dict(zip(good, label_batch(rows, self.labeler.served.classes, self.thresholds), strict=True))  # type: ignore[union-attr]
+            labeled = dict(zip(good, self._label(rows, [titles[i] for i in good]), strict=True))
         except (InferenceError, ValueError) as exc:
             # one bad input must not sink the batch: infer one by one, counting attempts
             self.log.warning("batch_inference_failed", error=str(exc)[:300], size=len(good))
             labeled = {}
             for i, arr in zip(good, arrays, strict=True):
                 event = loaded[i][0]  # type: ignore[index]
-                single = await self._attempt(messages[i], event, "infer", lambda arr=arr: self._infer([arr]))
+                single = await self._attempt(messages[i], event, "infer", lambda arr=arr, i=i: self._infer([arr], [titles[i]]))
                 if isinstance(single, DeadLetter):
                     outcomes[i] = single
                 else:
-                    labeled[i] = label_batch(single, self.labeler.served.classes, self.thresholds)[0]  # type: ignore[union-attr]
+                    labeled[i] = self._label(single, [titles[i]])[0]
         served = self.labeler.served
         assert served is not None
         now = datetime.now(UTC)
@@ -289,11 +297,24 @@ class Pipeline:
                 product_id=event.product_id, source_event_id=event.event_id, image=event.image,
                 labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
-                uploaded_at=event.uploaded_at,
+                uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]),
             )
             self.attempts.pop(messages[i].ref, None)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _read_title(self, title: str) -> bool:
+        served = self.labeler.served
+        return bool(served and served.reads_title and has_words(title))
+
+    def _inputs(self, title: str) -> list[str]:
+        """What the labels were read from: the photo, and the title where the model read one."""
+        return ["image", "title"] if self._read_title(title) else ["image"]
+
+    def _label(self, probs: dict[str, np.ndarray], titles: list[str]) -> list[dict[str, TaskLabel]]:
+        served = self.labeler.served
+        assert served is not None
+        return label_batch(probs, served.classes, self.thresholds, self.title_thresholds, [self._read_title(t) for t in titles])
 
     def close(self) -> None:
         self.io_pool.shutdown(wait=False, cancel_futures=True)

@@ -36,11 +36,44 @@ def collect(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+MAX_METADATA_KEYS = 32  # ProductImageUploaded.metadata holds at most 32 entries
+
+
+def read_metadata_csv(path: Path, title_column: str = "title") -> dict[str, dict[str, str]]:
+    """product id -> metadata from a CSV with an ``id`` column; ``title_column`` becomes ``title``
+    (the key the model reads). Empty cells are left out. Raises click.BadParameter naming the line."""
+    import csv
+
+    hint = "--metadata-csv"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            if "id" not in columns:
+                raise click.BadParameter(f"{path}: no `id` column (the product id); columns: {', '.join(columns) or 'none'}", param_hint=hint)
+            if len(columns) - 1 > MAX_METADATA_KEYS:
+                raise click.BadParameter(f"{path}: {len(columns) - 1} metadata columns, at most {MAX_METADATA_KEYS}", param_hint=hint)
+            out: dict[str, dict[str, str]] = {}
+            for line, row in enumerate(reader, start=2):
+                pid = (row.get("id") or "").strip()
+                if not pid:
+                    raise click.BadParameter(f"{path}:{line}: empty id", param_hint=hint)
+                if pid in out:
+                    raise click.BadParameter(f"{path}:{line}: id {pid!r} appears twice", param_hint=hint)
+                meta = {("title" if k == title_column else k): v for k, v in row.items() if k and k != "id" and v not in (None, "")}
+                out[pid] = {k: v if isinstance(v, str) else ",".join(v) for k, v in meta.items()}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint=hint) from None
+    return out
+
+
 def make_producer(settings: Settings) -> KafkaProducer:
     return KafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=10, retries=5, max_in_flight_requests_per_connection=1)
 
 
-def publish_files(settings: Settings, files: list[Path], progress: bool = True, product_ids: dict[Path, str] | None = None) -> PublishSummary:
+def publish_files(settings: Settings, files: list[Path], progress: bool = True, product_ids: dict[Path, str] | None = None,
+                  metadata: dict[str, dict[str, str]] | None = None) -> PublishSummary:
+    """Upload each file and emit its event; ``metadata``: product id -> extra metadata (e.g. ``title``)."""
     storage = Storage(settings)
     producer = make_producer(settings)
     summary = PublishSummary()
@@ -54,7 +87,9 @@ def publish_files(settings: Settings, files: list[Path], progress: bool = True, 
                 continue
             data = path.read_bytes()
             location = storage.put_image(data, suffix=path.suffix.lower() or ".jpg")
-            event = ProductImageUploaded(product_id=product_id, image=ImageLocation(s3=location), metadata={"filename": path.name})
+            extra = (metadata or {}).get(product_id, {})
+            event = ProductImageUploaded(product_id=product_id, image=ImageLocation(s3=location),
+                                         metadata={"filename": path.name, **extra})
             futures.append(producer.send(settings.topic_images, key=product_id.encode(), value=event.to_bytes()))
             summary.published.append(event)
         producer.flush(timeout=30)
@@ -68,11 +103,16 @@ def publish_files(settings: Settings, files: list[Path], progress: bool = True, 
 @click.command("publish")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--product-id", default=None, help="The product id, for a single file (default: the file name without extension).")
+@click.option("--metadata-csv", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="CSV with an `id` column (the product id) and metadata columns, attached to each photo's event.")
+@click.option("--title-column", default="title", show_default=True,
+              help="The CSV column that holds the product title (sent as metadata `title`, which the model reads).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def publish_command(paths: tuple[Path, ...], product_id: str | None, quiet: bool) -> None:
+def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_csv: Path | None, title_column: str, quiet: bool) -> None:
     """Upload each image in PATHS (files or folders) and emit one event per image.
 
     The product id is the file name without its extension, unless --product-id is given.
+    With --metadata-csv, each event carries its product's row (the title lifts the labels).
     """
     settings = load_settings()
     files = collect(paths)
@@ -80,7 +120,13 @@ def publish_command(paths: tuple[Path, ...], product_id: str | None, quiet: bool
         raise click.ClickException("no image files found (looked for .jpg, .jpeg, .png, .webp)")
     if product_id is not None and len(files) != 1:
         raise click.BadParameter(f"applies to exactly one file, got {len(files)}", param_hint="--product-id")
-    summary = publish_files(settings, files, progress=not quiet, product_ids={files[0]: product_id} if product_id else None)
+    metadata = read_metadata_csv(metadata_csv, title_column) if metadata_csv else None
+    if metadata is not None:
+        ids = {(product_id if product_id else f.stem) for f in files}
+        missing = len(ids - set(metadata))
+        click.echo(f"metadata: {len(ids) - missing} of {len(ids)} product(s) have a row in {metadata_csv}", err=True)
+    summary = publish_files(settings, files, progress=not quiet, product_ids={files[0]: product_id} if product_id else None,
+                            metadata=metadata)
     for path, why in summary.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
     click.echo(f"published {len(summary.published)} event(s) to {settings.topic_images}; skipped {len(summary.skipped)}")

@@ -258,3 +258,54 @@ def test_a_replaced_photo_replaces_the_stored_record(stack_settings, worker_fact
     assert storage.get_label("replaced-1").source_event_id == b.event_id
     assert storage.client.head_object(Bucket=settings.s3_bucket, Key=key)["ETag"] == etag, "not written again"
     producer.close()
+
+
+def test_a_title_in_the_upload_is_read_with_the_photo(stack_settings, worker_factory, tmp_path):
+    """`publish --metadata-csv` attaches the product's row; the worker sends the title to Triton
+    (inputs: image + title) and a photo without one keeps the image-only labels exactly."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import tritonclient.grpc as g
+
+    from services.images import prepare
+
+    settings, env = stack_settings
+    photo = sorted(SAMPLES.glob("*.jpg"))[0]
+    for name in ("titled", "untitled", "foreign"):
+        (tmp_path / f"{name}.jpg").write_bytes(photo.read_bytes())
+    csv_file = tmp_path / "catalog.csv"
+    csv_file.write_text("id,productDisplayName,brand\ntitled,Puma Men Blue Track Pants,Puma\nforeign,日本語のシャツ\x07,\n")
+    run = subprocess.run([sys.executable, "-m", "services.cli", "publish", "--quiet", str(tmp_path), "--metadata-csv", str(csv_file),
+                          "--title-column", "productDisplayName"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "metadata: 2 of 3 product(s) have a row" in run.stderr
+    sent = {e.product_id: e for e in (ProductImageUploaded.model_validate_json(r.value)
+                                      for r in read_topic(settings, settings.topic_images, idle_s=1.0))}
+    assert sent["titled"].metadata == {"filename": "titled.jpg", "title": "Puma Men Blue Track Pants", "brand": "Puma"}
+    assert sent["untitled"].metadata == {"filename": "untitled.jpg"}
+    worker_factory()
+    got = {e.product_id: e for e in _wait_for_products(settings, set(sent), timeout=180)}
+    assert got["titled"].inputs == ["image", "title"]
+    assert got["untitled"].inputs == ["image"] and got["foreign"].inputs == ["image"]  # no Latin word: the photo alone
+
+    client = g.InferenceServerClient(env["AUTOLABEL_TRITON_URL"])
+    x = prepare(photo.read_bytes(), (32, 32), "pad")[None]
+
+    def served(title: bytes) -> dict[str, np.ndarray]:
+        image, text = g.InferInput("image", list(x.shape), "UINT8"), g.InferInput("title", [1, 1], "BYTES")
+        image.set_data_from_numpy(x)
+        text.set_data_from_numpy(np.array([[title]], dtype=object))
+        r = client.infer(env["AUTOLABEL_TRITON_MODEL"], [image, text])
+        return {t: r.as_numpy(t)[0] for t in ("style", "gender", "season")}
+
+    with_title, without = served(b"Puma Men Blue Track Pants"), served(b"")
+    for task in ("style", "gender", "season"):
+        for pid, want in (("titled", with_title), ("untitled", without), ("foreign", without)):
+            probs = [got[pid].labels[task].probabilities[c] for c in got[pid].labels[task].probabilities]
+            assert np.allclose(probs, np.round(want[task], 6), atol=1e-6), (pid, task)
+    assert any(got["titled"].labels[t].probabilities != got["untitled"].labels[t].probabilities for t in got["titled"].labels)
+    stored = _stored_labels(settings)
+    assert stored["titled"].inputs == ["image", "title"]

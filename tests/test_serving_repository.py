@@ -56,8 +56,14 @@ def _savedmodel(path: Path):  # noqa: ANN202
     return lambda **kw: {k: v.numpy() for k, v in sig(**{n: tf.constant(a) for n, a in kw.items()}).items()}
 
 
+def params_of(config) -> dict[str, str]:  # noqa: ANN001
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
 @pytest.mark.parametrize("target", ["cpu", "gpu-tf", "gpu-onnx"])
 def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], target: str) -> None:
+    from tritonclient.grpc import model_config_pb2
+
     from training.repository_check import check_repository, parse_config
 
     repo = repos[target]
@@ -66,14 +72,18 @@ def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], targe
     assert names == {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)}
     top = parse_config(repo / "autolabel" / "config.pbtxt")
     assert top.platform == "ensemble"
-    assert [i.name for i in top.input] == ["image"] and list(top.input[0].dims) == [32, 32, 3]
+    # the title needs TensorFlow's string ops: served on cpu and gpu-tf, left out of the ONNX build
+    assert [i.name for i in top.input] == (["image"] if target == "gpu-onnx" else ["image", "title"])
+    assert list(top.input[0].dims) == [32, 32, 3]
+    if target != "gpu-onnx":
+        assert list(top.input[1].dims) == [1] and model_config_pb2.DataType.Name(top.input[1].data_type) == "TYPE_STRING"
+        assert params_of(top)["threshold_style_title"] == "0.500000,0.500000,0.500000"
     assert [o.name for o in top.output] == list(TASKS)
     params = {k: v.string_value for k, v in top.parameters.items()}
     assert params["labels_gender"] == "men,women" and params["backbone"] == "tiny" and params["weights_source"] == "random"
     backbone = parse_config(repo / "backbone" / "config.pbtxt")
     want = {"cpu": ("", "python", "KIND_CPU"), "gpu-tf": ("tensorflow_savedmodel", "", "KIND_GPU"),
             "gpu-onnx": ("onnxruntime_onnx", "", "KIND_GPU")}[target]
-    from tritonclient.grpc import model_config_pb2
 
     kind = model_config_pb2.ModelInstanceGroup.Kind.Name(backbone.instance_group[0].kind)
     assert (backbone.platform, backbone.backend, kind) == want
@@ -104,8 +114,9 @@ def test_shared_backbone_gives_the_standalone_probabilities(repos: dict[str, Pat
     repo = repos["cpu"]
     backbone = _savedmodel(repo / "backbone" / "1" / "model.savedmodel")
     features = backbone(image=test_images)["features"]
+    no_title = np.array([[b""]] * len(test_images), dtype=object)
     for task in TASKS:
-        shared = _savedmodel(repo / f"{task}_head" / "1" / "model.savedmodel")(features=features)["probs"]
+        shared = _savedmodel(repo / f"{task}_head" / "1" / "model.savedmodel")(features=features, title=no_title)["probs"]
         alone = _savedmodel(repo / task / "1" / "model.savedmodel")(image=test_images)["probs"]
         assert shared.shape == alone.shape == (len(test_images), len((repo / task / "labels.txt").read_text().split()))
         assert np.abs(shared - alone).max() <= TOL
@@ -127,7 +138,7 @@ def test_onnx_models_give_tensorflows_probabilities(repos: dict[str, Path], test
     for task in TASKS:
         want = _savedmodel(tf_repo / task / "1" / "model.savedmodel")(image=test_images)["probs"]
         standalone = onnx(task)(image=test_images)["probs"]
-        via_heads = onnx(f"{task}_head")(features=features_onnx)["probs"]
+        via_heads = onnx(f"{task}_head")(features=features_onnx)["probs"]  # the ONNX build serves the photo alone
         assert np.abs(standalone - want).max() <= TOL
         assert np.abs(via_heads - want).max() <= TOL
         assert (standalone.argmax(1) == want.argmax(1)).all()
@@ -185,7 +196,8 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
     assert check_repository(repo) == []
     cfg = parse_config(repo / "autolabel" / "config.pbtxt")
     assert cfg.backend == "python" and [o.name for o in cfg.output] == list(TASKS)
-    out = _savedmodel(repo / "autolabel" / "1" / "model.savedmodel")(image=test_images)
+    assert [i.name for i in cfg.input] == ["image", "title"]
+    out = _savedmodel(repo / "autolabel" / "1" / "model.savedmodel")(image=test_images, title=np.array([[b""]] * len(test_images), dtype=object))
     import onnxruntime as ort
 
     onnx_repo = build_repository(tiny, tmp_path / "fused-onnx", "gpu-onnx", serving="fused", progress=False, log=lambda m: None)
@@ -227,3 +239,30 @@ def test_build_keeps_models_it_does_not_own(tiny: Path, tmp_path: Path) -> None:
     (repo / "README.md").write_text("kept\n")
     build_repository(tiny, repo, "gpu-tf", progress=False, log=lambda m: None)
     assert (repo / "trivial" / "config.pbtxt").is_file() and (repo / "README.md").read_text() == "kept\n"
+
+
+def test_a_title_moves_the_labels_and_no_title_keeps_the_photos_exactly(repos: dict[str, Path], tiny: Path,
+                                                                      test_images: np.ndarray) -> None:
+    """The heads read the title; one without words (empty, control characters, another script,
+    bytes that are not UTF-8) gives the image head's own probabilities, bit for bit."""
+    import keras
+
+    repo = repos["cpu"]
+    features = _savedmodel(repo / "backbone" / "1" / "model.savedmodel")(image=test_images)["features"]
+    n = len(test_images)
+    titles = {
+        "empty": [b""] * n, "control": [b"\x00\x01\t\n"] * n, "japanese": ["日本語のシャツ".encode()] * n,
+        "not utf-8": [b"\xff\xfe\xc3"] * n, "words": [b"Puma Men Blue Track Pants"] * n,
+        "10 kB": [b"Wrangler Women Navy Jacket " * 400] * n,
+    }
+    for task in TASKS:
+        head = _savedmodel(repo / f"{task}_head" / "1" / "model.savedmodel")
+        got = {name: head(features=features, title=np.array([[t] for t in ts], dtype=object)) for name, ts in titles.items()}
+        image_only = keras.models.load_model(tiny / "heads" / f"{task}.keras", compile=False).predict(features, verbose=0)
+        assert np.abs(got["empty"]["probs"] - image_only).max() <= 1e-6
+        for name in ("control", "japanese", "not utf-8"):
+            assert np.array_equal(got[name]["probs"], got["empty"]["probs"]), name
+        for name in ("words", "10 kB"):
+            assert np.abs(got[name]["probs"] - got["empty"]["probs"]).max() > 1e-3, f"{task}: the title {name!r} changed nothing"
+            assert np.allclose(got[name]["probs"].sum(axis=1), 1, atol=1e-5)
+        assert got["words"]["title_probs"].shape == (n, len((repo / task / "labels.txt").read_text().split()))

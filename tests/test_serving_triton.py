@@ -40,10 +40,16 @@ def test_images() -> np.ndarray:
     return np.stack(photos + [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(8)])
 
 
-def _infer(client, g, model: str, x: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:  # noqa: ANN001
+def _infer(client, g, model: str, x: np.ndarray, outputs: list[str], titles: list[bytes] | None = None) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """``titles``: sent as the BYTES ``title`` input (the ensemble needs one: b"" for none); None for photo-only models."""
     i = g.InferInput("image", list(x.shape), "UINT8")
     i.set_data_from_numpy(x)
-    r = client.infer(model, [i], outputs=[g.InferRequestedOutput(o) for o in outputs])
+    inputs = [i]
+    if titles is not None:
+        t = g.InferInput("title", [len(titles), 1], "BYTES")
+        t.set_data_from_numpy(np.array([[v] for v in titles], dtype=object))
+        inputs.append(t)
+    r = client.infer(model, inputs, outputs=[g.InferRequestedOutput(o) for o in outputs])
     return {o: r.as_numpy(o) for o in outputs}
 
 
@@ -52,7 +58,7 @@ def test_the_repository_serves_the_contract(triton) -> None:  # noqa: ANN001
     ready = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
     assert {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)} <= ready
     meta = client.get_model_metadata("autolabel")
-    assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("image", "UINT8", [-1, 32, 32, 3])]
+    assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("image", "UINT8", [-1, 32, 32, 3]), ("title", "BYTES", [-1, 1])]
     assert [(o.name, o.datatype) for o in meta.outputs] == [(t, "FP32") for t in TASKS]
     params = {k: v.string_value for k, v in client.get_model_config("autolabel").config.parameters.items()}
     assert params["labels_style"] == "casual,formal,sports" and params["weights_source"] == "random"
@@ -63,7 +69,7 @@ def test_the_repository_serves_the_contract(triton) -> None:  # noqa: ANN001
 
 def test_shared_backbone_equals_standalone_through_triton(triton, test_images: np.ndarray) -> None:  # noqa: ANN001
     client, g, _ = triton
-    shared = _infer(client, g, "autolabel", test_images, list(TASKS))
+    shared = _infer(client, g, "autolabel", test_images, list(TASKS), [b""] * len(test_images))
     for t in TASKS:
         alone = _infer(client, g, t, test_images, ["probs"])["probs"]
         assert shared[t].shape == alone.shape == (len(test_images), alone.shape[1])
@@ -88,7 +94,7 @@ def test_dynamic_batching_keeps_each_request_its_own_answer(triton, stack, test_
 
     def call(item: tuple[int, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
         client = g.InferenceServerClient(url)
-        return item[0], _infer(client, g, "autolabel", item[1], list(TASKS))
+        return item[0], _infer(client, g, "autolabel", item[1], list(TASKS), [b""] * len(item[1]))
 
     def backbone_stats() -> tuple[int, int]:
         st = triton[0].get_inference_statistics("backbone").model_stats[0]
@@ -108,3 +114,23 @@ def test_dynamic_batching_keeps_each_request_its_own_answer(triton, stack, test_
             merged = True
             break
     assert merged, "dynamic batching never merged concurrent requests"
+
+
+def test_the_title_travels_through_the_ensemble(triton, stack, test_images: np.ndarray) -> None:  # noqa: ANN001
+    """Through tritonserver: titled rows get the head's fused answer for that title, untitled rows
+    the photo-only answer, also when both kinds share one request."""
+    import tensorflow as tf
+
+    client, g, _ = triton
+    repo = Path(stack["repo"])  # type: ignore[arg-type]
+    titles = [b"Puma Men Blue Track Pants" if i % 2 else b"" for i in range(len(test_images))]
+    got = _infer(client, g, "autolabel", test_images, list(TASKS), titles)
+    features = tf.saved_model.load(str(repo / "backbone" / "1" / "model.savedmodel")).signatures["serving_default"](
+        image=tf.constant(test_images))["features"]
+    for t in TASKS:
+        head = tf.saved_model.load(str(repo / f"{t}_head" / "1" / "model.savedmodel")).signatures["serving_default"]
+        want = head(features=features, title=tf.constant([[v] for v in titles]))["probs"].numpy()
+        alone = _infer(client, g, t, test_images, ["probs"])["probs"]
+        assert np.abs(got[t] - want).max() <= TOL, t
+        assert np.abs(got[t][0::2] - alone[0::2]).max() <= TOL, f"{t}: rows without a title must keep the photo's labels"
+        assert np.abs(got[t][1::2] - alone[1::2]).max() > 1e-3, f"{t}: the title changed nothing"

@@ -380,10 +380,13 @@ def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
 @click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write PNGs and report.md here.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--inputs", "inputs_", default="image", show_default=True,
+              help="What the served heads read: image, title, image+title, or several comma-separated (one backbone pass); "
+                   "title needs heads trained with `autolabel train-title`.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
              from_heads: bool, models_dir: Path, split_file: Path | None, all_rows: bool, part: str, scope: str,
-             json_file: Path | None, report_dir: Path | None, batch_size: int, quiet: bool) -> None:
+             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
     from training.evaluate import (
@@ -392,7 +395,15 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     from training.report import accept_table, category_table, metrics_table, per_class_table, write_report
     from training.split import Split
 
+    from training.title import INPUTS
+
     task_list = _tasks(tasks)
+    inputs = _csv(inputs_)
+    bad = [i for i in inputs if i not in INPUTS]
+    if bad or not inputs:
+        raise click.BadParameter(f"choose from {', '.join(INPUTS)} (got {inputs_!r})", param_hint="--inputs")
+    if from_heads and inputs != ["image"]:
+        raise click.BadParameter("--from-heads scores the photo alone; build the repository to score the title", param_hint="--inputs")
     manifest = None
     if (models_dir / "manifest.json").is_file():
         manifest = json.loads((models_dir / "manifest.json").read_text())
@@ -425,11 +436,11 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
             from services.settings import load_settings
 
             repo = repository or load_settings().model_repository
-            models = load_repository(repo, task_list, manifest)
+            models = load_repository(repo, task_list, manifest, inputs)
     except ModelsError as exc:
         raise click.ClickException(str(exc)) from None
     for m in models:
-        click.echo(f"  {m.task}: {m.origin} ({m.input_size[0]}x{m.input_size[1]}, {m.resize})", err=True)
+        click.echo(f"  {m.key}: {m.origin} ({m.input_size[0]}x{m.input_size[1]}, {m.resize})", err=True)
     every = run_eval(ds, models, keys, batch_size, progress=not quiet)
     for t, r in every.items():
         if any(r.skipped.values()):
@@ -437,7 +448,8 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     headline_keys = {s.key for s in ds.samples if in_scope(s, scope)}
     results = {t: subset(r, headline_keys) for t, r in every.items()}
     metrics = {t: r.metrics for t, r in results.items()}
-    products = product_summary(results)
+    primary = next((i for i in ("image+title", "image") if i in inputs), inputs[0])  # what the worker serves
+    products = product_summary({m.task: results[m.key] for m in models if m.inputs == primary})
     by_cat = by_category(ds.samples, every, headline_keys)
     click.echo(f"Scope: {scope}" + (" (Apparel of Men/Women products)" if scope == "apparel-mw" else ""))
     click.echo(metrics_table(metrics))
@@ -454,14 +466,15 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
         click.echo(category_table(by_cat))
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({"scope": scope, "tasks": metrics, "products": products, "by_category": by_cat}, indent=2) + "\n")
+        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat},
+                                        indent=2) + "\n")
     if report_dir:
         hist_path = models_dir / "history.json"
         histories = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
         page = write_report(
             report_dir, f"Evaluation on {data}", metrics, {t: (r.confusion, r.classes) for t, r in results.items()},
             {t: h for t, h in histories.items() if t in results},
-            [f"Models: " + "; ".join(f"{m.task}: `{m.origin}`" for m in models),
+            [f"Models: " + "; ".join(f"{m.key}: `{m.origin}`" for m in models),
              f"Rows: {'the ' + part + ' part of ' + str(split_file) if keys is not None else 'every labeled row'}; scope {scope}."],
             predictions={t: (r.y, r.probs, r.threshold) for t, r in results.items()},
         )

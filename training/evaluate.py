@@ -19,8 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import ImageError, ResizeMode, prepare
-from services.inference import parse_threshold
+from services.inference import parse_class_thresholds, parse_threshold
 from training.datasets import Dataset, Sample
+from training.calibration import accepted_mask
 from training.metrics import classification_metrics, confusion
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -39,7 +40,13 @@ class TaskModel:
     resize: ResizeMode
     origin: str  # where it came from, for the report
     backbone: Callable[[np.ndarray], np.ndarray] | None = None  # set: ``predict`` takes its features
-    threshold: float | None = None  # the auto-accept threshold shipped with the model (None: none shipped)
+    threshold: float | Sequence[float] | None = None  # the auto-accept threshold(s) shipped with the model (None: none)
+    inputs: str = "image"  # what the predictions read: image, title or image+title (then ``predict(x, titles)``)
+
+    @property
+    def key(self) -> str:
+        """The name its results are reported under: the task, with the inputs when not the photo alone."""
+        return self.task if self.inputs == "image" else f"{self.task} [{self.inputs}]"
 
 
 def read_config_parameters(config: Path) -> dict[str, str]:
@@ -75,8 +82,21 @@ def _model_dir(repo: Path, name: str) -> Path | None:
     return versions[-1] if versions else None
 
 
-def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] | None = None) -> list[TaskModel]:
-    """The served models of ``tasks`` from a built Triton repository."""
+def _title_runner(sig: Any, output: str, titles: bool) -> Callable[..., np.ndarray]:
+    """A head with a ``title`` input: ``output`` for the features and the titles (or no titles: the photo alone)."""
+    import tensorflow as tf
+
+    def run(x: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+        t = [[n if titles else ""] for n in (names if names is not None else [""] * len(x))]
+        return np.asarray(sig(features=tf.constant(x, tf.float32), title=tf.constant(t, tf.string))[output])
+
+    return run
+
+
+def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] | None = None,
+                    inputs: Sequence[str] = ("image",)) -> list[TaskModel]:
+    """The served models of ``tasks`` from a built Triton repository, once per requested ``inputs``
+    (``title`` and ``image+title`` need heads that take the title: ``autolabel train-title``)."""
     repo = Path(repo)
     if not repo.is_dir():
         raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
@@ -100,9 +120,21 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
                 sig, i, o, shape = _savedmodel(backbone_dir)
                 backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
             hsig, hi, ho, _ = _savedmodel(head_dir)
-            head_run = _runner(hsig, hi, ho)
-            models.append(TaskModel(task, classes, head_run, size, resize, f"{repo}/backbone + {repo}/{task}_head", backbone_run,
-                                    threshold))
+            takes_title = "title" in hsig.structured_input_signature[1]
+            origin = f"{repo}/backbone + {repo}/{task}_head"
+            for what in inputs:
+                if what != "image" and not takes_title:
+                    raise ModelsError(f"{repo}/{task}_head does not read the title (--inputs {what}): add it with "
+                                      "`autolabel train-title`, then `autolabel models build`")
+                if not takes_title:
+                    models.append(TaskModel(task, classes, _runner(hsig, hi, ho), size, resize, origin, backbone_run, threshold))
+                    continue
+                run = _title_runner(hsig, "title_probs" if what == "title" else "probs", titles=what != "image")
+                cut = {"image": threshold, "title": None,
+                       "image+title": parse_class_thresholds(params.get(f"threshold_{task}_title"), len(classes))}[what]
+                models.append(TaskModel(task, classes, run, size, resize, origin, backbone_run, cut, what))
+        elif standalone is not None and set(inputs) != {"image"}:
+            raise ModelsError(f"{repo}: {task} is served standalone, photo only (--inputs image)")
         elif standalone is not None:
             sig, i, o, shape = _savedmodel(standalone)
             models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",
@@ -174,11 +206,11 @@ class TaskEvaluation:
     keys: list[str]  # the scored rows, in the order of ``y`` and ``probs``
     y: np.ndarray
     probs: np.ndarray
-    threshold: float | None = None
+    threshold: float | Sequence[float] | None = None
 
 
 def score(classes: tuple[str, ...], keys: Sequence[str], y: np.ndarray, probs: np.ndarray,
-          threshold: float | None, skipped: dict[str, int] | None = None) -> TaskEvaluation:
+          threshold: float | Sequence[float] | None, skipped: dict[str, int] | None = None) -> TaskEvaluation:
     """Metrics of one task's predictions: classification, calibration error and, with a
     threshold, coverage and precision of the auto-accepted labels."""
     from training.calibration import accept_stats, expected_calibration_error
@@ -211,7 +243,7 @@ def product_summary(results: dict[str, TaskEvaluation]) -> dict[str, Any]:
         ok_all, sure_all = True, True
         for t, r in results.items():
             i = per[t][k]
-            sure_all &= bool(r.probs[i].max() >= r.threshold)
+            sure_all &= bool(accepted_mask(r.probs[i : i + 1], r.threshold)[0])
             ok_all &= bool(r.probs[i].argmax() == r.y[i])
         unflagged += sure_all
         right += sure_all and ok_all
@@ -248,11 +280,11 @@ def evaluate(
     class the model does not know are skipped and counted, as are unreadable images.
     Models with a shared backbone are run in one pass over the union of their rows."""
     models = [m for m in models if m.task in dataset.tasks]
-    skipped = {m.task: {"unknown class": 0, "unreadable": 0} for m in models}
-    rows = {m.task: _rows(dataset, m, keys, skipped[m.task]) for m in models}
-    scored: dict[str, list[str]] = {m.task: [] for m in models}
-    y_true: dict[str, list[int]] = {m.task: [] for m in models}
-    probs_of: dict[str, list[np.ndarray]] = {m.task: [] for m in models}
+    skipped = {m.key: {"unknown class": 0, "unreadable": 0} for m in models}
+    rows = {m.key: _rows(dataset, m, keys, skipped[m.key]) for m in models}
+    scored: dict[str, list[str]] = {m.key: [] for m in models}
+    y_true: dict[str, list[int]] = {m.key: [] for m in models}
+    probs_of: dict[str, list[np.ndarray]] = {m.key: [] for m in models}
     groups: list[list[TaskModel]] = []
     shared = [m for m in models if m.backbone is not None]
     if shared:
@@ -260,16 +292,16 @@ def evaluate(
     groups += [[m] for m in models if m.backbone is None]
     for group in groups:
         first = group[0]
-        wanted = {m.task: {s.key for s in rows[m.task]} for m in group}
+        wanted = {m.key: {s.key for s in rows[m.key]} for m in group}
         union = [s for s in dataset.samples if any(s.key in w for w in wanted.values())]
-        desc = f"evaluate {'+'.join(m.task for m in group)}"
+        desc = f"evaluate {'+'.join(dict.fromkeys(m.task for m in group))}"
         for start in tqdm(range(0, len(union), batch_size), desc=desc, unit="batch", disable=not progress):
             batch, arrays = [], []
             for s in union[start : start + batch_size]:
                 arr = _load(s, first.input_size, first.resize)
                 if arr is None:
                     for m in group:
-                        skipped[m.task]["unreadable"] += s.key in wanted[m.task]
+                        skipped[m.key]["unreadable"] += s.key in wanted[m.key]
                     continue
                 batch.append(s)
                 arrays.append(arr)
@@ -279,16 +311,17 @@ def evaluate(
             if first.backbone is not None:
                 x = first.backbone(x)
             for m in group:
-                pick = [i for i, s in enumerate(batch) if s.key in wanted[m.task]]
+                pick = [i for i, s in enumerate(batch) if s.key in wanted[m.key]]
                 if not pick:
                     continue
-                probs_of[m.task].append(np.asarray(m.predict(x[pick]), np.float64))
-                y_true[m.task] += [m.classes.index(batch[i].label(m.task)) for i in pick]  # type: ignore[arg-type]
-                scored[m.task] += [batch[i].key for i in pick]
+                probs = m.predict(x[pick], [batch[i].title for i in pick]) if m.inputs != "image" else m.predict(x[pick])
+                probs_of[m.key].append(np.asarray(probs, np.float64))
+                y_true[m.key] += [m.classes.index(batch[i].label(m.task)) for i in pick]  # type: ignore[arg-type]
+                scored[m.key] += [batch[i].key for i in pick]
     out = {}
     for m in models:
-        probs = np.concatenate(probs_of[m.task]) if probs_of[m.task] else np.zeros((0, len(m.classes)))
-        out[m.task] = score(m.classes, scored[m.task], np.asarray(y_true[m.task], int), probs, m.threshold, skipped[m.task])
+        probs = np.concatenate(probs_of[m.key]) if probs_of[m.key] else np.zeros((0, len(m.classes)))
+        out[m.key] = score(m.classes, scored[m.key], np.asarray(y_true[m.key], int), probs, m.threshold, skipped[m.key])
     return out
 
 

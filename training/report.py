@@ -67,11 +67,11 @@ def plot_curves(history: Mapping[str, Any], title: str, path: Path) -> Path:
     return path
 
 
-def plot_calibration(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | None, path: Path) -> Path:
+def plot_calibration(task: str, y: np.ndarray, probs: np.ndarray, threshold: float | Sequence[float] | None, path: Path) -> Path:
     """Left: reliability diagram (accuracy per confidence bin vs the diagonal, bar width = rows).
     Right: coverage vs precision of the auto-accepted labels as the threshold moves; the
     shipped threshold is marked."""
-    from training.calibration import coverage_curve, expected_calibration_error, reliability
+    from training.calibration import accepted_mask, coverage_curve, expected_calibration_error, reliability
 
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -91,10 +91,11 @@ def plot_calibration(task: str, y: np.ndarray, probs: np.ndarray, threshold: flo
     curve = coverage_curve(probs.max(1), probs.argmax(1) == y)
     a2.plot(curve.coverage, curve.precision, lw=1.5)
     if threshold is not None:
-        accepted = probs.max(1) >= threshold
+        accepted = accepted_mask(probs, threshold)
         cov = float(accepted.mean()) if len(y) else 0.0
         prec = float((probs.argmax(1) == y)[accepted].mean()) if accepted.any() else float("nan")
-        a2.scatter([cov], [prec], color="C3", zorder=3, label=f"threshold {threshold:.3f}: coverage {cov:.0%}, precision {prec:.3f}")
+        a2.scatter([cov], [prec], color="C3", zorder=3,
+                   label=f"threshold {fmt_threshold(threshold)}: coverage {cov:.0%}, precision {prec:.3f}")
         a2.legend(fontsize=7, loc="lower left")
     a2.axhline(0.95, color="grey", ls=":", lw=1)
     a2.set_xlim(0, 1)
@@ -109,6 +110,11 @@ def plot_calibration(task: str, y: np.ndarray, probs: np.ndarray, threshold: flo
     return path
 
 
+def fmt_threshold(threshold: float | Sequence[float]) -> str:
+    """0.912, or one per class: 0.461/0.978/0.999."""
+    return f"{threshold:.3f}" if np.ndim(threshold) == 0 else "/".join(f"{t:.3f}" for t in threshold)  # type: ignore[union-attr]
+
+
 def accept_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Per task: calibration error and what the shipped threshold auto-accepts."""
     lines = ["| task | ECE | threshold | coverage (auto-accepted) | precision of accepted |", "|---|---:|---:|---:|---:|"]
@@ -117,7 +123,7 @@ def accept_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         if a is None:
             lines.append(f"| {task} | {m.get('ece', float('nan')):.3f} | (none shipped) | | |")
             continue
-        lines.append(f"| {task} | {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} ({a['accepted']}/{a['rows']}) |"
+        lines.append(f"| {task} | {m['ece']:.3f} | {fmt_threshold(a['threshold'])} | {a['coverage']:.3f} ({a['accepted']}/{a['rows']}) |"
                      f" {a['precision']:.3f} |")
     return "\n".join(lines)
 
@@ -162,13 +168,14 @@ def write_report(
         parts += [accept_table(results), ""]
     for task, m in results.items():
         parts += [f"## {task}", "", per_class_table(task, m), ""]
+        stem = "".join(c if c.isalnum() else "_" for c in task).strip("_")  # "season [image+title]" -> season__image_title
         if predictions and task in predictions and len(predictions[task][0]):
             y, probs, thr = predictions[task]
-            png = plot_calibration(task, y, probs, thr, out_dir / f"calibration_{task}.png")
+            png = plot_calibration(task, y, probs, thr, out_dir / f"calibration_{stem}.png")
             parts += [f"![{task} reliability and coverage]({png.name})", ""]
         if task in confusions:
             matrix, classes = confusions[task]
-            png = plot_confusion(matrix, classes, f"{task}: confusion (n={m['n']})", out_dir / f"confusion_{task}.png")
+            png = plot_confusion(matrix, classes, f"{task}: confusion (n={m['n']})", out_dir / f"confusion_{stem}.png")
             parts += [f"![{task} confusion matrix]({png.name})", ""]
         if histories and task in histories:
             png = plot_curves(histories[task], f"{task}: training curves", out_dir / f"curves_{task}.png")
@@ -200,5 +207,5 @@ def joint_table(result: Any) -> str:
                 continue
             a = m["auto_accept"]
             lines.append(f"| {t} | {part} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['macro_f1']:.3f} |"
-                         f" {m['ece']:.3f} | {a['threshold']:.3f} | {a['coverage']:.3f} | {a['precision']:.3f} |")
+                         f" {m['ece']:.3f} | {fmt_threshold(a['threshold'])} | {a['coverage']:.3f} | {a['precision']:.3f} |")
     return "\n".join(lines)

@@ -370,11 +370,18 @@ def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict
 
     from training.title import fused_probs
 
-    calibrated = keras.Model(head.input, head.get_layer("temperature").output)  # logits / temperature
+    import tensorflow as tf
+
+    names = {layer.name for layer in head.layers}
+    # logits / temperature (a trained head); an untrained test head has none: its log-probabilities
+    both = keras.Model(head.input, [head.get_layer("temperature").output if "temperature" in names else head.output, head.output])
     model = title.tasks[task]
 
     def fn(features: Any, titles: Any) -> dict[str, Any]:
-        probs, title_probs = fused_probs(calibrated(features, training=False), titles, title.text, title.idf, model)
+        logits, image_probs = both(features, training=False)
+        if "temperature" not in names:
+            logits = tf.math.log(tf.clip_by_value(image_probs, 1e-12, 1.0))
+        probs, title_probs = fused_probs(image_probs, logits, titles, title.text, title.idf, model)
         return {"probs": probs, "title_probs": title_probs}
 
     return fn

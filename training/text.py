@@ -4,7 +4,7 @@ One TensorFlow function turns a batch of titles into a fixed-size vector per tit
 calls it to make its features and the exported head calls the same function, so the served
 graph reads raw title bytes (Triton ``BYTES``) and no tokenizer lives in the worker:
 
-    lower-case (ASCII) -> every run of characters other than a-z, 0-9 becomes one space
+    invalid UTF-8 -> U+FFFD -> lower-case (ASCII) -> every run of characters other than a-z, 0-9 becomes one space
     -> words -> words and word pairs -> hashed into ``buckets`` (FarmHash, stable across
     platforms) -> 1 per present bucket x its IDF -> L2-normalised.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-TITLE_MAX_CHARS = 256  # what the worker sends (services.labeling.clean_title); the graph cuts at the same length in bytes x 4
+from services.titles import TITLE_MAX_CHARS  # what the worker sends (services.titles.clean_title)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ def hashed_ids(titles: Any, cfg: TextConfig) -> Any:
 
     t = tf.reshape(titles, [-1])
     t = tf.strings.substr(t, 0, TITLE_MAX_CHARS * 4)  # bytes: a UTF-8 character is at most 4
-    t = tf.strings.lower(t)  # ASCII only: any bytes are safe
+    # bytes that are not UTF-8 (from a client other than the worker) become U+FFFD, dropped below
+    t = tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+    t = tf.strings.lower(t)  # ASCII only
     t = tf.strings.regex_replace(t, "[^a-z0-9]+", " ")
     words = tf.strings.split(tf.strings.strip(t))
     grams = tf.strings.ngrams(words, ngram_width=list(cfg.ngrams), separator=" ")

@@ -211,11 +211,11 @@ def manifest_entry(model: TitleModel, command: str) -> dict[str, Any]:
 # --- the served graph ------------------------------------------------------------------------
 
 
-def fused_probs(image_logits: Any, titles: Any, text: TextConfig, idf: Any, task: TaskTitle) -> tuple[Any, Any]:
+def fused_probs(image_probs: Any, image_logits: Any, titles: Any, text: TextConfig, idf: Any, task: TaskTitle) -> tuple[Any, Any]:
     """TensorFlow: (fused probabilities, title-only probabilities) of a batch.
 
-    ``image_logits`` are the calibrated image logits; where a title has no words the fused
-    output is ``softmax(image_logits)``, the image model's own probabilities, bit for bit."""
+    ``image_logits`` are the calibrated image logits, ``image_probs`` the image head's output:
+    where a title has no words the output is ``image_probs`` itself, bit for bit."""
     import tensorflow as tf
 
     from training.text import title_vectors
@@ -226,7 +226,7 @@ def fused_probs(image_logits: Any, titles: Any, text: TextConfig, idf: Any, task
     fused = (tf.constant(task.fuse_image, tf.float32) * image_logits + tf.constant(task.fuse_title, tf.float32) * zt
              + tf.constant(task.fuse_bias, tf.float32)) / task.fused_temperature
     k = len(task.classes)
-    probs = tf.where(has_words, tf.nn.softmax(fused), tf.nn.softmax(image_logits))
+    probs = tf.where(has_words, tf.nn.softmax(fused), image_probs)
     return tf.ensure_shape(probs, [None, k]), tf.ensure_shape(tf.nn.softmax(zt / task.title_temperature), [None, k])
 
 

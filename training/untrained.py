@@ -44,8 +44,32 @@ def _head(features: tuple[int, ...], n_classes: int, seed: int, hidden: int):  #
     return keras.Model(inputs, outputs, name=f"head{seed}")
 
 
-def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "pad", seed: int = 0, hidden: int = 32) -> Path:
-    """Write ``manifest.json`` + ``heads/<task>.keras`` (random, seeded); return ``models_dir``."""
+def _random_title(models_dir: Path, seed: int) -> dict[str, object]:
+    """A seeded random title model (1,024 buckets) and its manifest entry: the served contract with a title."""
+    import numpy as np
+
+    from training.calibration import ClassThresholds
+    from training.text import TextConfig
+    from training.title import TITLE_FILE, TaskTitle, TitleModel, manifest_entry
+
+    rng = np.random.default_rng(seed)
+    text = TextConfig(buckets=2**10)
+    tasks = {}
+    for task, classes in CLASSES.items():
+        k = len(classes)
+        m = TaskTitle(classes, rng.normal(0, 3, (text.buckets, k)).astype(np.float32), np.zeros(k, np.float32), 1.0,
+                      np.ones(k), np.ones(k), np.zeros(k), 1.0)
+        m.threshold = ClassThresholds(tuple([0.5] * k), 0.95, 0.0, float("nan"), 0, 0)
+        tasks[task] = m
+    model = TitleModel(text, np.ones(text.buckets, np.float32), tasks)
+    model.save(models_dir / TITLE_FILE)
+    return manifest_entry(model, "untrained random title model (tests and benchmarks only)")
+
+
+def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "pad", seed: int = 0, hidden: int = 32,
+                           title: bool = False) -> Path:
+    """Write ``manifest.json`` + ``heads/<task>.keras`` (random, seeded), with ``title`` a random title
+    model too (heads/title.npz); return ``models_dir``."""
     models_dir = Path(models_dir)
     (models_dir / "heads").mkdir(parents=True, exist_ok=True)
     features = _feature_shape(spec)
@@ -61,14 +85,19 @@ def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "
         "resize": resize,
         "tasks": tasks,
     }
+    if title:
+        manifest["title"] = _random_title(models_dir, seed)
     (models_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return models_dir
 
 
-def make_tiny_models(models_dir: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
-    """The tiny backbone (weights ``random``) with random heads; returns ``models_dir``.
+def make_tiny_models(models_dir: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0, title: bool = True) -> Path:
+    """The tiny backbone (weights ``random``) with random heads and (``title``) a random title model;
+    returns ``models_dir``.
 
     ``build_repository(make_tiny_models(tmp / "models"), tmp / "repo")`` gives a repository
-    with the full contract (``autolabel`` ensemble, standalone task models) in seconds.
+    with the full contract (``autolabel`` ensemble with ``image`` and ``title`` inputs,
+    standalone task models) in seconds.
     """
-    return write_untrained_models(Path(models_dir), BackboneSpec("tiny", "random", tuple(input_size)), seed=seed)  # type: ignore[arg-type]
+    return write_untrained_models(Path(models_dir), BackboneSpec("tiny", "random", tuple(input_size)), seed=seed,  # type: ignore[arg-type]
+                                  title=title)
