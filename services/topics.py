@@ -1,11 +1,15 @@
-"""Topic administration: create the four topics with explicit partition counts."""
+"""Topics: create the four with explicit partition counts; read one (:func:`read_topic`,
+:func:`read_labels`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from services.events import ProductLabeled
 from services.settings import Settings
 
 
@@ -101,3 +105,18 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+def read_labels(settings: Settings, follow: bool = False, product_id: str | None = None, topic: str | None = None,
+                idle_s: float = 2.0) -> Iterator[ProductLabeled]:
+    """Every ProductLabeled event on the label topic (or ``topic``), in topic order; records
+    that are not one are skipped."""
+    from pydantic import ValidationError
+
+    for record in read_topic(settings, topic or settings.topic_labels, follow=follow, idle_s=idle_s):
+        try:
+            event = ProductLabeled.model_validate_json(record.value)
+        except ValidationError:
+            continue
+        if product_id is None or event.product_id == product_id:
+            yield event

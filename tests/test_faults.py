@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from deploy.local.processes import WorkerProcess
-from services.bench_soak import Feeder, LocalStack, Outcome, enable_versioning, outcomes, upload_images
+from benchmarks.harness import Feeder, LocalStack, upload_images
+from benchmarks.outcomes import Outcome, enable_versioning, outcomes
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -318,7 +319,7 @@ def _padded(size: int) -> bytes:
 
 def _committed_past(sc: Scenario, ends: dict[int, int], timeout: float = 60) -> dict[int, int]:
     """The group's committed offsets, once each partition's passed ``ends`` (or the timeout)."""
-    from services.bench_soak import LagReader
+    from benchmarks.outcomes import LagReader
 
     reader = LagReader(sc.settings)
     try:

@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from conftest import SAMPLES, wait_for
 from corpus import bad_images, hard_but_valid_images
 from services.events import DeadLetter, ErrorCode, ImageLocation, ProductImageUploaded, ProductLabeled, S3Location
-from services.labels import read_labels
+from services.topics import read_labels
 from services.publisher import collect, publish_files
 from services.storage import Storage
 from services.topics import read_topic
@@ -204,7 +204,7 @@ def test_publish_cli_names_products_and_refuses_bad_ids(stack_settings, tmp_path
     bad.write_bytes(photo.read_bytes())
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "services.cli", "publish", "--quiet", *args],
+        return subprocess.run([sys.executable, "-m", "autolabel", "publish", "--quiet", *args],
                               env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
     ok = cli(str(photo), "--product-id", "sku-42")

@@ -297,7 +297,7 @@ WRONG_S3_SECRET = "wrong-s3-secret-Vb4n-DO-NOT-LOG"
 def test_settings_output_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from services.cli import settings_command
+    from autolabel.cli import settings_command
 
     monkeypatch.setenv("AUTOLABEL_S3_SECRET_ACCESS_KEY", WRONG_S3_SECRET)
     monkeypatch.setenv("AUTOLABEL_KAFKA_SASL_PASSWORD", SASL_PASSWORD)
@@ -325,7 +325,7 @@ def test_workers_never_log_or_dead_letter_credentials(stack_settings, worker_fac
 
     from conftest import SAMPLES, STACK_S3_ACCESS_KEY_ID, STACK_S3_SECRET_ACCESS_KEY, wait_for
     from services.events import DeadLetter
-    from services.labels import read_labels
+    from services.topics import read_labels
     from services.storage import Storage
     from services.topics import read_topic
 

@@ -106,7 +106,7 @@ def test_triton_inference(stack, protocol):
 
 def _cli(args, env, timeout=120):
     full = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "autolabel", *args], env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def test_second_up_says_already_running_and_status_reports_health(stack):

@@ -28,12 +28,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks.stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC_START, DOC_END = "<!-- bench-pipeline:start -->", "<!-- bench-pipeline:end -->"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def cpu_seconds(pid: int | tuple[int, ...]) -> float:
@@ -69,9 +67,9 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
     from kafka import KafkaProducer
 
     from deploy.local.processes import WorkerProcess, free_ports
-    from services.bench_soak import scrape_metrics
+    from benchmarks.harness import scrape_metrics
     from services.events import ImageLocation, ProductImageUploaded
-    from services.labels import read_labels
+    from services.topics import read_labels
     from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:6]
@@ -168,7 +166,7 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
     cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # from the first send to the last label published
     result = {
         "events": n, "seconds": end - t0, "events_per_s": n / (end - t0),
-        "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99),
+        "latency_p50_ms": percentile(latencies, 50), "latency_p99_ms": percentile(latencies, 99),
         "batch": batch, "concurrency": concurrency, "cpu_s": cpu, "cpu_ms_per_event": {k: v / n * 1000 for k, v in cpu.items()},
         "worker_cpu_ms_per_event": cpu["worker"] / n * 1000,
         "events_per_worker_cpu_s": n / cpu["worker"] if cpu["worker"] else float("inf"),
@@ -200,7 +198,7 @@ def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
 
 def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: str, n_images: int, batch: int) -> dict[str, float]:
     from services.images import prepare
-    from training.bench_serving import InProcess, run_batched
+    from benchmarks.serving import InProcess, run_batched
     from services.settings import TASKS
 
     arrays = [prepare(p, size, resize) for p in photos]  # type: ignore[arg-type]
@@ -209,7 +207,7 @@ def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: s
     run_batched(model, images[:batch], batch)  # warm-up
     res, _ = run_batched(model, images, batch)
     return {"images": n_images, "seconds": res.seconds, "images_per_s": n_images / res.seconds,
-            "latency_p50_ms": _percentile(res.latencies_ms, 50), "latency_p99_ms": _percentile(res.latencies_ms, 99), "batch": batch}
+            "latency_p50_ms": percentile(res.latencies_ms, 50), "latency_p99_ms": percentile(res.latencies_ms, 99), "batch": batch}
 
 
 def _pooled(runs: list[dict], count: str = "images") -> dict[str, float]:
@@ -297,7 +295,7 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
     from deploy.local.trivial import write_trivial_repository
     from services.settings import Settings
     from services.storage import Storage
-    from training.bench_serving import prepare_models
+    from benchmarks.serving import prepare_models
     from training.export import build_repository
     from training.serving_models import read_models
 

@@ -32,6 +32,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.stats import percentile
 from services.settings import TASKS
 
 PATHS = {"a": "standalone", "b": "shared", "c": "inprocess"}
@@ -46,13 +47,13 @@ class PathResult:
     latencies_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        lat = self.latencies_ms or [0.0]
         return {
             "images": self.images,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images / self.seconds, 3) if self.seconds else 0.0,
-            "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "p50_ms": round(percentile(lat, 50), 1),
+            "p99_ms": round(percentile(lat, 99), 1),
             "requests": len(self.latencies_ms),
         }
 

@@ -1,7 +1,10 @@
 """`autolabel`: the command-line front door. Thin: parse, call, print.
 
-Subcommands live beside the code they drive and are imported only when used, so
-`autolabel publish` never pays for TensorFlow.
+It sits above every package: it assembles the subcommands of the running service
+(:mod:`services`), training (:mod:`training`), the embedded stack (:mod:`deploy.local`),
+the benchmarks (:mod:`benchmarks`) and the demo (:mod:`autolabel.demo`), and nothing below
+imports it. Subcommands are imported only when used, so `autolabel publish` never pays
+for TensorFlow.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ COMMANDS: dict[str, str] = {
     "stack": "deploy.local.cli:stack",
     "publish": "services.publisher:publish_command",
     "worker": "services.worker:worker_command",
-    "labels": "services.labels:labels_command",
-    "settings": "services.cli:settings_command",
-    "demo": "services.demo:demo_command",
+    "labels": "autolabel.labels:labels_command",
+    "settings": "autolabel.cli:settings_command",
+    "demo": "autolabel.demo:demo_command",
     "train": "training.cli:train",
     "sweep": "training.cli:sweep",
     "evaluate": "training.cli:evaluate",
     "models": "training.export:models",
-    "bench": "services.bench:bench",
+    "bench": "autolabel.cli:bench",
 }
 
 HELP = {
@@ -39,7 +42,20 @@ HELP = {
     "sweep": "Run a hyperparameter grid and print the study's tables.",
     "evaluate": "Evaluate the served models on a dataset.",
     "models": "Build the served model repository.",
-    "bench": "Benchmarks: serving, pipeline, soak.",
+    "bench": "Benchmarks: serving, pipeline, soak, training.",
+}
+
+BENCHES = {
+    "serving": "benchmarks.serving:serving",
+    "pipeline": "benchmarks.pipeline:pipeline",
+    "soak": "benchmarks.soak:soak",
+    "training": "benchmarks.training:training",
+}
+BENCH_HELP = {
+    "serving": "Standalone vs shared-backbone vs in-process inference (images/s, p50/p99).",
+    "pipeline": "End-to-end events/s and latency through Kafka -> worker -> Triton -> Kafka+S3.",
+    "soak": "Fixed-rate load for N minutes: throughput, latency, RSS, lag, losses.",
+    "training": "Feature-cache head training vs a plain Keras fit with the frozen base.",
 }
 
 
@@ -77,6 +93,11 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """autolabel: label fashion product photos (style, gender, season) as they are uploaded."""
+
+
+@click.group(cls=LazyGroup, lazy_commands=BENCHES, lazy_help=BENCH_HELP)
+def bench() -> None:
+    """Benchmarks. Results go to docs/benchmarks.md with the command that made them."""
 
 
 @click.command("settings")
