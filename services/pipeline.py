@@ -29,7 +29,7 @@ from services import observability as obs
 from services.dead_letters import Subject, build_dead_letter, subject_ids
 from services.errors import BadInput, TransientError
 from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
-from services.images import ImageError, ImageLimits, prepare
+from services.images import ImageLimits, prepare
 from services.inference import InferenceError, TritonLabeler
 from services.labeling import label_batch, resolve_thresholds
 from services.settings import TASKS, Settings
@@ -65,21 +65,17 @@ class Backoff:
 
 
 def parse_event(msg: RawMessage, max_bytes: int) -> ProductImageUploaded:
-    """Raw bytes -> event, or :class:`BadEvent` with a dead-letter code."""
+    """Raw bytes -> event, or :class:`BadInput` with a dead-letter code."""
     if len(msg.value) > max_bytes:
-        raise BadEvent(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
+        raise BadInput(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
     try:
         return ProductImageUploaded.model_validate_json(msg.value)  # JSON parsed and checked in one pass
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
-            raise BadEvent(ErrorCode.malformed_json, f"not JSON: {errors[0]['msg']}") from None
+            raise BadInput(ErrorCode.malformed_json, f"not JSON: {errors[0]['msg']}") from None
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        raise BadEvent(ErrorCode.schema_invalid, detail) from None
-
-
-class BadEvent(BadInput):
-    """The record is not a usable ProductImageUploaded; ``code`` says why."""
+        raise BadInput(ErrorCode.schema_invalid, detail) from None
 
 
 class Pipeline:
@@ -113,7 +109,7 @@ class Pipeline:
         (counted across restarts by :mod:`services.attempts`)."""
         try:
             event: ProductImageUploaded | None = parse_event(msg, self.settings.max_event_bytes)
-        except BadEvent:
+        except BadInput:
             event = None
         self.attempts[msg.ref] = failed - 1  # tries() adds the last one
         return self.dead_letter(msg, ErrorCode.processing_failed,
@@ -192,7 +188,7 @@ class Pipeline:
         a photo it cannot settle (missing, too large, S3 down, a URL) is fetched on its own
         with retries and counted attempts. Photos are decoded in ``decode_threads`` chunks,
         one executor hop per chunk rather than one per photo. A photo whose decoding fails
-        in an unexpected way (not an :class:`ImageError`) takes the one-by-one path with
+        in an unexpected way (not an :class:`BadInput`) takes the one-by-one path with
         counted attempts.
         """
         loop = asyncio.get_running_loop()
@@ -202,7 +198,7 @@ class Pipeline:
         for i, msg in enumerate(messages):
             try:
                 events[i] = parse_event(msg, self.settings.max_event_bytes)
-            except BadEvent as exc:
+            except BadInput as exc:
                 results[i] = self.dead_letter(msg, exc.code, str(exc))
 
         async def get(i: int) -> bytes | DeadLetter:
@@ -236,7 +232,7 @@ class Pipeline:
         prepared = await asyncio.gather(*(loop.run_in_executor(self.cpu_pool, prepare_chunk, c) for c in chunks))
         for chunk, arrays in zip(chunks, prepared, strict=True):
             for i, arr in zip(chunk, arrays, strict=True):
-                if isinstance(arr, ImageError):
+                if isinstance(arr, BadInput):
                     results[i] = self.dead_letter(messages[i], arr.code, str(arr), events[i])
                 elif isinstance(arr, Exception):
                     single = await self._load(messages[i], events[i])

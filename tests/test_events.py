@@ -78,9 +78,10 @@ def test_label_key_is_stable_and_contained():
     ],
 )
 def test_parse_event_codes(raw, code):
-    from services.pipeline import BadEvent, RawMessage, parse_event
+    from services.errors import BadInput
+    from services.pipeline import RawMessage, parse_event
 
-    with pytest.raises(BadEvent) as err:
+    with pytest.raises(BadInput) as err:
         parse_event(RawMessage("t", 0, 0, None, raw), 65536)
     assert err.value.code.value == code
 

@@ -477,27 +477,6 @@ def test_hostile_records_among_uploads_two_workers_one_restart(tmp_path: Path) -
         stack.close()
 
 
-def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> None:
-    """A model's own error text ("refused", "timeout") must not turn a poison input into an outage."""
-    from tritonclient.utils import InferenceServerException
-
-    from services.inference import InferenceError, TritonLabeler
-    from services.settings import Settings
-    from services.storage import TransientError
-
-    labeler = TritonLabeler(Settings())
-
-    def kind(msg: str, status: str | None) -> type:
-        return type(labeler._classify(InferenceServerException(msg, status=status), "infer"))
-
-    assert kind("poison image refused, connection timed out", "StatusCode.INTERNAL") is InferenceError
-    assert kind("Failed to process: Stub process 'autolabel_0_0' is not healthy.", "StatusCode.INTERNAL") is TransientError
-    assert kind("failed to connect to all addresses", "StatusCode.UNAVAILABLE") is TransientError
-    assert kind("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") is TransientError
-    assert kind("Server disconnected", None) is TransientError  # no gRPC status: message markers
-    assert type(labeler._classify(ConnectionRefusedError(), "infer")) is TransientError
-
-
 def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attempts(tmp_path: Path) -> None:
     """Issue 13: a record that kills the process (no exception to count) used to be retried
     after every restart. Here each worker is SIGKILLed as soon as it has taken that record

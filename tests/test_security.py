@@ -22,10 +22,11 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from services.events import ErrorCode, ImageLocation, ProductImageUploaded, S3Location, label_key
-from services.images import ImageError
+from services.errors import BadInput
 from services.settings import Settings
 from services.sources import check_url, fetch_url
-from services.storage import TransientError, image_key
+from services.errors import TransientError
+from services.storage import image_key
 
 # --- S3 keys derived from product ids ---------------------------------------------------
 
@@ -105,7 +106,7 @@ def _resolving(table: dict[str, list[str]]):  # noqa: ANN202
 
 
 def _refused(url: str, allow: list[str]) -> str:
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         check_url(url, allow)
     assert info.value.code == ErrorCode.url_not_allowed
     return str(info.value)
@@ -229,7 +230,7 @@ def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http)
         return "images.example.com", port, "127.0.0.1"
 
     monkeypatch.setattr(sources, "_resolve_checked", checked_as_public)
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         fetch_url(f"http://images.example.com:{port}/a.jpg", Settings(_env_file=None, url_allow_hosts="images.example.com"))
     assert info.value.code == ErrorCode.image_not_found and "302" in str(info.value)
     assert handler.hits == ["/a.jpg"], "exactly one request: the redirect was not followed"
@@ -239,18 +240,18 @@ def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http)
 
 
 def test_events_over_the_size_limit_are_refused_before_parsing() -> None:
-    from services.pipeline import BadEvent, RawMessage, parse_event
+    from services.pipeline import RawMessage, parse_event
 
     limit = 1024
     huge = b"{" + b" " * (limit + 1)  # not even JSON: the size check comes first
-    with pytest.raises(BadEvent) as info:
+    with pytest.raises(BadInput) as info:
         parse_event(RawMessage("t", 0, 0, b"k", huge), limit)
     assert info.value.code == ErrorCode.event_too_large
     event = ProductImageUploaded(product_id="p1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/a.jpg")),
                                  metadata={"pad": "x" * 200})
     raw = event.to_bytes()
     assert parse_event(RawMessage("t", 0, 0, b"p1", raw), len(raw)).product_id == "p1"  # at the limit: accepted
-    with pytest.raises(BadEvent):
+    with pytest.raises(BadInput):
         parse_event(RawMessage("t", 0, 0, b"p1", raw), len(raw) - 1)
     assert Settings(_env_file=None).max_event_bytes == 64 * 1024
 

@@ -62,7 +62,7 @@ def test_s3_put_get_list_with_signatures(stack_settings):
     loc = storage.put_image(b"\xff\xd8hello", suffix=".jpg")
     assert asyncio.run(LabelStore(settings).get_image(loc, max_bytes=1000)) == b"\xff\xd8hello"
     wrong_store = LabelStore(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong-secret")}))
-    from services.storage import TransientError
+    from services.errors import TransientError
 
     with pytest.raises(TransientError):  # refused credentials are the store's fault, never the event's
         asyncio.run(wrong_store.get_image(loc, max_bytes=1000))
@@ -296,7 +296,8 @@ def test_concurrent_label_writers_cannot_leave_a_stale_record(stack_settings):
     import random
     from datetime import UTC, datetime, timedelta
 
-    from services.storage import LabelStore, Storage, TransientError
+    from services.errors import TransientError
+    from services.storage import LabelStore, Storage
 
     settings, _ = stack_settings
     t = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)

