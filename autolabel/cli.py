@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "autolabel.demo:demo_command",
     "train": "training.cli:train",
     "sweep": "training.cli:sweep",
-    "evaluate": "training.cli:evaluate",
+    "evaluate": "training.evaluate_cli:evaluate",
     "models": "training.export:models",
     "bench": "autolabel.cli:bench",
 }

@@ -7,7 +7,6 @@ build the served models -> stack up -> worker -> publish samples/ -> wait for ev
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 import time

@@ -24,6 +24,25 @@ SAMPLES = ROOT / "samples"
 # --- the stack -------------------------------------------------------------------------
 
 
+def isolated_env(suffix: str | None = None) -> dict[str, str]:
+    """AUTOLABEL_* overrides for a run of its own on a shared stack: fresh topics, consumer
+    group and label prefix, short group timeouts, quick retries, no metrics port."""
+    import uuid
+
+    suffix = suffix or uuid.uuid4().hex[:8]
+    return {
+        "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
+        "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
+        "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
+        "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
+        "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
+        "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
+        "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "AUTOLABEL_METRICS_PORT": "0",
+        "AUTOLABEL_RETRY_INITIAL_S": "0.2",
+        "AUTOLABEL_RETRY_MAX_S": "2",
+    }
+
 class LocalStack:
     """An embedded stack of its own in ``workdir`` (trivial model unless ``repository``)."""
 
@@ -82,7 +101,6 @@ class LocalStack:
 
     def run_env(self, **extra: str) -> dict[str, str]:
         """Environment for one run: fresh topics, group and label prefix on this stack."""
-        from services.topics import isolated_env
 
         suffix = uuid.uuid4().hex[:8]
         env = dict(self.base_env)

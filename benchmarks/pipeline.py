@@ -64,102 +64,24 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
       minus labeled) is sampled every second. The worker kept up when the backlog grew by
       less than 2 % of the events offered after the first quarter of the window.
     """
-    from kafka import KafkaProducer
-
-    from deploy.local.processes import WorkerProcess, free_ports
-    from benchmarks.harness import scrape_metrics
-    from services.events import ImageLocation, ProductImageUploaded
-    from services.topics import read_labels
-    from services.topics import ensure_topics
-
-    suffix = uuid.uuid4().hex[:6]
-    (metrics_port,) = free_ports(1)
-    over = {
-        "topic_images": f"bench-images-{suffix}", "topic_labels": f"bench-labels-{suffix}",
-        "topic_review": f"bench-review-{suffix}", "topic_dlq": f"bench-dlq-{suffix}",
-        "consumer_group": f"bench-{suffix}", "s3_labels_prefix": f"bench-labels-{suffix}/",
-        "triton_model": model, "batch_max_size": batch, "worker_concurrency": concurrency, "metrics_port": metrics_port, "kafka_session_timeout_s": 6,
-    }
-    run_settings = settings.model_copy(update=over)
-    ensure_topics(run_settings)
-    worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
-    worker = WorkerProcess(worker_env, log_dir / f"worker-{model}-{suffix}.log", f"bench-{model}").start()
-    # linger: a load generator at a few hundred events/s would otherwise send a request
-    # every few events and spend more CPU than the worker it measures (same 2 cores)
-    producer = KafkaProducer(**run_settings.kafka_client_kwargs(), acks="all", linger_ms=100 if rate else 5, batch_size=256 * 1024)
-
-    def send(pid: str, i: int) -> None:
-        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=images[i % len(images)]))
-        producer.send(run_settings.topic_images, key=pid.encode(), value=event.to_bytes())
-
-    def send_all(prefix: str, count: int) -> set[str]:
-        pids = [f"{prefix}{i:06d}" for i in range(count)]
-        for i, pid in enumerate(pids):
-            send(pid, i)
-        producer.flush()
-        return set(pids)
-
-    def labeled() -> int:
-        return int(scrape_metrics(metrics_port).get("autolabel_events_out_total", 0))
-
-    def wait(total: int, timeout: float) -> None:
-        """Until the worker has published ``total`` label events: a metrics scrape twice a
-        second (a few ms of CPU each, here and in the worker), no broker or S3 time."""
-        deadline = time.monotonic() + timeout
-        while labeled() < total:
-            if not worker.alive():
-                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"the {model} worker did not label {total} events in {timeout:.0f}s; see {worker.log_path}")
-            time.sleep(0.5)
-
-    def collect(ids: set[str], timeout: float = 120) -> list:
-        """The label events of ``ids``, read from the label topic."""
-        deadline = time.monotonic() + timeout
-        got: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            for e in read_labels(run_settings, idle_s=0.5):
-                if e.product_id in ids:
-                    got.setdefault(e.product_id, e)
-            if len(got) == len(ids):
-                return list(got.values())
-            time.sleep(0.5)
-        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {run_settings.topic_labels} ({model})")
-
-    def offer() -> tuple[set[str], list[tuple[float, int, int]]]:
-        """``rate`` events/s for ``seconds``; (elapsed s, sent, labeled) once a second."""
-        ids: set[str] = set()
-        samples: list[tuple[float, int, int]] = []
-        base = labeled()
-        began = time.monotonic()
-        while (elapsed := time.monotonic() - began) < seconds:
-            while len(ids) < int(elapsed * rate):
-                pid = f"s{len(ids):07d}"
-                send(pid, len(ids))
-                ids.add(pid)
-            if elapsed >= len(samples):
-                samples.append((elapsed, len(ids), labeled() - base))
-            time.sleep(0.005)
-        producer.flush()
-        return ids, samples
-
-    procs = {**servers, "worker": worker.pid, "this benchmark (producer)": os.getpid()}
+    run = _Run(settings, env, model, images, batch, log_dir, concurrency, rate)
+    procs = {**servers, "worker": run.worker.pid, "this benchmark (producer)": os.getpid()}
     try:
-        wait(len(send_all("warm", warmup)), 900)
-        base = labeled()
+        run.wait(len(run.send_all("warm", warmup)), 900)
+        base = run.labeled()
         cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
         t0 = time.time()
+        samples: list[tuple[float, int, int]] = []
         if rate:
-            ids, samples = offer()
+            ids, samples = run.offer(seconds)
             t_sent = time.time()
         else:
-            ids = send_all("p", n_events)
-        wait(base + len(ids), 3600)
+            ids = run.send_all("p", n_events)
+        run.wait(base + len(ids), 3600)
         cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-        events = collect(ids)
+        events = run.collect(ids)
     finally:
-        producer.close()
-        worker.stop()
+        run.close()
     n = len(ids)
     end = max(e.labeled_at.timestamp() for e in events)
     latencies = [e.latency_ms for e in events]
@@ -175,6 +97,102 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         result.update({"offered_per_s": rate, "offered_seconds": seconds, "offered_rate_actual": n / (t_sent - t0),
                        "drain_s": end - t_sent, **backlog_summary(samples, rate)})
     return result
+
+
+class _Run:
+    """One measured worker on topics of its own, and the producer that feeds it."""
+
+    def __init__(self, settings, env: dict[str, str], model: str, images: list, batch: int, log_dir: Path,  # noqa: ANN001
+                 concurrency: int, rate: float) -> None:
+        from kafka import KafkaProducer
+
+        from deploy.local.processes import WorkerProcess, free_ports
+        from services.topics import ensure_topics
+
+        suffix = uuid.uuid4().hex[:6]
+        (self.metrics_port,) = free_ports(1)
+        over = {
+            "topic_images": f"bench-images-{suffix}", "topic_labels": f"bench-labels-{suffix}",
+            "topic_review": f"bench-review-{suffix}", "topic_dlq": f"bench-dlq-{suffix}",
+            "consumer_group": f"bench-{suffix}", "s3_labels_prefix": f"bench-labels-{suffix}/",
+            "triton_model": model, "batch_max_size": batch, "worker_concurrency": concurrency, "metrics_port": self.metrics_port,
+            "kafka_session_timeout_s": 6,
+        }
+        self.model, self.images, self.rate = model, images, rate
+        self.settings = settings.model_copy(update=over)
+        ensure_topics(self.settings)
+        worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
+        self.worker = WorkerProcess(worker_env, log_dir / f"worker-{model}-{suffix}.log", f"bench-{model}").start()
+        # linger: a load generator at a few hundred events/s would otherwise send a request
+        # every few events and spend more CPU than the worker it measures (same 2 cores)
+        self.producer = KafkaProducer(**self.settings.kafka_client_kwargs(), acks="all", linger_ms=100 if rate else 5,
+                                      batch_size=256 * 1024)
+
+    def close(self) -> None:
+        self.producer.close()
+        self.worker.stop()
+
+    def send(self, pid: str, i: int) -> None:
+        from services.events import ImageLocation, ProductImageUploaded
+
+        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=self.images[i % len(self.images)]))
+        self.producer.send(self.settings.topic_images, key=pid.encode(), value=event.to_bytes())
+
+    def send_all(self, prefix: str, count: int) -> set[str]:
+        pids = [f"{prefix}{i:06d}" for i in range(count)]
+        for i, pid in enumerate(pids):
+            self.send(pid, i)
+        self.producer.flush()
+        return set(pids)
+
+    def labeled(self) -> int:
+        from benchmarks.harness import scrape_metrics
+
+        return int(scrape_metrics(self.metrics_port).get("autolabel_events_out_total", 0))
+
+    def wait(self, total: int, timeout: float) -> None:
+        """Until the worker has published ``total`` label events: a metrics scrape twice a
+        second (a few ms of CPU each, here and in the worker), no broker or S3 time."""
+        deadline = time.monotonic() + timeout
+        while self.labeled() < total:
+            if not self.worker.alive():
+                raise click.ClickException(f"the {self.model} worker exited ({self.worker.returncode}); see {self.worker.log_path}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the {self.model} worker did not label {total} events in {timeout:.0f}s; "
+                                           f"see {self.worker.log_path}")
+            time.sleep(0.5)
+
+    def collect(self, ids: set[str], timeout: float = 120) -> list:
+        """The label events of ``ids``, read from the label topic."""
+        from services.topics import read_labels
+
+        deadline = time.monotonic() + timeout
+        got: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            for e in read_labels(self.settings, idle_s=0.5):
+                if e.product_id in ids:
+                    got.setdefault(e.product_id, e)
+            if len(got) == len(ids):
+                return list(got.values())
+            time.sleep(0.5)
+        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {self.settings.topic_labels} ({self.model})")
+
+    def offer(self, seconds: float) -> tuple[set[str], list[tuple[float, int, int]]]:
+        """``rate`` events/s for ``seconds``; (elapsed s, sent, labeled) once a second."""
+        ids: set[str] = set()
+        samples: list[tuple[float, int, int]] = []
+        base = self.labeled()
+        began = time.monotonic()
+        while (elapsed := time.monotonic() - began) < seconds:
+            while len(ids) < int(elapsed * self.rate):
+                pid = f"s{len(ids):07d}"
+                self.send(pid, len(ids))
+                ids.add(pid)
+            if elapsed >= len(samples):
+                samples.append((elapsed, len(ids), self.labeled() - base))
+            time.sleep(0.005)
+        self.producer.flush()
+        return ids, samples
 
 
 def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
@@ -198,7 +216,7 @@ def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
 
 def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: str, n_images: int, batch: int) -> dict[str, float]:
     from services.images import prepare
-    from benchmarks.serving import InProcess, run_batched
+    from benchmarks.inference_paths import InProcess, run_batched
     from services.settings import TASKS
 
     arrays = [prepare(p, size, resize) for p in photos]  # type: ignore[arg-type]

@@ -102,13 +102,7 @@ def run_load(stack: LocalStack, workdir: Path, *, count: int | None, minutes: fl
     feeder = Feeder(settings, images)
     sampler = Sampler(worker, settings, feeder, port, sample_s)
     try:
-        # the worker is up once its metrics answer and its group has joined
-        deadline = time.monotonic() + 120
-        while not scrape_metrics(port) and time.monotonic() < deadline:
-            if not worker.alive():
-                raise click.ClickException(f"the worker exited: {worker.output()[-2000:]}")
-            time.sleep(0.5)
-        time.sleep(max(3.0, settings.kafka_session_timeout_s))
+        _wait_started(worker, port, settings.kafka_session_timeout_s)
         baseline = sampler.sample()
         sampler.t0 = time.time()
         sampler.samples.clear()
@@ -129,18 +123,7 @@ def run_load(stack: LocalStack, workdir: Path, *, count: int | None, minutes: fl
         send_s = time.time() - t_start
         sent = set(feeder.acked)
         log(f"sent {len(sent)} in {send_s:.1f}s ({len(sent) / send_s:.1f}/s); draining ...")
-        deadline = time.monotonic() + drain_s
-        done_since = None
-        while time.monotonic() < deadline:
-            s = sampler.samples[-1] if sampler.samples else {}
-            if (s.get("events_out") or 0) + (s.get("dead_letters") or 0) >= len(sent):
-                done_since = done_since or time.monotonic()
-                # and every offset committed (or the lag unreadable for 30 s)
-                if s.get("lag") == 0 or time.monotonic() - done_since > 30:
-                    break
-            if not worker.alive():
-                break
-            time.sleep(1)
+        _drain(worker, sampler, len(sent), drain_s)
         drain_end = time.time()
         sampler.stop_event.set()
         sampler.join(10)
@@ -155,13 +138,7 @@ def run_load(stack: LocalStack, workdir: Path, *, count: int | None, minutes: fl
     in_flight = [s["in_flight"] for s in sampler.samples if s["in_flight"] is not None]
     lat = [lat for _, lat in result.latencies_ms]
     windows = _windows(result.latencies_ms, t_start, window_s)
-    # RSS growth over the steady part: first full window after warm-up vs the last one
-    steady = [s for s in sampler.samples if s["rss_mb"] and s["t"] >= min(60.0, send_s / 5) and s["t"] <= send_s]
-    growth = None
-    if len(steady) >= 4:
-        head = [s["rss_mb"] for s in steady[: max(2, len(steady) // 10)]]
-        tail = [s["rss_mb"] for s in steady[-max(2, len(steady) // 10):]]
-        growth = (sum(tail) / len(tail)) / (sum(head) / len(head)) - 1
+    growth = _rss_growth(sampler.samples, send_s)
     return {
         "rate_target": rate, "sent": result.sent, "send_s": round(send_s, 1),
         "throughput": round(result.labeled / max(1e-9, (result.latencies_ms[-1][0] if result.latencies_ms else drain_end) - t_start), 1),
@@ -175,6 +152,42 @@ def run_load(stack: LocalStack, workdir: Path, *, count: int | None, minutes: fl
         "outcome": result.summary(), "windows": windows, "samples": sampler.samples,
         "worker_exit": worker.proc.returncode if worker.proc else None,
     }
+
+
+def _wait_started(worker: WorkerProcess, port: int, session_timeout_s: float) -> None:
+    """The worker is up once its metrics answer and its group has joined."""
+    deadline = time.monotonic() + 120
+    while not scrape_metrics(port) and time.monotonic() < deadline:
+        if not worker.alive():
+            raise click.ClickException(f"the worker exited: {worker.output()[-2000:]}")
+        time.sleep(0.5)
+    time.sleep(max(3.0, session_timeout_s))
+
+
+def _drain(worker: WorkerProcess, sampler: Sampler, sent: int, drain_s: float) -> None:
+    """Until every event sent came out (labeled or dead-lettered) and every offset is committed
+    (or the lag unreadable for 30 s), the worker died, or ``drain_s`` passed."""
+    deadline = time.monotonic() + drain_s
+    done_since = None
+    while time.monotonic() < deadline:
+        s = sampler.samples[-1] if sampler.samples else {}
+        if (s.get("events_out") or 0) + (s.get("dead_letters") or 0) >= sent:
+            done_since = done_since or time.monotonic()
+            if s.get("lag") == 0 or time.monotonic() - done_since > 30:
+                return
+        if not worker.alive():
+            return
+        time.sleep(1)
+
+
+def _rss_growth(samples: list[dict], send_s: float) -> float | None:
+    """RSS growth over the steady part: the first full window after warm-up vs the last one."""
+    steady = [s for s in samples if s["rss_mb"] and s["t"] >= min(60.0, send_s / 5) and s["t"] <= send_s]
+    if len(steady) < 4:
+        return None
+    head = [s["rss_mb"] for s in steady[: max(2, len(steady) // 10)]]
+    tail = [s["rss_mb"] for s in steady[-max(2, len(steady) // 10):]]
+    return (sum(tail) / len(tail)) / (sum(head) / len(head)) - 1
 
 
 def _plot(report: dict[str, object], png: Path, title: str) -> None:

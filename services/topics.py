@@ -17,26 +17,6 @@ def topic_names(settings: Settings) -> list[str]:
     return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq]
 
 
-def isolated_env(suffix: str | None = None) -> dict[str, str]:
-    """AUTOLABEL_* overrides for a run of its own on a shared stack: fresh topics, consumer
-    group and label prefix, short group timeouts, quick retries, no metrics port."""
-    import uuid
-
-    suffix = suffix or uuid.uuid4().hex[:8]
-    return {
-        "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
-        "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
-        "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
-        "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
-        "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
-        "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
-        "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "AUTOLABEL_METRICS_PORT": "0",
-        "AUTOLABEL_RETRY_INITIAL_S": "0.2",
-        "AUTOLABEL_RETRY_MAX_S": "2",
-    }
-
-
 def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
     """Create missing topics (partitions = ``topic_partitions``); return the ones created."""
     admin = KafkaAdminClient(**settings.kafka_client_kwargs(), request_timeout_ms=10000)

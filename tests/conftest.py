@@ -9,9 +9,6 @@ the real VGG16 models, on a tiny backbone).
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -76,7 +73,8 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
 def stack_settings(stack: dict[str, object]):  # noqa: ANN201
     """Settings pointing at the session stack, with fresh topics and group for this test."""
     from services.settings import Settings
-    from services.topics import ensure_topics, isolated_env
+    from benchmarks.harness import isolated_env
+    from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     env = dict(stack["env"])  # type: ignore[arg-type]

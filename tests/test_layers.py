@@ -75,7 +75,6 @@ def test_imports_go_one_way(package: str) -> None:
     assert layer_violations(package, files) == []
 
 
-@pytest.mark.xfail(strict=True, reason="modules and functions still over the bounds: split next")
 def test_no_module_or_function_is_too_long() -> None:
     files = {path: source for package in PACKAGES for path, source in _sources(package).items()}
     assert oversized(files) == []

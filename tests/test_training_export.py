@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training import cli
+from training import cli, evaluate_cli
 from training.synthetic import make_fpi
 
 
@@ -37,7 +37,7 @@ def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
     scores = {}
     for name, args in (("served", ["--repository", str(repo)]), ("heads", ["--from-heads"])):
         out = tmp_path / f"{name}.json"
-        r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{data}", "--models", str(models), *args, "--json", str(out), "--quiet"],
+        r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{data}", "--models", str(models), *args, "--json", str(out), "--quiet"],
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output
         scores[name] = json.loads(out.read_text())["tasks"]
