@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from services.settings import TASKS
 
-pytest.importorskip("tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -10,21 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from training import cli, evaluate_cli
+from training.export import build_repository
 from training.synthetic import make_fpi
 
 
-def _build_repository():  # noqa: ANN202
-    try:
-        export = importlib.import_module("training.export")
-    except ModuleNotFoundError:
-        pytest.skip("training/export.py (autolabel models build) is not in this tree yet")
-    if not hasattr(export, "build_repository"):
-        pytest.skip("training.export has no build_repository(models_dir, out_dir, target) yet")
-    return export.build_repository
-
-
 def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
-    build_repository = _build_repository()
     data = tmp_path / "fpi"
     make_fpi(data, n_per_combo=2)
     models, repo = tmp_path / "models", tmp_path / "repo"
