@@ -14,6 +14,8 @@ import sys
 
 import click
 
+from services.endpoints import Unreachable
+from services.errors import AutolabelError
 from services.settings import SettingsError
 
 # name -> "module:attribute" of a click command or group
@@ -130,6 +132,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        line = one_line(exc)
+        if line is None:
+            raise  # a bug: its traceback is what helps
+        click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+
+
+# libraries whose errors mean "a server is away or refused", not a bug in autolabel
+_CLIENT_MODULES = ("kafka", "aiokafka", "botocore", "boto3", "urllib3", "tritonclient", "grpc", "obstore")
+
+
+def one_line(exc: BaseException) -> str | None:
+    """What a person sees of an error: one line for autolabel's own errors and for servers
+    that are away or refuse (broker, S3, Triton); None for anything else (a bug)."""
+    if isinstance(exc, AutolabelError) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "" if isinstance(exc, Unreachable) else " (is the stack up? `autolabel stack status`)"
+        return f"{text[:500]}{hint}"
+    return None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from services.events import ProductLabeled
+from services.endpoints import require_kafka
 from services.settings import load_settings
 from services.topics import read_labels
 
@@ -29,6 +30,7 @@ HEADER = f"{'product_id':<14} {'style':<18} {'gender':<18} {'season':<18} needs_
 def labels_command(follow: bool, product_id: str | None, as_json: bool, review: bool) -> None:
     """Show every label event, in topic order (a product labeled twice shows twice)."""
     settings = load_settings()
+    require_kafka(settings)
     topic = settings.topic_review if review else settings.topic_labels
     if not as_json:
         click.echo(HEADER)

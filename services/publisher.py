@@ -10,6 +10,7 @@ import click
 from kafka import KafkaProducer
 from tqdm import tqdm
 
+from services.endpoints import require_kafka, require_s3
 from services.events import ImageLocation, ProductImageUploaded, validate_product_id
 from services.settings import Settings, load_settings
 from services.storage import Storage
@@ -80,6 +81,8 @@ def publish_command(paths: tuple[Path, ...], product_id: str | None, quiet: bool
         raise click.ClickException("no image files found (looked for .jpg, .jpeg, .png, .webp)")
     if product_id is not None and len(files) != 1:
         raise click.BadParameter(f"applies to exactly one file, got {len(files)}", param_hint="--product-id")
+    require_kafka(settings)  # within seconds, one line, rather than a client's traceback after 30 s
+    require_s3(settings)
     summary = publish_files(settings, files, progress=not quiet, product_ids={files[0]: product_id} if product_id else None)
     for path, why in summary.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
