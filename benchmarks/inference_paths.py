@@ -47,7 +47,8 @@ class PathResult:
 
 def load_images(n: int, size: tuple[int, int], images_dir: Path | None, resize: str, seed: int = 0) -> tuple[np.ndarray, str]:
     """``n`` uint8 images (cycled from ``images_dir`` photos, else seeded noise) and their origin."""
-    files = sorted(p for p in (images_dir.iterdir() if images_dir and images_dir.is_dir() else []) if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    found = images_dir.iterdir() if images_dir and images_dir.is_dir() else []
+    files = sorted(p for p in found if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if files:
         from services.images import prepare
 

@@ -54,7 +54,7 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int,  # noqa: ANN001, PLR0913
+def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int,  # noqa: ANN001
                  servers: dict[str, int], concurrency: int = 2, rate: float = 0.0, seconds: float = 0.0) -> dict:
     """A fresh worker on its own topics, warmed up, then measured in one of two ways.
 
@@ -257,17 +257,26 @@ def markdown(result: dict) -> str:
         "",
         "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
         "|---|---|---|---|---|---|",
-        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f} | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
-        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f} | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
-        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f} | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
-        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f} | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
+        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f}"
+        f" | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
+        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f}"
+        f" | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
+        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f}"
+        f" | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
+        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f}"
+        f" | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
         "",
-        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s; pipeline runs: {rates(p['runs'])} events/s.",
-        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}** (target: sustain 500 per worker) —"
-        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end; the last label {u['drain_s']:.1f} s after the last event was sent.",
+        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s;"
+        f" pipeline runs: {rates(p['runs'])} events/s.",
+        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}**"
+        " (target: sustain 500 per worker) —"
+        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end;"
+        f" the last label {u['drain_s']:.1f} s after the last event was sent.",
         f"- trivial model, burst of {t['events']}: {t['events_per_s']:.0f} events/s end to end.",
-        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
-        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model (batches of {p['batch']}).",
+        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained"
+        f" ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
+        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model"
+        f" (batches of {p['batch']}).",
         "- CPU ms per event of each process (2 cores in all):",
         f"  real model: {_cpu_line(p)};",
         f"  trivial burst: {_cpu_line(t)};",
@@ -295,10 +304,12 @@ def write_doc(path: Path, section: str) -> None:
               help="Pipeline runs of the real model, each followed by a direct run (one direct run comes first).")
 @click.option("--trivial-events", type=click.IntRange(1), default=5000, show_default=True, help="Events of the trivial model's burst.")
 @click.option("--trivial-rate", type=click.FloatRange(1), default=500, show_default=True, help="Events/s offered to the trivial model.")
-@click.option("--trivial-seconds", type=click.FloatRange(4), default=40, show_default=True, help="How long the trivial model is offered --trivial-rate.")
+@click.option("--trivial-seconds", type=click.FloatRange(4), default=40, show_default=True,
+              help="How long the trivial model is offered --trivial-rate.")
 @click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker batch size (AUTOLABEL_BATCH_MAX_SIZE).")
 @click.option("--trivial-batch", type=click.IntRange(1, 256), default=128, show_default=True, help="Worker batch size for the trivial model.")
-@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True, help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
+@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
 @click.option("--broker-storage", type=click.Choice(["memory", "s3"]), default="memory", show_default=True,
               help="Where the embedded broker keeps its log. memory: as a production Kafka, whose log is on its own disks and not"
                    " the worker's S3; s3: Tansu writes every produce request to SeaweedFS on these same cores.")
@@ -306,7 +317,7 @@ def write_doc(path: Path, section: str) -> None:
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
-def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,  # noqa: PLR0913
+def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,
              concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
@@ -334,7 +345,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
             "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
             "AUTOLABEL_STATE_DIR": str(settings.state_dir),
         }
-        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"], "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
+                                           "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
         photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
         storage = Storage(live)
         images = [storage.put_image(p) for p in photos]
@@ -351,11 +363,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         directs, piped = [direct("")], []
         for r in range(rounds):  # interleaved, so a drift in the machine's speed hits both paths alike
             click.echo(f"pipeline, round {r + 1}/{rounds}: {n_events} events through the worker")
-            piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers, concurrency=concurrency))
+            piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers,
+                                      concurrency=concurrency))
             click.echo(f"  {piped[-1]['events_per_s']:.2f} events/s")
             directs.append(direct(f", round {r + 1}/{rounds}"))
         click.echo(f"pipeline, trivial model: a burst of {trivial_events} events")
-        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers, concurrency=concurrency)
+        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
+                               concurrency=concurrency)
         click.echo(f"  {trivial['events_per_s']:.0f} events/s")
         click.echo(f"pipeline, trivial model: {trivial_rate:.0f} events/s offered for {trivial_seconds:.0f} s")
         sustained = run_pipeline(live, env, "trivial", images, 0, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
@@ -363,7 +377,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         click.echo(f"  {'kept up' if sustained['kept_up'] else 'fell behind'}: backlog {sustained['backlog_quarter']} -> {sustained['backlog_end']}")
     finally:
         stack.down(log=lambda m: None)
-    desc = f"{manifest.backbone.name} ({manifest.backbone.weights} weights) at {size[0]}x{size[1]}, {kind} heads, ensemble `autolabel` (one backbone pass)"
+    desc = (f"{manifest.backbone.name} ({manifest.backbone.weights} weights) at {size[0]}x{size[1]}, {kind} heads,"
+            " ensemble `autolabel` (one backbone pass)")
     direct_all, piped_all = _pooled(directs), _pooled(piped, "events")
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, CPU only",

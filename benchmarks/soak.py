@@ -246,7 +246,7 @@ def _common(fn):  # noqa: ANN001, ANN202
     return fn
 
 
-def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title, broker_storage: str = "s3", **load) -> dict[str, object]:  # noqa: ANN001
+def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title, broker_storage: str = "s3", **load) -> dict[str, object]:  # noqa: ANN001, ANN003
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"autolabel-{kind}-"))
     tmp.mkdir(parents=True, exist_ok=True)
     click.echo(f"starting a stack in {tmp} (broker log: {broker_storage}) ...")
@@ -278,8 +278,8 @@ def _run(kind: str, repository, model, delay_ms, workdir, json_path, plot, title
 @click.option("--delay-ms", type=float, default=0, show_default=True,
               help="Trivial model only: sleep per Triton execution (a slow Triton).")
 @_common
-def soak(minutes: float, rate: float | None, burst: int | None, delay_ms: float, repository, model, batch_size,  # noqa: ANN001
-         json_path, plot, workdir, broker_storage) -> None:
+def soak(minutes: float, rate: float | None, burst: int | None, delay_ms: float, repository: Path | None, model: str,
+         batch_size: int | None, json_path: Path | None, plot: Path | None, workdir: Path | None, broker_storage: str) -> None:
     """Fixed-rate load for N minutes: throughput, latency over time, worker RSS, lag, losses.
 
     \b

@@ -85,7 +85,7 @@ class Storage:
     def _call(self, fn, **kwargs):  # noqa: ANN001, ANN003, ANN202
         try:
             return fn(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - an outage becomes TransientError (services.errors)
+        except Exception as exc:
             err = classify_s3_error(exc, fn.__name__)
             if err is exc:
                 raise
@@ -135,7 +135,7 @@ class LabelStore:
             raise
         except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a GET 404
             raise BadInput(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
-        except Exception as exc:  # noqa: BLE001 - anything else is the store, not the event
+        except Exception as exc:
             raise s3_outage(exc, "get") from exc
         if len(data) > max_bytes:
             raise BadInput(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
@@ -223,7 +223,7 @@ class LabelStore:
 
         try:
             return [meta["path"] for chunk in [c async for c in obstore.list(self.store, prefix)] for meta in chunk]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise s3_outage(exc, "list") from exc
 
     async def get_objects(self, keys: list[str]) -> list[bytes | None]:
@@ -239,7 +239,7 @@ class LabelStore:
 
         try:
             return list(await asyncio.gather(*(get(k) for k in keys)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise s3_outage(exc, "get") from exc
 
     async def delete_objects(self, keys: list[str]) -> None:
@@ -250,7 +250,7 @@ class LabelStore:
             await obstore.delete_async(self.store, keys[0] if len(keys) == 1 else keys)
         except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise s3_outage(exc, "delete") from exc
 
     async def _replace_if_newer(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
@@ -266,7 +266,7 @@ class LabelStore:
                 raw, etag = bytes(await got.bytes_async()), got.meta.get("e_tag")
             except (NotFoundError, FileNotFoundError):
                 raw, etag = None, None  # deleted meanwhile: create it again
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise s3_outage(exc, "get") from exc
             if raw is not None:
                 try:
@@ -281,6 +281,6 @@ class LabelStore:
             except (PreconditionError, AlreadyExistsError, FileExistsError):
                 obs.LABEL_WRITE_CONFLICTS.inc()
                 continue  # written by another worker since it was read: compare with that
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise s3_outage(exc, "put") from exc
         raise TransientError(f"S3 {key} changed under this worker {LABEL_WRITE_TRIES} times in a row")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -43,7 +44,7 @@ def read_topic(
     follow: bool = False,
     idle_s: float = 2.0,
     max_wait_s: float | None = None,
-):  # noqa: ANN201 - generator of kafka-python ConsumerRecord
+) -> Iterator[Any]:  # kafka-python ConsumerRecord
     """Yield every record of ``topic`` from the beginning (no consumer group, nothing committed).
 
     Without ``follow`` it stops once every partition's position reached the high watermark

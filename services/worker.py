@@ -62,7 +62,7 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
     return faust.SSLCredentials(ssl_context)
 
 
-def raw_message(event: Any) -> RawMessage:  # noqa: ANN401 - a Faust event
+def raw_message(event: Any) -> RawMessage:
     m = event.message
     return RawMessage(m.topic, m.partition, m.offset, m.key, m.value or b"")
 
@@ -201,7 +201,7 @@ async def _crashed(agent, exc: BaseException) -> None:  # noqa: ANN001
 
 
 class _Worker(faust.Worker):
-    def _schedule_shutdown(self, signal: signal.Signals) -> None:  # noqa: ANN001 - mode's hook for SIGTERM/SIGINT
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
         STOPPER.arm(signal.name)
         super()._schedule_shutdown(signal)
 
@@ -245,12 +245,12 @@ def create_app(settings: Settings) -> faust.App:
             await _crashed(None, exc)
 
     @app.on_partitions_assigned.connect
-    async def _assigned(app, assigned, **kwargs) -> None:  # noqa: ANN001, ARG001
+    async def _assigned(app, assigned, **kwargs) -> None:  # noqa: ANN001, ANN003, ARG001
         if "batches" in runtime:
             runtime["batches"].ledger.stale = True  # markers left by a worker that had these partitions: read them again
 
     @app.on_before_shutdown.connect
-    async def _closing(app, **kwargs) -> None:  # noqa: ANN001, ARG001 - after the consumer stopped
+    async def _closing(app, **kwargs) -> None:  # noqa: ANN001, ANN003, ARG001 - after the consumer stopped
         if "batches" in runtime:
             try:
                 await asyncio.wait_for(runtime["batches"].pipeline.close(), timeout=5)
@@ -268,7 +268,7 @@ def create_app(settings: Settings) -> faust.App:
             await runtime["batches"].consume(stream.noack_take(settings.batch_max_size, within=within), stream.ack)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - stop the process rather than leave this actor dead
+        except Exception as exc:  # stop the process rather than leave this actor dead
             await _crashed(label, exc)
             raise
 

@@ -68,7 +68,7 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
 
 
 @pytest.fixture()
-def stack_settings(stack: dict[str, object]):  # noqa: ANN201
+def stack_settings(stack: dict[str, object]):
     """Settings pointing at the session stack, with fresh topics and group for this test."""
     from services.settings import Settings
     from benchmarks.harness import isolated_env
@@ -84,7 +84,7 @@ def stack_settings(stack: dict[str, object]):  # noqa: ANN201
 
 
 @pytest.fixture()
-def worker_factory(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
+def worker_factory(stack_settings, tmp_path: Path) -> Iterator:
     _, env = stack_settings
     workers: list[WorkerProcess] = []
 
@@ -98,7 +98,7 @@ def worker_factory(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
         w.kill()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()

@@ -210,7 +210,7 @@ class Harness:
 
 
 @pytest.fixture()
-def harness():  # noqa: ANN201
+def harness():
     made: list[Harness] = []
 
     def make(**kwargs: Any) -> Harness:
@@ -240,7 +240,7 @@ def _count(name: str, code: str) -> float:
     return REGISTRY.get_sample_value(name, {"code": code}) or 0.0
 
 
-def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) -> None:  # noqa: ANN001
+def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) -> None:
     """Issue 13: the dead letter of a 1,000,330-byte event used to embed it whole (1.33 MB in
     base64), over the producer's limit, and the worker crashed on it."""
     h = harness()
@@ -255,7 +255,7 @@ def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) ->
     assert dead.original == big.value[: 16 * 1024] and dead.original_sha256 == hashlib.sha256(big.value).hexdigest()
 
 
-def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:  # noqa: ANN001
+def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:
     h = harness(broker_refuses=frozenset({("labels", "refused")}))
     before = _count("autolabel_dead_letters_total", "publish_refused")
     h.emit([(_msg(0, "a"), _label("a")), (_msg(1, "refused"), _label("refused")), (_msg(2, "b"), _label("b"))])
@@ -267,7 +267,7 @@ def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:  # n
     assert _count("autolabel_dead_letters_total", "publish_refused") == before + 1
 
 
-def test_a_record_whose_dead_letter_is_refused_too_is_let_go_not_retried_forever(harness) -> None:  # noqa: ANN001
+def test_a_record_whose_dead_letter_is_refused_too_is_let_go_not_retried_forever(harness) -> None:
     refuses = frozenset({("labels", "doomed"), ("dlq", "doomed"), ("dlq", "bad")})
     h = harness(broker_refuses=refuses)
     before = _count("autolabel_undeliverable_total", "publish_refused")
@@ -280,7 +280,7 @@ def test_a_record_whose_dead_letter_is_refused_too_is_let_go_not_retried_forever
     assert h.retry.attempts == {}, "no attempt count left behind"
 
 
-def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:  # noqa: ANN001
+def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:
     h = harness(fail_first=5)
     retries = REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "publish"}) or 0.0
     h.emit([(_msg(i, f"p{i}"), _label(f"p{i}")) for i in range(4)])
@@ -288,7 +288,7 @@ def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:  
     assert (REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "publish"}) or 0.0) > retries
 
 
-def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> None:  # noqa: ANN001
+def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> None:
     h = harness(max_attempts=3, errors={("labels", "odd"): RuntimeError("serializer bug")})
     h.emit([(_msg(0, "a"), _label("a")), (_msg(1, "odd"), _label("odd"))])
     assert set(h.on("labels")) == {"a"}
@@ -296,7 +296,7 @@ def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> 
     assert dead.code == ErrorCode.processing_failed and dead.attempts == 3 and "serializer bug" in dead.message
 
 
-def test_a_record_too_large_for_the_producer_is_refused_at_send(harness) -> None:  # noqa: ANN001
+def test_a_record_too_large_for_the_producer_is_refused_at_send(harness) -> None:
     """The producer's own check (aiokafka raises in send()), not only the broker's answer."""
     limit = 800
     h = harness(max_request_size=limit)

@@ -436,7 +436,7 @@ def test_worker_metric_names_match_observability_module() -> None:
     for metric in WORKER_METRICS:
         assert metric in names, f"services/observability.py registers no {metric}"
     # The dead-letter counter is labelled by `code`, which the DLQ panel groups by.
-    assert obs.DEAD_LETTERS._labelnames == ("code",)  # noqa: SLF001
+    assert obs.DEAD_LETTERS._labelnames == ("code",)
 
 
 # --- Dockerfile ---------------------------------------------------------------------------

@@ -51,12 +51,14 @@ def test_labeled_requires_every_task_and_consistent_review_flag():
     with pytest.raises(ValidationError):
         ProductLabeled(product_id="1", source_event_id="e", image=loc, labels=labels, model=model, needs_review=False, latency_ms=1)
     with pytest.raises(ValidationError):
-        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels={"style": labels["style"]}, model=model, needs_review=False, latency_ms=1)
+        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels={"style": labels["style"]}, model=model, needs_review=False,
+                       latency_ms=1)
 
 
 def test_dead_letter_keeps_original_bytes():
     raw = b"\xff\x00not json"
-    d = DeadLetter(code=ErrorCode.malformed_json, message="m", original_b64=DeadLetter.encode_original(raw), topic="t", partition=0, offset=3, worker="w")
+    d = DeadLetter(code=ErrorCode.malformed_json, message="m", original_b64=DeadLetter.encode_original(raw), topic="t", partition=0, offset=3,
+                   worker="w")
     assert DeadLetter.model_validate_json(d.to_bytes()).original == raw
 
 

@@ -182,7 +182,7 @@ def _outage(sc: Scenario, component: str, worker: WorkerProcess, outage_s: float
     return t_kill, time.time()
 
 
-def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -196,7 +196,7 @@ def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:  # noqa: ANN00
     assert_no_loss(result)
 
 
-def test_triton_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_triton_down_30s_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -213,7 +213,7 @@ def test_triton_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
     assert_no_loss(result)
 
 
-def test_s3_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_s3_down_30s_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -229,7 +229,7 @@ def test_s3_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
     assert_no_loss(result)
 
 
-def test_worker_sigkill_rebalances_to_the_other(scenario) -> None:  # noqa: ANN001
+def test_worker_sigkill_rebalances_to_the_other(scenario) -> None:
     sc = scenario()
     w1 = sc.worker("w1")
     w2 = sc.worker("w2")
@@ -260,7 +260,7 @@ def _poison_png() -> bytes:
     return buf.getvalue()
 
 
-def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> None:  # noqa: ANN001
+def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> None:
     from services.storage import Storage
 
     attempts = 3

@@ -46,12 +46,12 @@ def test_images() -> np.ndarray:
     return np.stack(photos + extra)
 
 
-def _savedmodel(path: Path):  # noqa: ANN202
+def _savedmodel(path: Path):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
     sig = loaded.signatures["serving_default"]
-    sig._keep = loaded  # noqa: SLF001
+    sig._keep = loaded
     return lambda **kw: {k: v.numpy() for k, v in sig(**{n: tf.constant(a) for n, a in kw.items()}).items()}
 
 
@@ -115,7 +115,7 @@ def test_shared_backbone_gives_the_standalone_probabilities(repos: dict[str, Pat
 def test_onnx_models_give_tensorflows_probabilities(repos: dict[str, Path], test_images: np.ndarray) -> None:
     import onnxruntime as ort
 
-    def onnx(name: str):  # noqa: ANN202
+    def onnx(name: str):
         s = ort.InferenceSession(str(repos["gpu-onnx"] / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
         return lambda **kw: dict(zip([o.name for o in s.get_outputs()], s.run(None, kw), strict=True))
 

@@ -241,7 +241,7 @@ def test_label_record_is_written_once_per_model_version(stack_settings):
     assert Storage(settings).get_label("once-1").latency_ms == 3.0
 
 
-def _upload_label(product_id: str, event_id: str, uploaded_at, version: str = "v1"):  # noqa: ANN001, ANN202
+def _upload_label(product_id: str, event_id: str, uploaded_at, version: str = "v1"):
     from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
 
     lab = TaskLabel(label="men", confidence=0.9, probabilities={"men": 0.9, "women": 0.1}, threshold=0.5, needs_review=False)
@@ -305,7 +305,7 @@ def test_concurrent_label_writers_cannot_leave_a_stale_record(stack_settings):
     random.Random(7).shuffle(uploads)
     stores = [LabelStore(settings) for _ in range(3)]
 
-    async def put(store: LabelStore, upload) -> bool:  # noqa: ANN001
+    async def put(store: LabelStore, upload) -> bool:
         while True:  # as the worker does: a TransientError (S3, or too many conflicts) is retried
             try:
                 return await store.put_label(upload)

@@ -64,7 +64,7 @@ def test_the_tuned_block_changed_and_the_lower_blocks_did_not(joint: dict[str, P
     tuned = BackboneSpec("vgg16", "random", (32, 32), Readout.parse(READOUT), str(joint["models"] / TUNED_FILE))
     a, b = build_backbone(plain), build_backbone(tuned)
 
-    def layer(model, name):  # noqa: ANN001, ANN202
+    def layer(model, name):
         inner = next(x for x in model.layers if hasattr(x, "layers") and any(y.name == name for y in x.layers))
         return inner.get_layer(name).get_weights()[0]
 

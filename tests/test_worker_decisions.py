@@ -142,7 +142,7 @@ class Worker:
         acked: list[int] = []
         msgs = [RawMessage("images", 0, i, None, v) for i, v in enumerate(values)]
 
-        async def batches():  # noqa: ANN202
+        async def batches():
             yield msgs
 
         async def ack(m: RawMessage) -> None:

@@ -282,7 +282,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     old = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
     hist_path.write_text(json.dumps({**old, **histories}) + "\n")
     _print_comparison(comparison)
-    _write_run(run_dir, results, comparison, data, cfg)
+    _write_run(run_dir, results, data, cfg)
     click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
     if fine.blocks:
         click.echo(f"fine-tuned backbone weights in {out / 'backbones'}/ (not committed; the manifest says how to rebuild them)")
@@ -321,7 +321,7 @@ def _fine_tune_note(r: Any) -> str:
             f" {r.fine_tune.learning_rate:g}, {r.fine_tune.epochs} epochs, kept epoch {h.best_epoch}, {h.seconds:.1f}s")
 
 
-def _write_run(run_dir: Path, results: Sequence[Any], comparison: Sequence[tuple[str, Any]], data: str, cfg: Any) -> None:
+def _write_run(run_dir: Path, results: Sequence[Any], data: str, cfg: Any) -> None:
     from training.metrics import confusion
     from training.report import write_report
 

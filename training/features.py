@@ -3,8 +3,9 @@
 The cache lives in ``<root>/<fingerprint>/`` where the fingerprint covers everything that
 changes the features: backbone name, weights source (and the weights file's digest), input
 size and resize mode, and, for fine-tuning, the layer the features are taken at (the
-"cut" below the trained top blocks; absent, i.e. unchanged, for the backbone's output). Inside, each extraction run appends ``shard-*.npz`` files holding
-``digests`` (sha256 of the image bytes: the cache key) and ``features``. A second run with
+"cut" below the trained top blocks; absent, i.e. unchanged, for the backbone's output).
+Inside, each extraction run appends ``shard-*.npz`` files holding ``digests`` (sha256 of
+the image bytes: the cache key) and ``features``. A second run with
 the same settings reads the shards and computes only the images it has not seen.
 """
 
@@ -214,7 +215,8 @@ def extract(
         model = load_backbone(cache.spec, cache.layer)
         pending_d: list[str] = []
         pending_f: list[np.ndarray] = []
-        bar = tqdm(total=len(todo), desc=f"features {cache.spec.describe()}{' @' + cache.layer if cache.layer else ''}", unit="img", disable=not progress)
+        desc = f"features {cache.spec.describe()}{' @' + cache.layer if cache.layer else ''}"
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch_idx, arrays = [], []
             for i in todo[start : start + batch_size]:

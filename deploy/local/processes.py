@@ -139,7 +139,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         # `python -m autolabel`: the front door of this interpreter and this code tree
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "autolabel", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+            self.proc = subprocess.Popen([sys.executable, "-m", "autolabel", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=ROOT)
         return self
 
