@@ -38,6 +38,8 @@ COPY pyproject.toml README.m[d] ./
 COPY services ./services
 COPY training ./training
 COPY deploy ./deploy
+COPY benchmarks ./benchmarks
+COPY autolabel ./autolabel
 
 RUN pip install --upgrade pip wheel \
  && pip wheel --no-deps --wheel-dir /wheels . \

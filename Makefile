@@ -26,6 +26,9 @@ test: install
 test-faults: install
 	$(PY) -m pytest -m faults tests
 
+lint: install
+	$(VENV)/bin/ruff check .
+
 clean:
 	-$(AUTOLABEL) stack down
 	rm -rf .autolabel model_repository/*/ .pytest_cache

@@ -1,6 +1,6 @@
 """Attempt counts that survive the worker process: a record that kills it is dead-lettered.
 
-A record whose handling *raises* is counted in memory (:meth:`Pipeline.settle`). One that
+A record whose handling *raises* is counted in memory (:meth:`services.retry.Retry.settle`). One that
 kills the process (a segfault in a native library, the OOM killer, a hang ended by the
 supervisor) leaves no exception to count; after a restart it is consumed again from the
 last commit. So each batch is announced before it is handled:

@@ -24,7 +24,7 @@ Subject = ProductImageUploaded | ProductLabeled | DeadLetter | None
 
 
 class Record(Protocol):
-    """A consumed Kafka record (:class:`services.pipeline.RawMessage`)."""
+    """A consumed Kafka record (:class:`services.events.RawMessage`)."""
 
     @property
     def topic(self) -> str: ...

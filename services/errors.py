@@ -6,19 +6,19 @@ each kind the same way wherever it happens (fetch, decode, inference, publish):
 - :class:`TransientError`: the infrastructure (broker, S3, Triton, the network) is away,
   throttled or overloaded. Retried with capped backoff, forever; the record's offset is
   not committed meanwhile. Never dead-lettered.
-- :class:`BadInput`: the record's own fault (an unparseable event, a bad photo, an output
-  the broker refuses whatever the retry). Dead-lettered at once with its
+- :class:`BadInput`: the record's own fault (an unparseable event, a bad photo, a refused
+  URL, an output the broker refuses whatever the retry). Dead-lettered at once with its
   :class:`~services.events.ErrorCode`.
-- anything else: a failed attempt; after ``AUTOLABEL_MAX_ATTEMPTS`` the record is
-  dead-lettered ``processing_failed``, so no record can block its partition.
+- anything else (:class:`InferenceError` among them): a failed attempt; after
+  ``AUTOLABEL_MAX_ATTEMPTS`` the record is dead-lettered ``processing_failed``, so no
+  record can block its partition.
 
-The loop applying this is :meth:`services.pipeline.Pipeline.settle`. Library exceptions
-become these kinds through the classifiers here: :func:`classify_publish_error` (Kafka
-producer, through Faust) and :func:`is_transient_s3_error` (botocore). Three still
-classify where they call their library, raising these same classes: Triton's errors in
-``TritonLabeler._classify`` (:mod:`services.inference`, by gRPC status code; its
-``InferenceError`` is a counted attempt), obstore's in :class:`services.storage.LabelStore`
-and URL fetches in :mod:`services.sources`.
+The loop applying this is :class:`services.retry.Retry`. Library exceptions become these
+kinds through the classifiers here, one per kind of server: :func:`classify_publish_error`
+(Kafka producer, through Faust), :func:`classify_s3_error` (botocore; obstore's errors
+other than "not found" are all outages: :func:`s3_outage`), :func:`classify_triton_error`
+(tritonclient, by gRPC or HTTP status, never by the words of a message the served model
+may write) and :func:`transient_http_status` (URL fetches).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from services.events import ErrorCode
 
 __all__ = [
-    "AutolabelError", "BadInput", "TransientError", "classify_publish_error", "is_transient_s3_error",
+    "AutolabelError", "BadInput", "InferenceError", "ModelMissing", "TransientError", "classify_publish_error",
+    "classify_s3_error", "classify_triton_error", "is_transient_s3_error", "s3_outage", "transient_http_status",
 ]
 
 
@@ -46,6 +47,20 @@ class BadInput(AutolabelError, ValueError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class InferenceError(AutolabelError, RuntimeError):
+    """Triton answered but refused this input: not transient, counts as a failed attempt."""
+
+
+class ModelMissing(TransientError):
+    """Triton does not serve the model any more (its repository changed): find out what it
+    serves again, and retry."""
+
+
+def transient_http_status(status: int) -> bool:
+    """An HTTP status worth retrying: a 5xx, or 429 (throttled)."""
+    return status >= 500 or status == 429
 
 
 # Kafka errors (aiokafka and kafka-python share these names) that say this one record can
@@ -96,5 +111,52 @@ def is_transient_s3_error(exc: Exception) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or status == 429 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}
+        return transient_http_status(status) or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}
     return False
+
+
+def classify_s3_error(exc: Exception, what: str) -> Exception:
+    """A boto3 call's failure: an outage -> :class:`TransientError`; anything else as it is."""
+    if is_transient_s3_error(exc) or isinstance(exc, OSError):
+        return TransientError(f"S3 {what} failed: {exc}")
+    return exc
+
+
+def s3_outage(exc: BaseException, what: str) -> TransientError:
+    """An obstore failure that is not "no such key": the store is away, never the record's fault."""
+    return TransientError(f"S3 {what} failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+# gRPC status codes that mean "Triton (or the way to it) is away or busy": retried forever
+_GRPC_TRANSIENT = frozenset({
+    "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.CANCELLED", "StatusCode.ABORTED", "StatusCode.UNKNOWN",
+})
+# Triton's own words (status INTERNAL) when a Python-backend stub process died; it restarts it
+_STUB_DOWN = ("Stub process", "is not healthy")
+# Triton's own words for a model it does not serve (gRPC NOT_FOUND; over HTTP a 400)
+_MODEL_MISSING = "request for unknown model"
+
+
+def classify_triton_error(exc: BaseException, what: str) -> TransientError | InferenceError:
+    """A tritonclient failure, as :class:`TransientError` (:class:`ModelMissing` when the
+    model is gone from the repository) or :class:`InferenceError` (a counted attempt).
+
+    Decided by the answer's status (a gRPC status code, or an HTTP status): Triton away,
+    busy or timing out is transient; an answer refusing the input is not, whatever its
+    message says. Without an answer (no status), a socket error, a timeout or an aiohttp
+    client error is transient.
+    """
+    text = str(exc)
+    message = f"Triton {what} failed: {text[:300]}"
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    if isinstance(status, str) and status:
+        if status == "StatusCode.NOT_FOUND" or _MODEL_MISSING in text.lower():
+            return ModelMissing(message)
+        if status.startswith("StatusCode."):
+            transient = status in _GRPC_TRANSIENT or (status == "StatusCode.INTERNAL" and all(m in text for m in _STUB_DOWN))
+        else:
+            transient = status.isdigit() and transient_http_status(int(status))
+    else:
+        transient = isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("aiohttp")
+    return TransientError(message) if transient else InferenceError(message)

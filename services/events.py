@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -19,6 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # A product id becomes part of S3 keys and Kafka keys: keep it to a safe alphabet.
 PRODUCT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One consumed Kafka record, as it came: where it sits and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    @property
+    def ref(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
 
 
 def _now() -> datetime:
@@ -202,6 +218,9 @@ class DeadLetter(_Event):
     @staticmethod
     def encode_original(raw: bytes) -> str:
         return base64.b64encode(raw).decode()
+
+
+Outcome = ProductLabeled | DeadLetter  # what handling one consumed record comes to
 
 
 def supersedes(new: ProductLabeled, stored: ProductLabeled) -> bool:

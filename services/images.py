@@ -21,10 +21,6 @@ ResizeMode = Literal["pad", "stretch"]
 PAD_COLOR = (255, 255, 255)  # catalog photos sit on white
 
 
-class ImageError(BadInput):
-    """The bytes are not a usable photo; ``code`` says why (dead-letter code)."""
-
-
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 10 * 1024 * 1024
@@ -39,9 +35,9 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     Palette, alpha (composited on white), CMYK, grayscale and 16-bit inputs become RGB.
     """
     if not data:
-        raise ImageError(ErrorCode.image_empty, "image is empty (0 bytes)")
+        raise BadInput(ErrorCode.image_empty, "image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageError(
+        raise BadInput(
             ErrorCode.image_too_large, f"image has {len(data)} bytes, limit {limits.max_bytes}"
         )
     try:
@@ -50,21 +46,21 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > limits.max_pixels:
-                raise ImageError(
+                raise BadInput(
                     ErrorCode.image_too_many_pixels,
                     f"image claims {width}x{height} pixels, limit {limits.max_pixels}",
                 )
             if img.format not in {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}:
-                raise ImageError(ErrorCode.image_unsupported, f"unsupported format {img.format}")
+                raise BadInput(ErrorCode.image_unsupported, f"unsupported format {img.format}")
             img.load()
-    except ImageError:
+    except BadInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(ErrorCode.image_too_many_pixels, str(exc)) from None
+        raise BadInput(ErrorCode.image_too_many_pixels, str(exc)) from None
     except UnidentifiedImageError:
-        raise ImageError(ErrorCode.image_unreadable, "not a recognised image format") from None
+        raise BadInput(ErrorCode.image_unreadable, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(ErrorCode.image_unreadable, f"cannot decode image: {exc}") from None
+        raise BadInput(ErrorCode.image_unreadable, f"cannot decode image: {exc}") from None
     img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 

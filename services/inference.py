@@ -8,30 +8,17 @@ model version and weight source come from the served configs (docs/model-reposit
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.errors import InferenceError, ModelMissing, classify_triton_error
 from services.events import ModelInfo
 from services.images import ResizeMode
 from services.settings import TASKS, Settings
-from services.storage import TransientError
 from services.titles import title_bytes
 
-
-# gRPC status codes that mean "Triton (or the way to it) is away or busy": retried forever
-_GRPC_TRANSIENT = frozenset({
-    "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
-    "StatusCode.CANCELLED", "StatusCode.ABORTED", "StatusCode.UNKNOWN",
-})
-# Triton's own words when a Python-backend stub process died (it restarts it): transient
-_STUB_DOWN = ("Stub process", "is not healthy")
-
-
-class InferenceError(RuntimeError):
-    """Triton answered but refused this input: not transient, counts as a failed attempt."""
-
+__all__ = ["Call", "InferenceError", "ServedModel", "TritonLabeler", "describe", "parse_class_thresholds", "parse_threshold"]
 
 @dataclass(frozen=True)
 class Call:
@@ -198,30 +185,14 @@ class TritonLabeler:
             for name in wanted:
                 cfg = await client.get_model_config(name, as_json=True) if self._grpc else await client.get_model_config(name)
                 configs[name] = cfg.get("config", cfg)
-        except Exception as exc:  # noqa: BLE001 - classify below
-            raise self._classify(exc, "discover") from exc
+        except Exception as exc:
+            raise classify_triton_error(exc, "discover") from exc
         self.served = describe(self.settings.triton_model, configs)
         return self.served
 
     @property
     def _grpc(self) -> bool:
         return self.settings.triton_protocol.value == "grpc"
-
-    def _classify(self, exc: Exception, what: str) -> Exception:
-        text = str(exc)
-        status = exc.status() if callable(getattr(exc, "status", None)) else None
-        if isinstance(status, str) and status.startswith("StatusCode."):
-            # a gRPC answer: decide by its status code, never by words in the message, which
-            # the served model may write (an input "refused" by the model is not an outage)
-            transient = status in _GRPC_TRANSIENT or (status == "StatusCode.INTERNAL" and any(m in text for m in _STUB_DOWN))
-        else:
-            transient_markers = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connect", "connect", "refused", "timed out",
-                                 "Timeout", "unavailable", "Broken pipe", "reset by peer", "not ready", "Socket closed",
-                                 "RESOURCE_EXHAUSTED", "CANCELLED", "failed to connect", "Server disconnected", "UNKNOWN")
-            transient = isinstance(exc, (OSError, asyncio.TimeoutError)) or any(m in text for m in transient_markers)
-        if transient:
-            return TransientError(f"Triton {what} failed: {text[:300]}")
-        return InferenceError(f"Triton {what} failed: {text[:300]}")
 
     async def infer(self, images: np.ndarray, titles: list[str] | None = None) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) and the N titles ('' for none; services.titles.clean_title) -> {task: (N, C)
@@ -255,12 +226,10 @@ class TritonLabeler:
                 resp = await client.infer(call.model, inputs, outputs=outs, **kwargs)
                 for name, task in call.outputs.items():
                     results[task] = resp.as_numpy(name)
-        except Exception as exc:  # noqa: BLE001
-            err = self._classify(exc, "infer")
-            lowered = str(exc).lower()
-            if isinstance(err, InferenceError) and ("not found" in lowered or "unknown model" in lowered):
+        except Exception as exc:
+            err = classify_triton_error(exc, "infer")
+            if isinstance(err, ModelMissing):
                 self.served = None  # the repository changed: discover again, and retry
-                raise TransientError(str(err)) from exc
             raise err from exc
         for task, probs in results.items():
             if probs is None or probs.shape[0] != images.shape[0]:

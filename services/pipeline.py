@@ -7,9 +7,9 @@
 - Anything else is a failed attempt; after ``max_attempts`` attempts on the same event
   (a poison message) it is dead-lettered with ``processing_failed``.
 
-:meth:`Pipeline.settle` is that decision (:mod:`services.errors` says which error is
-which); the worker's publishing goes through it too. Publishing and storing happen in
-:mod:`services.worker`; nothing here commits offsets.
+That decision is :class:`services.retry.Retry` (:mod:`services.errors` says which error
+is which); the worker's output goes through the same policy. Publishing and storing happen
+in :mod:`services.output`; nothing here commits offsets.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -26,12 +25,12 @@ import numpy as np
 from pydantic import ValidationError
 
 from services import observability as obs
-from services.dead_letters import Subject, build_dead_letter, subject_ids
-from services.errors import BadInput, TransientError
-from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled, TaskLabel
-from services.images import ImageError, ImageLimits, prepare
-from services.inference import InferenceError, TritonLabeler
+from services.errors import BadInput, InferenceError
+from services.events import DeadLetter, ErrorCode, Outcome, ProductImageUploaded, ProductLabeled, RawMessage, TaskLabel
+from services.images import ImageLimits, prepare
+from services.inference import TritonLabeler
 from services.labeling import label_batch, resolve_thresholds, resolve_title_thresholds
+from services.retry import Retry
 from services.settings import TASKS, Settings
 from services.sources import fetch
 from services.storage import LabelStore
@@ -40,59 +39,30 @@ from services.titles import clean_title, has_words
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-    @property
-    def ref(self) -> tuple[str, int, int]:
-        return (self.topic, self.partition, self.offset)
-
-
-Outcome = ProductLabeled | DeadLetter
-
-
-class Backoff:
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum, self.delay = initial, maximum, initial
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.maximum, self.delay * 2)
-
 
 def parse_event(msg: RawMessage, max_bytes: int) -> ProductImageUploaded:
-    """Raw bytes -> event, or :class:`BadEvent` with a dead-letter code."""
+    """Raw bytes -> event, or :class:`BadInput` with a dead-letter code."""
     if len(msg.value) > max_bytes:
-        raise BadEvent(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
+        raise BadInput(ErrorCode.event_too_large, f"event has {len(msg.value)} bytes, limit {max_bytes}")
     try:
         return ProductImageUploaded.model_validate_json(msg.value)  # JSON parsed and checked in one pass
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
-            raise BadEvent(ErrorCode.malformed_json, f"not JSON: {errors[0]['msg']}") from None
+            raise BadInput(ErrorCode.malformed_json, f"not JSON: {errors[0]['msg']}") from None
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        raise BadEvent(ErrorCode.schema_invalid, detail) from None
-
-
-class BadEvent(BadInput):
-    """The record is not a usable ProductImageUploaded; ``code`` says why."""
+        raise BadInput(ErrorCode.schema_invalid, detail) from None
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, store: LabelStore, labeler: TritonLabeler) -> None:
+    def __init__(self, settings: Settings, store: LabelStore, labeler: TritonLabeler, retry: Retry) -> None:
         self.settings = settings
         self.store = store
         self.labeler = labeler
+        self.retry = retry
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="url")
         self.cpu_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        self.attempts: dict[tuple[str, int, int], int] = {}
-        self.log = obs.get_logger(worker=settings.worker_name)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -106,85 +76,26 @@ class Pipeline:
         served = self.labeler.served
         return resolve_title_thresholds({t: self.settings.threshold(t) for t in TASKS}, served.title_thresholds if served else {})
 
-    def dead_letter(self, msg: RawMessage, code: ErrorCode, message: str, event: Subject = None) -> DeadLetter:
-        """The dead letter of ``msg`` (bounded in size: :mod:`services.dead_letters`)."""
-        obs.DEAD_LETTERS.labels(code=code.value).inc()
-        self.log.warning("dead_letter", code=code.value, reason=message[:300], partition=msg.partition, offset=msg.offset,
-                         size=len(msg.value), **subject_ids(event))
-        s = self.settings
-        return build_dead_letter(msg, code, message, subject=event, worker=s.worker_name, attempts=self.tries(msg),
-                                 bucket=s.s3_bucket, max_original_bytes=s.dead_letter_max_original_bytes)
-
     def crashed(self, msg: RawMessage, failed: int) -> DeadLetter:
         """The dead letter of a record the worker process died handling ``failed`` times
         (counted across restarts by :mod:`services.attempts`)."""
         try:
             event: ProductImageUploaded | None = parse_event(msg, self.settings.max_event_bytes)
-        except BadEvent:
+        except BadInput:
             event = None
-        self.attempts[msg.ref] = failed - 1  # tries() adds the last one
-        return self.dead_letter(msg, ErrorCode.processing_failed,
-                                f"the worker process died {failed} times while handling this record", event)
-
-    def tries(self, msg: RawMessage) -> int:
-        """How many times ``msg`` was tried, this last try included; forgets its count."""
-        return self.attempts.pop(msg.ref, 0) + 1
-
-    def _transient(self, stage: str, exc: TransientError, backoff: Backoff | None) -> Backoff:
-        obs.RETRIES.labels(stage=stage).inc()
-        backoff = backoff or Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
-        self.log.warning("transient_failure", stage=stage, error=str(exc)[:300], retry_in_s=backoff.delay)
-        return backoff
-
-    async def retry_transient(self, stage: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await ``fn()`` until it does not raise TransientError (capped backoff, forever)."""
-        backoff: Backoff | None = None  # made on the first failure: the happy path allocates nothing
-        while True:
-            try:
-                return await fn()
-            except TransientError as exc:
-                backoff = self._transient(stage, exc, backoff)
-                await backoff.sleep()
-
-    async def settle(self, msg: RawMessage, event: Subject, stage: str, fn: Callable[[], Awaitable[T]]) -> T | BadInput:
-        """Await ``fn()`` until it succeeds, or until ``msg`` is found at fault (the returned BadInput).
-
-        The one decision on an error while handling a record: transient -> retried with
-        backoff, forever; bad input -> the record's fault at once; anything else -> a
-        counted attempt, and after ``max_attempts`` the record's fault (``processing_failed``).
-        """
-        transient: Backoff | None = None
-        failed: Backoff | None = None
-        while True:
-            try:
-                return await fn()
-            except TransientError as exc:
-                transient = self._transient(stage, exc, transient)
-                await transient.sleep()
-            except BadInput as exc:
-                return exc
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed attempt, whatever it is
-                n = self.attempts.get(msg.ref, 0) + 1
-                self.attempts[msg.ref] = n
-                self.log.error("processing_failed", stage=stage, attempt=n, error=repr(exc)[:300], **subject_ids(event))
-                if n >= self.settings.max_attempts:
-                    self.attempts[msg.ref] = n - 1  # tries() adds this last one
-                    return BadInput(ErrorCode.processing_failed, f"{stage}: {exc!r} (after {n} attempts)")
-                failed = failed or Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
-                await failed.sleep()
-                transient = None  # a new attempt starts its transient backoff afresh
+        self.retry.attempts[msg.ref] = failed - 1  # tries() adds the last one
+        return self.retry.dead_letter(msg, ErrorCode.processing_failed,
+                                      f"the worker process died {failed} times while handling this record", event)
 
     async def _attempt(self, msg: RawMessage, event: ProductImageUploaded | None, stage: str, fn: Callable[[], Awaitable[T]]) -> T | DeadLetter:
-        """:meth:`settle`, with the record's fault as its dead letter."""
-        result = await self.settle(msg, event, stage, fn)
-        return self.dead_letter(msg, result.code, str(result), event) if isinstance(result, BadInput) else result
+        """:meth:`Retry.settle`, with the record's fault as its dead letter."""
+        result = await self.retry.settle(msg, event, stage, fn)
+        return self.retry.dead_letter(msg, result.code, str(result), event) if isinstance(result, BadInput) else result
 
     async def _load(self, msg: RawMessage, event: ProductImageUploaded) -> np.ndarray | DeadLetter:
         """Fetch and prepare one photo as a counted attempt (the slow path; see :meth:`_load_all`)."""
         loop = asyncio.get_running_loop()
-        served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
+        served = self.labeler.served or await self.retry.forever("discover", self.labeler.discover)
 
         async def load() -> np.ndarray:
             data = await fetch(event.image, self.store, self.settings, self.io_pool)
@@ -199,18 +110,18 @@ class Pipeline:
         a photo it cannot settle (missing, too large, S3 down, a URL) is fetched on its own
         with retries and counted attempts. Photos are decoded in ``decode_threads`` chunks,
         one executor hop per chunk rather than one per photo. A photo whose decoding fails
-        in an unexpected way (not an :class:`ImageError`) takes the one-by-one path with
+        in an unexpected way (not an :class:`BadInput`) takes the one-by-one path with
         counted attempts.
         """
         loop = asyncio.get_running_loop()
-        served = self.labeler.served or await self.retry_transient("discover", self.labeler.discover)
+        served = self.labeler.served or await self.retry.forever("discover", self.labeler.discover)
         results: list[tuple[ProductImageUploaded, np.ndarray] | DeadLetter | None] = [None] * len(messages)
         events: dict[int, ProductImageUploaded] = {}
         for i, msg in enumerate(messages):
             try:
                 events[i] = parse_event(msg, self.settings.max_event_bytes)
-            except BadEvent as exc:
-                results[i] = self.dead_letter(msg, exc.code, str(exc))
+            except BadInput as exc:
+                results[i] = self.retry.dead_letter(msg, exc.code, str(exc))
 
         async def get(i: int) -> bytes | DeadLetter:
             event = events[i]
@@ -243,8 +154,8 @@ class Pipeline:
         prepared = await asyncio.gather(*(loop.run_in_executor(self.cpu_pool, prepare_chunk, c) for c in chunks))
         for chunk, arrays in zip(chunks, prepared, strict=True):
             for i, arr in zip(chunk, arrays, strict=True):
-                if isinstance(arr, ImageError):
-                    results[i] = self.dead_letter(messages[i], arr.code, str(arr), events[i])
+                if isinstance(arr, BadInput):
+                    results[i] = self.retry.dead_letter(messages[i], arr.code, str(arr), events[i])
                 elif isinstance(arr, Exception):
                     single = await self._load(messages[i], events[i])
                     results[i] = single if isinstance(single, DeadLetter) else (events[i], single)
@@ -259,7 +170,7 @@ class Pipeline:
             obs.TRITON_LATENCY.observe(time.perf_counter() - started)
             return out
 
-        return await self.retry_transient("infer", call)
+        return await self.retry.forever("infer", call)
 
     async def process(self, messages: list[RawMessage]) -> list[Outcome]:
         """Outcomes in the order of ``messages``: a label event or a dead letter for each one."""
@@ -279,7 +190,7 @@ class Pipeline:
             labeled = dict(zip(good, self._label(rows, [titles[i] for i in good]), strict=True))
         except (InferenceError, ValueError) as exc:
             # one bad input must not sink the batch: infer one by one, counting attempts
-            self.log.warning("batch_inference_failed", error=str(exc)[:300], size=len(good))
+            self.retry.log.warning("batch_inference_failed", error=str(exc)[:300], size=len(good))
             labeled = {}
             for i, arr in zip(good, arrays, strict=True):
                 event = loaded[i][0]  # type: ignore[index]
@@ -299,7 +210,7 @@ class Pipeline:
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
                 uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]),
             )
-            self.attempts.pop(messages[i].ref, None)
+            self.retry.attempts.pop(messages[i].ref, None)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -316,7 +227,9 @@ class Pipeline:
         assert served is not None
         return label_batch(probs, served.classes, self.thresholds, self.title_thresholds, [self._read_title(t) for t in titles])
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """At shutdown: stop the pools and close the Triton client."""
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        await self.labeler.close()
 

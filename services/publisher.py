@@ -10,6 +10,7 @@ import click
 from kafka import KafkaProducer
 from tqdm import tqdm
 
+from services.endpoints import require_kafka, require_s3
 from services.events import ImageLocation, ProductImageUploaded, validate_product_id
 from services.settings import Settings, load_settings
 from services.storage import Storage
@@ -125,6 +126,8 @@ def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_cs
         ids = {(product_id if product_id else f.stem) for f in files}
         missing = len(ids - set(metadata))
         click.echo(f"metadata: {len(ids) - missing} of {len(ids)} product(s) have a row in {metadata_csv}", err=True)
+    require_kafka(settings)  # within seconds, one line, rather than a client's traceback after 30 s
+    require_s3(settings)
     summary = publish_files(settings, files, progress=not quiet, product_ids={files[0]: product_id} if product_id else None,
                             metadata=metadata)
     for path, why in summary.skipped:

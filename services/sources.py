@@ -17,9 +17,9 @@ from concurrent.futures import Executor
 from urllib.parse import urlsplit
 
 from services.events import ErrorCode, ImageLocation
-from services.images import ImageError
 from services.settings import Settings
-from services.storage import LabelStore, TransientError
+from services.errors import BadInput, TransientError, transient_http_status
+from services.storage import LabelStore
 
 
 def _public(address: str) -> bool:
@@ -34,7 +34,7 @@ def _public(address: str) -> bool:
 
 
 def check_url(url: str, allow_hosts: list[str]) -> tuple[str, int]:
-    """Refuse (ImageError url_not_allowed) a URL that may not be fetched; return (host, port)."""
+    """Refuse (BadInput url_not_allowed) a URL that may not be fetched; return (host, port)."""
     host, port, _ = _resolve_checked(url, allow_hosts)
     return host, port
 
@@ -44,11 +44,11 @@ def _resolve_checked(url: str, allow_hosts: list[str]) -> tuple[str, int, str]:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in {"http", "https"} or not host:
-        raise ImageError(ErrorCode.url_not_allowed, "only http(s) URLs with a host are accepted")
+        raise BadInput(ErrorCode.url_not_allowed, "only http(s) URLs with a host are accepted")
     if parts.username or parts.password:
-        raise ImageError(ErrorCode.url_not_allowed, "URLs with credentials are refused")
+        raise BadInput(ErrorCode.url_not_allowed, "URLs with credentials are refused")
     if host not in allow_hosts:
-        raise ImageError(ErrorCode.url_not_allowed, f"host {host!r} is not on AUTOLABEL_URL_ALLOW_HOSTS")
+        raise BadInput(ErrorCode.url_not_allowed, f"host {host!r} is not on AUTOLABEL_URL_ALLOW_HOSTS")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
@@ -57,7 +57,7 @@ def _resolve_checked(url: str, allow_hosts: list[str]) -> tuple[str, int, str]:
     addresses = sorted({info[4][0] for info in infos})
     blocked = [a for a in addresses if not _public(a)]
     if blocked or not addresses:
-        raise ImageError(ErrorCode.url_not_allowed, f"host {host!r} resolves to non-public address(es) {blocked}")
+        raise BadInput(ErrorCode.url_not_allowed, f"host {host!r} resolves to non-public address(es) {blocked}")
     return host, port, addresses[0]
 
 
@@ -94,18 +94,18 @@ def fetch_url(url: str, settings: Settings) -> bytes:
     try:
         conn.request("GET", target, headers={"User-Agent": "autolabel", "Accept": "image/*"})
         resp = conn.getresponse()
-        if resp.status >= 500 or resp.status == 429:
+        if transient_http_status(resp.status):
             raise TransientError(f"{url}: HTTP {resp.status}")
         if resp.status != 200:
             note = " (redirects are not followed)" if 300 <= resp.status < 400 else ""
-            raise ImageError(ErrorCode.image_not_found, f"{url}: HTTP {resp.status}{note}")
+            raise BadInput(ErrorCode.image_not_found, f"{url}: HTTP {resp.status}{note}")
         data = resp.read(settings.max_image_bytes + 1)
     except (http.client.HTTPException, OSError) as exc:
         raise TransientError(f"{url}: {exc}") from exc
     finally:
         conn.close()
     if len(data) > settings.max_image_bytes:
-        raise ImageError(ErrorCode.image_too_large, f"image is over {settings.max_image_bytes} bytes")
+        raise BadInput(ErrorCode.image_too_large, f"image is over {settings.max_image_bytes} bytes")
     return data
 
 

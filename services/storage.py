@@ -19,12 +19,11 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from services.errors import TransientError, is_transient_s3_error
+from services.errors import BadInput, TransientError, classify_s3_error, s3_outage
 from services import observability as obs
 from services.events import ErrorCode, ProductLabeled, S3Location, label_key, supersedes
-from services.images import ImageError
 from services.settings import Settings
 
 
@@ -86,12 +85,11 @@ class Storage:
     def _call(self, fn, **kwargs):  # noqa: ANN001, ANN003, ANN202
         try:
             return fn(**kwargs)
-        except ClientError as exc:
-            if is_transient_s3_error(exc):
-                raise TransientError(f"S3 {fn.__name__} failed: {exc}") from exc
-            raise
-        except (BotoCoreError, OSError) as exc:
-            raise TransientError(f"S3 unreachable: {exc}") from exc
+        except Exception as exc:
+            err = classify_s3_error(exc, fn.__name__)
+            if err is exc:
+                raise
+            raise err from exc
 
 
 class LabelStore:
@@ -120,31 +118,27 @@ class LabelStore:
             retry_config={"max_retries": 1, "backoff": {"init_backoff": timedelta(milliseconds=100)}, "retry_timeout": timedelta(seconds=5)},
         )
 
-    @staticmethod
-    def _transient(exc: Exception, what: str) -> TransientError:
-        return TransientError(f"S3 {what} failed: {type(exc).__name__}: {str(exc)[:300]}")
-
     async def get_image(self, location: S3Location, max_bytes: int) -> bytes:
-        """The photo's bytes. Bad input raises ImageError (dead letter); outages TransientError."""
+        """The photo's bytes. Bad input raises BadInput (dead letter); outages TransientError."""
         import obstore
         from obstore.exceptions import NotFoundError
 
         if location.bucket != self.bucket:
-            raise ImageError(ErrorCode.bucket_not_allowed, f"bucket {location.bucket!r} is not the configured bucket")
+            raise BadInput(ErrorCode.bucket_not_allowed, f"bucket {location.bucket!r} is not the configured bucket")
         try:
             result = await obstore.get_async(self.store, location.key)
             size = int(result.meta["size"])
             if size > max_bytes:
-                raise ImageError(ErrorCode.image_too_large, f"image has {size} bytes, limit {max_bytes}")
+                raise BadInput(ErrorCode.image_too_large, f"image has {size} bytes, limit {max_bytes}")
             data = bytes(await result.bytes_async())
-        except ImageError:
+        except BadInput:
             raise
         except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a GET 404
-            raise ImageError(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
-        except Exception as exc:  # noqa: BLE001 - anything else is the store, not the event
-            raise self._transient(exc, "get") from exc
+            raise BadInput(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
+        except Exception as exc:
+            raise s3_outage(exc, "get") from exc
         if len(data) > max_bytes:
-            raise ImageError(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
+            raise BadInput(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")
         return data
 
     async def get_images(self, locations: list[S3Location], max_bytes: int) -> list[bytes | None]:
@@ -207,7 +201,7 @@ class LabelStore:
             elif isinstance(result, (AlreadyExistsError, PreconditionError, FileExistsError)):
                 written.append(await self._replace_if_newer(key, event, body, attrs))
             else:
-                raise self._transient(result, "put") from result  # type: ignore[arg-type]
+                raise s3_outage(result, "put") from result  # type: ignore[arg-type]
         return written
 
     async def put_objects(self, items: list[tuple[str, bytes]]) -> None:
@@ -221,7 +215,7 @@ class LabelStore:
         results = await asyncio.gather(*(obstore.put_async(self.store, key, body) for key, body in items), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
-                raise self._transient(result, "put") from result  # type: ignore[arg-type]
+                raise s3_outage(result, "put") from result  # type: ignore[arg-type]
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (a folder: ends with ``/``). TransientError if S3 fails."""
@@ -229,8 +223,8 @@ class LabelStore:
 
         try:
             return [meta["path"] for chunk in [c async for c in obstore.list(self.store, prefix)] for meta in chunk]
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "list") from exc
+        except Exception as exc:
+            raise s3_outage(exc, "list") from exc
 
     async def get_objects(self, keys: list[str]) -> list[bytes | None]:
         """The bytes of each key, None where there is none; all in flight together."""
@@ -245,8 +239,8 @@ class LabelStore:
 
         try:
             return list(await asyncio.gather(*(get(k) for k in keys)))
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "get") from exc
+        except Exception as exc:
+            raise s3_outage(exc, "get") from exc
 
     async def delete_objects(self, keys: list[str]) -> None:
         """Delete these keys (one already gone is fine). TransientError if S3 fails."""
@@ -256,8 +250,8 @@ class LabelStore:
             await obstore.delete_async(self.store, keys[0] if len(keys) == 1 else keys)
         except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
-            raise self._transient(exc, "delete") from exc
+        except Exception as exc:
+            raise s3_outage(exc, "delete") from exc
 
     async def _replace_if_newer(self, key: str, event: ProductLabeled, body: bytes, attrs: dict[str, str]) -> bool:
         """The key exists: read it, and replace it if ``event`` supersedes it, conditionally on
@@ -272,8 +266,8 @@ class LabelStore:
                 raw, etag = bytes(await got.bytes_async()), got.meta.get("e_tag")
             except (NotFoundError, FileNotFoundError):
                 raw, etag = None, None  # deleted meanwhile: create it again
-            except Exception as exc:  # noqa: BLE001
-                raise self._transient(exc, "get") from exc
+            except Exception as exc:
+                raise s3_outage(exc, "get") from exc
             if raw is not None:
                 try:
                     if not supersedes(event, ProductLabeled.model_validate_json(raw)):
@@ -287,6 +281,6 @@ class LabelStore:
             except (PreconditionError, AlreadyExistsError, FileExistsError):
                 obs.LABEL_WRITE_CONFLICTS.inc()
                 continue  # written by another worker since it was read: compare with that
-            except Exception as exc:  # noqa: BLE001
-                raise self._transient(exc, "put") from exc
+            except Exception as exc:
+                raise s3_outage(exc, "put") from exc
         raise TransientError(f"S3 {key} changed under this worker {LABEL_WRITE_TRIES} times in a row")

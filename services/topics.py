@@ -1,36 +1,21 @@
-"""Topic administration: create the four topics with explicit partition counts."""
+"""Topics: create the four with explicit partition counts; read one (:func:`read_topic`,
+:func:`read_labels`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from services.events import ProductLabeled
 from services.settings import Settings
 
 
 def topic_names(settings: Settings) -> list[str]:
     return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq]
-
-
-def isolated_env(suffix: str | None = None) -> dict[str, str]:
-    """AUTOLABEL_* overrides for a run of its own on a shared stack: fresh topics, consumer
-    group and label prefix, short group timeouts, quick retries, no metrics port."""
-    import uuid
-
-    suffix = suffix or uuid.uuid4().hex[:8]
-    return {
-        "AUTOLABEL_TOPIC_IMAGES": f"images-{suffix}",
-        "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
-        "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
-        "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
-        "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
-        "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
-        "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "AUTOLABEL_METRICS_PORT": "0",
-        "AUTOLABEL_RETRY_INITIAL_S": "0.2",
-        "AUTOLABEL_RETRY_MAX_S": "2",
-    }
 
 
 def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
@@ -59,7 +44,7 @@ def read_topic(
     follow: bool = False,
     idle_s: float = 2.0,
     max_wait_s: float | None = None,
-):  # noqa: ANN201 - generator of kafka-python ConsumerRecord
+) -> Iterator[Any]:  # kafka-python ConsumerRecord
     """Yield every record of ``topic`` from the beginning (no consumer group, nothing committed).
 
     Without ``follow`` it stops once every partition's position reached the high watermark
@@ -101,3 +86,18 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+def read_labels(settings: Settings, follow: bool = False, product_id: str | None = None, topic: str | None = None,
+                idle_s: float = 2.0) -> Iterator[ProductLabeled]:
+    """Every ProductLabeled event on the label topic (or ``topic``), in topic order; records
+    that are not one are skipped."""
+    from pydantic import ValidationError
+
+    for record in read_topic(settings, topic or settings.topic_labels, follow=follow, idle_s=idle_s):
+        try:
+            event = ProductLabeled.model_validate_json(record.value)
+        except ValidationError:
+            continue
+        if product_id is None or event.product_id == product_id:
+            yield event

@@ -22,9 +22,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 import faust
@@ -33,13 +32,15 @@ from faust.types import TP
 
 from services import observability as obs
 from services.attempts import AttemptLedger, Gate
-from services.dead_letters import subject_ids
-from services.errors import BadInput, classify_publish_error
-from services.events import DeadLetter, ProductLabeled
+from services.events import RawMessage
 from services.inference import TritonLabeler
-from services.pipeline import Outcome, Pipeline, RawMessage
+from services.output import Output, Producer
+from services.pipeline import Pipeline
+from services.retry import Retry
 from services.settings import Settings, load_settings
 from services.storage import LabelStore
+
+E = TypeVar("E")  # a consumed event (Faust's, or a test's)
 
 
 def _broker_credentials(settings: Settings):  # noqa: ANN202
@@ -61,137 +62,77 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
     return faust.SSLCredentials(ssl_context)
 
 
-PUBLISH_TIMEOUT_S = 30.0  # one round of sends waits this long for its acknowledgements
+def raw_message(event: Any) -> RawMessage:
+    m = event.message
+    return RawMessage(m.topic, m.partition, m.offset, m.key, m.value or b"")
 
 
-@dataclass(frozen=True, slots=True)
-class _Send:
-    """One Kafka record to publish, and the consumed record whose outcome it carries."""
+class Batches:
+    """One worker's handling of consumed batches: announce (in-flight marker), label
+    (:class:`Pipeline`), output (:class:`Output`), clear the marker, and only then
+    acknowledge. Records a worker process died handling (suspects) run alone, with nothing
+    else in flight, and are dead-lettered once they have had their attempts."""
 
-    source: RawMessage
-    outcome: Outcome
-    topic: str
-    key: str | None
-    value: bytes
+    def __init__(self, settings: Settings, pipeline: Pipeline, output: Output, ledger: AttemptLedger, retry: Retry) -> None:
+        self.settings, self.pipeline, self.output, self.ledger, self.retry = settings, pipeline, output, ledger, retry
+        self.gate = Gate()
 
+    @classmethod
+    def create(cls, settings: Settings, producer: Producer, committed: Callable[[int], int | None]) -> Batches:
+        """The worker's: S3, Triton and the broker's producer, one retry policy for all."""
+        store = LabelStore(settings)
+        retry = Retry(settings)
+        ledger = AttemptLedger(store, settings.consumer_group, settings.topic_images, settings.worker_name, committed)
+        return cls(settings, Pipeline(settings, store, TritonLabeler(settings), retry), Output(producer, store, retry, settings),
+                   ledger, retry)
 
-class Output:
-    """Where outcomes go: label record to S3, then label (and review) events; dead letters to
-    the DLQ, after their originals too long to embed are stored in S3.
-
-    Transient failures (broker or S3 down) are retried forever with backoff; the caller
-    acknowledges the records only after :meth:`emit` returned. An output the broker refuses
-    for good (too large), or one failing ``max_attempts`` times, is the record's fault: the
-    record is dead-lettered instead of labeled; if its dead letter is refused too, it is
-    logged, counted (``autolabel_undeliverable_total``) and acknowledged all the same. No
-    record can stop the worker, and none is retried forever but for a transient failure.
-    """
-
-    def __init__(self, app: faust.App, settings: Settings, pipeline: Pipeline, store: LabelStore) -> None:
-        self.app, self.settings, self.pipeline, self.store = app, settings, pipeline, store
-        self.log_each = settings.log_level in {"debug", "info"}  # one line per label event, or none at all
-
-    async def emit(self, results: list[tuple[RawMessage, Outcome]]) -> None:
-        """Store the label records and long originals, then publish label, review and dead-letter events."""
-        s = self.settings
-        labeled = [(msg, o, o.to_bytes()) for msg, o in results if isinstance(o, ProductLabeled)]  # one body for S3 and Kafka
-        if labeled:
-            records = [(o, body) for _, o, body in labeled]
-            await self.pipeline.retry_transient("store", lambda: self.store.put_labels(records))
-        dead = [(msg, o) for msg, o in results if isinstance(o, DeadLetter)]
-        sends = await self._dead_letter_sends(dead) if dead else []
-        for msg, o, body in labeled:
-            sends.append(_Send(msg, o, s.topic_labels, o.product_id, body))
-            if o.needs_review:
-                sends.append(_Send(msg, o, s.topic_review, o.product_id, body))
-        refused = await self._publish(sends)
-        if refused:
-            await self._dead_letter_refused(refused)
-        gone = {send.source.ref for send, _ in refused}
-        self._count_labeled([o for msg, o, _ in labeled if msg.ref not in gone])
-
-    async def _dead_letter_sends(self, letters: list[tuple[RawMessage, DeadLetter]]) -> list[_Send]:
-        """The DLQ records of ``letters``, once the originals they only name are in S3."""
-        originals = [(d.original_ref.key, msg.value) for msg, d in letters if d.original_ref is not None]
-        if originals:
-            await self.pipeline.retry_transient("store", lambda: self.store.put_objects(originals))
-        return [_Send(msg, d, self.settings.topic_dlq, d.original_key, d.to_bytes()) for msg, d in letters]
-
-    async def _publish(self, sends: list[_Send]) -> list[tuple[_Send, BadInput]]:
-        """Publish ``sends``; return those refused for good, at most one per consumed record.
-
-        All are sent at once and acknowledged together. Only when some failed are those sent
-        again, each through :meth:`Pipeline.settle`: transient trouble (broker away, timeout)
-        is retried forever, and those may reach the topic twice (at-least-once); a record
-        the broker refuses for good, or failing ``max_attempts`` times, is the record's fault.
-        """
-        failed = await self._send_all(sends)
-        if not failed:
-            return []
-        settled = await asyncio.gather(
-            *(self.pipeline.settle(send.source, send.outcome, "publish", partial(self._send_one, send)) for send, _ in failed)
-        )
-        refused: dict[tuple[str, int, int], tuple[_Send, BadInput]] = {}
-        for (send, _), result in zip(failed, settled, strict=True):
-            if isinstance(result, BadInput):
-                refused.setdefault(send.source.ref, (send, result))
-        return list(refused.values())
-
-    async def _send_one(self, send: _Send) -> None:
-        """Publish one record; raise its failure as :func:`classify_publish_error` decides."""
-        failed = await self._send_all([send])
-        if failed:
-            raise classify_publish_error(failed[0][1])
-
-    async def _send_all(self, sends: list[_Send]) -> list[tuple[_Send, BaseException]]:
-        """Send, then wait for every acknowledgement at once; return the sends that failed, with their errors."""
-        failed: list[tuple[_Send, BaseException]] = []
-        pending: list[tuple[_Send, Awaitable[object]]] = []
-        for send in sends:
-            key = send.key.encode() if send.key else None
+    async def consume(self, batches: AsyncIterable[list[E]], ack: Callable[[E], Awaitable[object]],
+                      to_message: Callable[[E], RawMessage] = raw_message) -> None:
+        """Handle each batch, then acknowledge its events: only once its outcomes are out."""
+        async for events in batches:
+            obs.EVENTS_IN.inc(len(events))
+            obs.IN_FLIGHT.inc(len(events))
             try:
-                pending.append((send, await self.app.producer.send(send.topic, key, send.value, partition=None, timestamp=None, headers=None)))
-            except Exception as exc:  # noqa: BLE001 - classified by the caller (e.g. too large for the producer)
-                failed.append((send, exc))
-        if pending:
-            try:
-                acks = await asyncio.wait_for(asyncio.gather(*(f for _, f in pending), return_exceptions=True), timeout=PUBLISH_TIMEOUT_S)
-            except TimeoutError as exc:
-                acks = [exc] * len(pending)
-            failed.extend((send, ack) for (send, _), ack in zip(pending, acks, strict=True) if isinstance(ack, BaseException))
-        return failed
+                await self.handle([to_message(e) for e in events])
+            finally:
+                obs.IN_FLIGHT.dec(len(events))
+            for e in events:  # only now: the offsets may be committed
+                await ack(e)
 
-    async def _dead_letter_refused(self, refused: list[tuple[_Send, BadInput]]) -> None:
-        """Records whose output was refused: a label refused becomes the record's dead letter; a
-        dead letter refused (or a second one) leaves the record undeliverable."""
-        lost = [(send, err) for send, err in refused if isinstance(send.outcome, DeadLetter)]
-        letters = [(send.source, self.pipeline.dead_letter(send.source, err.code, str(err), send.outcome))
-                   for send, err in refused if isinstance(send.outcome, ProductLabeled)]
-        if letters:
-            lost += await self._publish(await self._dead_letter_sends(letters))
-        for send, err in lost:
-            self._undeliverable(send, err)
+    async def handle(self, messages: list[RawMessage]) -> None:
+        if self.ledger.stale:
+            await self.retry.forever("attempts", self.ledger.load)
+        failed = [self.ledger.failed_before(m) for m in messages]
+        if not any(failed):
+            async with self.gate.shared():
+                await self._label(messages, failed)
+            return
+        async with self.gate.exclusive():  # suspects: nothing else in flight meanwhile, each one alone
+            ordinary = [m for m, n in zip(messages, failed, strict=True) if not n]
+            if ordinary:
+                await self._label(ordinary, [0] * len(ordinary))
+            for msg, n in zip(messages, failed, strict=True):
+                if n:
+                    await self._suspect(msg, n)
 
-    def _undeliverable(self, send: _Send, err: BadInput) -> None:
-        """Even the record's dead letter cannot be published: say so loudly and let the record go."""
-        msg = send.source
-        obs.UNDELIVERABLE.labels(code=err.code.value).inc()
-        obs.get_logger(worker=self.settings.worker_name, **subject_ids(send.outcome)).error(
-            "undeliverable", code=err.code.value, reason=str(err)[:300], topic=msg.topic, partition=msg.partition,
-            offset=msg.offset, size=len(msg.value), attempts=self.pipeline.tries(msg),
-        )
+    async def _label(self, batch: list[RawMessage], failed: list[int]) -> None:
+        """Announce the batch (in-flight marker), label it, publish and store, then clear the marker."""
+        key = await self.retry.forever("attempts", lambda: self.ledger.begin(list(zip(batch, failed, strict=True))))
+        for msg, n in zip(batch, failed, strict=True):
+            if n:
+                self.retry.attempts[msg.ref] = n  # raised failures add to the process deaths
+        outcomes = await self.pipeline.process(batch)
+        await self.output.emit(list(zip(batch, outcomes, strict=True)))
+        await self.retry.forever("attempts", lambda: self.ledger.end(key, batch))
 
-    def _count_labeled(self, published: list[ProductLabeled]) -> None:
-        for o in published:
-            obs.E2E_LATENCY.observe(o.latency_ms / 1000)
-        obs.EVENTS_OUT.inc(len(published))
-        obs.REVIEW_OUT.inc(sum(o.needs_review for o in published))
-        if self.log_each:
-            for o in published:
-                obs.get_logger(product_id=o.product_id, event_id=o.source_event_id).info(
-                    "labeled", needs_review=o.needs_review, latency_ms=round(o.latency_ms, 1),
-                    **{t: lab.label for t, lab in o.labels.items()},
-                )
+    async def _suspect(self, msg: RawMessage, failed: int) -> None:
+        """A record a worker process died handling: alone, or dead-lettered once it has had its attempts."""
+        if failed >= self.settings.max_attempts:
+            await self.output.emit([(msg, self.pipeline.crashed(msg, failed))])
+            await self.retry.forever("attempts", lambda: self.ledger.end(None, [msg]))
+        else:
+            self.retry.log.warning("suspect_retried_alone", partition=msg.partition, offset=msg.offset, failed_attempts=failed)
+            await self._label([msg], [failed])
 
 
 class _QuietMonitor(Monitor):
@@ -260,7 +201,7 @@ async def _crashed(agent, exc: BaseException) -> None:  # noqa: ANN001
 
 
 class _Worker(faust.Worker):
-    def _schedule_shutdown(self, signal: signal.Signals) -> None:  # noqa: ANN001 - mode's hook for SIGTERM/SIGINT
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
         STOPPER.arm(signal.name)
         super()._schedule_shutdown(signal)
 
@@ -290,97 +231,44 @@ def create_app(settings: Settings) -> faust.App:
         monitor=_QuietMonitor(),
     )
     images = app.topic(settings.topic_images, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    runtime: dict[str, object] = {}
+    runtime: dict[str, Batches] = {}
 
     @app.task
     async def start() -> None:
         try:
-            await _start()
+            obs.quiet_libraries(settings.log_level)  # after Faust configured logging
+            runtime["batches"] = Batches.create(settings, app.producer, lambda partition: app.consumer._committed_offset.get(  # noqa: SLF001
+                TP(settings.topic_images, partition)))  # known for the partitions assigned here (Faust seeks to them)
+            obs.start_metrics_server(settings.metrics_port)
+            obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
         except Exception as exc:  # noqa: BLE001 - the worker cannot run: stop, non-zero
             await _crashed(None, exc)
 
-    async def _start() -> None:
-        obs.quiet_libraries(settings.log_level)  # after Faust configured logging
-        store = LabelStore(settings)
-        pipeline = Pipeline(settings, store, TritonLabeler(settings))
-        runtime["pipeline"] = pipeline
-        runtime["output"] = Output(app, settings, pipeline, store)
-        def committed(partition: int) -> int | None:  # known for the partitions assigned here (Faust seeks to them)
-            return app.consumer._committed_offset.get(TP(settings.topic_images, partition))  # noqa: SLF001
-
-        runtime["ledger"] = AttemptLedger(store, settings.consumer_group, settings.topic_images, settings.worker_name, committed)
-        runtime["gate"] = Gate()
-        obs.start_metrics_server(settings.metrics_port)
-        obs.get_logger(worker=settings.worker_name).info("worker_started", group=settings.consumer_group, topic=settings.topic_images)
-
     @app.on_partitions_assigned.connect
-    async def _assigned(app, assigned, **kwargs) -> None:  # noqa: ANN001, ARG001
-        ledger = runtime.get("ledger")
-        if ledger is not None:
-            ledger.stale = True  # markers left by a worker that had these partitions: read them again
+    async def _assigned(app, assigned, **kwargs) -> None:  # noqa: ANN001, ANN003, ARG001
+        if "batches" in runtime:
+            runtime["batches"].ledger.stale = True  # markers left by a worker that had these partitions: read them again
+
+    @app.on_before_shutdown.connect
+    async def _closing(app, **kwargs) -> None:  # noqa: ANN001, ANN003, ARG001 - after the consumer stopped
+        if "batches" in runtime:
+            try:
+                await asyncio.wait_for(runtime["batches"].pipeline.close(), timeout=5)
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                obs.get_logger().warning("close_failed", error=repr(exc)[:300])
 
     # offsets are committed only up to the first unacknowledged one (Faust tracks gaps),
     # so batches finishing out of order cannot commit an event that was not labeled
     @app.agent(images, concurrency=settings.worker_concurrency)
     async def label(stream):  # noqa: ANN001, ANN202
-        while "pipeline" not in runtime:
+        while "batches" not in runtime:
             await asyncio.sleep(0.05)
-        pipeline: Pipeline = runtime["pipeline"]  # type: ignore[assignment]
-        output: Output = runtime["output"]  # type: ignore[assignment]
-        ledger: AttemptLedger = runtime["ledger"]  # type: ignore[assignment]
-        gate: Gate = runtime["gate"]  # type: ignore[assignment]
         within = settings.batch_max_ms / 1000 if settings.batch_max_ms else 0.001
-
-        async def handle(batch: list[RawMessage], failed: list[int]) -> None:
-            """Announce the batch (in-flight marker), label it, publish and store, then clear the marker."""
-            key = await pipeline.retry_transient("attempts", lambda: ledger.begin(list(zip(batch, failed, strict=True))))
-            for msg, n in zip(batch, failed, strict=True):
-                if n:
-                    pipeline.attempts[msg.ref] = n  # raised failures add to the process deaths
-            outcomes = await pipeline.process(batch)
-            await output.emit(list(zip(batch, outcomes, strict=True)))
-            await pipeline.retry_transient("attempts", lambda: ledger.end(key, batch))
-
-        async def handle_suspect(msg: RawMessage, failed: int) -> None:
-            """A record a worker process died handling: alone, or dead-lettered once it has had its attempts."""
-            if failed >= settings.max_attempts:
-                await output.emit([(msg, pipeline.crashed(msg, failed))])
-                await pipeline.retry_transient("attempts", lambda: ledger.end(None, [msg]))
-            else:
-                pipeline.log.warning("suspect_retried_alone", partition=msg.partition, offset=msg.offset, failed_attempts=failed)
-                await handle([msg], [failed])
-
         try:
-            async for events in stream.noack_take(settings.batch_max_size, within=within):
-                obs.EVENTS_IN.inc(len(events))
-                obs.IN_FLIGHT.inc(len(events))
-                messages = [
-                    RawMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
-                    for e in events
-                ]
-                try:
-                    if ledger.stale:
-                        await pipeline.retry_transient("attempts", ledger.load)
-                    failed = [ledger.failed_before(m) for m in messages]
-                    if not any(failed):
-                        async with gate.shared():
-                            await handle(messages, failed)
-                    else:  # suspects: nothing else in flight meanwhile, each one alone
-                        async with gate.exclusive():
-                            ordinary = [m for m, n in zip(messages, failed, strict=True) if not n]
-                            if ordinary:
-                                await handle(ordinary, [0] * len(ordinary))
-                            for msg, n in zip(messages, failed, strict=True):
-                                if n:
-                                    await handle_suspect(msg, n)
-                finally:
-                    obs.IN_FLIGHT.dec(len(events))
-                # only now: the offsets may be committed
-                for e in events:
-                    await stream.ack(e)
+            await runtime["batches"].consume(stream.noack_take(settings.batch_max_size, within=within), stream.ack)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - stop the process rather than leave this actor dead
+        except Exception as exc:  # stop the process rather than leave this actor dead
             await _crashed(label, exc)
             raise
 

@@ -1,17 +1,14 @@
 """Shared fixtures: the real embedded stack (started once per session), workers, topics.
 
 No server is mocked: the broker is Tansu, S3 is SeaweedFS, inference is tritonserver.
-The served repository holds the numpy ``trivial`` model and, when the export code is
-importable, the tiny TensorFlow models built by ``training.export`` (same contract as
-the real VGG16 models, on a tiny backbone).
+The served repository holds the numpy ``trivial`` model and the tiny TensorFlow models
+built by ``training.export`` (same contract as the real VGG16 models, on a tiny backbone);
+a failure to build them fails the session, it never falls back to the trivial model.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,11 +36,9 @@ def _build_repository(repo: Path) -> str:
     """Write the served models; return the name the worker should call."""
     from deploy.local.trivial import write_trivial_repository
 
+    from training.export import build_repository, make_tiny_models
+
     write_trivial_repository(repo, name="trivial", size=(32, 32))
-    try:
-        from training.export import build_repository, make_tiny_models
-    except ImportError:
-        return "trivial"
     models_dir = make_tiny_models(repo.parent / "tiny-models", input_size=(32, 32))
     build_repository(models_dir, repo, target="cpu")
     return "autolabel"
@@ -73,10 +68,11 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
 
 
 @pytest.fixture()
-def stack_settings(stack: dict[str, object]):  # noqa: ANN201
+def stack_settings(stack: dict[str, object]):
     """Settings pointing at the session stack, with fresh topics and group for this test."""
     from services.settings import Settings
-    from services.topics import ensure_topics, isolated_env
+    from benchmarks.harness import isolated_env
+    from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     env = dict(stack["env"])  # type: ignore[arg-type]
@@ -88,7 +84,7 @@ def stack_settings(stack: dict[str, object]):  # noqa: ANN201
 
 
 @pytest.fixture()
-def worker_factory(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
+def worker_factory(stack_settings, tmp_path: Path) -> Iterator:
     _, env = stack_settings
     workers: list[WorkerProcess] = []
 
@@ -102,7 +98,7 @@ def worker_factory(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
         w.kill()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()

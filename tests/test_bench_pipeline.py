@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench_pipeline import _pooled, backlog_summary, markdown, write_doc
+from benchmarks.pipeline import _pooled, backlog_summary, markdown, write_doc
 
 
 def samples(rate: float, capacity: float, seconds: int = 40, in_flight: int = 300) -> list[tuple[float, int, int]]:

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,9 +24,10 @@ from pydantic import ValidationError
 from services.dead_letters import MAX_KEY_CHARS, build_dead_letter
 from services.errors import BadInput, TransientError, classify_publish_error
 from services.events import DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductLabeled, S3Location, TaskLabel
-from services.pipeline import Pipeline, RawMessage
+from services.events import RawMessage
+from services.output import Output
+from services.retry import Retry
 from services.settings import Settings
-from services.worker import Output
 
 ONE_MB_EVENT = 1_000_330  # the size in issue 13: under Kafka's 1 MB, accepted by the broker
 PRODUCER_MAX_REQUEST_SIZE = 1_000_000  # Faust's default producer_max_request_size
@@ -142,7 +142,7 @@ class _Meta:
 
 
 class FakeProducer:
-    """``app.producer`` as :class:`services.worker.Output` uses it (see the module docstring)."""
+    """``app.producer`` as :class:`services.output.Output` uses it (see the module docstring)."""
 
     def __init__(self, journal: list[str], max_request_size: int = PRODUCER_MAX_REQUEST_SIZE,
                  broker_refuses: frozenset[tuple[str, str]] = frozenset(), fail_first: int = 0,
@@ -191,18 +191,13 @@ class FakeStore:
             self.journal.append(f"store {key}")
 
 
-class _App:
-    def __init__(self, producer: FakeProducer) -> None:
-        self.producer = producer
-
-
 class Harness:
     def __init__(self, settings: Settings, **producer: Any) -> None:
         self.journal: list[str] = []
         self.store = FakeStore(self.journal)
         self.producer = FakeProducer(self.journal, **producer)
-        self.pipeline = Pipeline(settings, self.store, None)  # type: ignore[arg-type] - no Triton needed here
-        self.output = Output(_App(self.producer), settings, self.pipeline, self.store)  # type: ignore[arg-type]
+        self.retry = Retry(settings)
+        self.output = Output(self.producer, self.store, self.retry, settings)
 
     def emit(self, results: list[tuple[RawMessage, Any]]) -> None:
         asyncio.run(asyncio.wait_for(self.output.emit(results), timeout=20))
@@ -215,7 +210,7 @@ class Harness:
 
 
 @pytest.fixture()
-def harness() -> Iterator:
+def harness():
     made: list[Harness] = []
 
     def make(**kwargs: Any) -> Harness:
@@ -223,9 +218,7 @@ def harness() -> Iterator:
         made.append(Harness(settings, **kwargs))
         return made[-1]
 
-    yield make
-    for h in made:
-        h.pipeline.close()
+    return make
 
 
 def _task(label: str, conf: float) -> TaskLabel:
@@ -247,12 +240,12 @@ def _count(name: str, code: str) -> float:
     return REGISTRY.get_sample_value(name, {"code": code}) or 0.0
 
 
-def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) -> None:  # noqa: ANN001
+def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) -> None:
     """Issue 13: the dead letter of a 1,000,330-byte event used to embed it whole (1.33 MB in
     base64), over the producer's limit, and the worker crashed on it."""
     h = harness()
     big = _msg(1, "huge", size=ONE_MB_EVENT)
-    letter = h.pipeline.dead_letter(big, ErrorCode.event_too_large, "event has 1000330 bytes, limit 65536")
+    letter = h.retry.dead_letter(big, ErrorCode.event_too_large, "event has 1000330 bytes, limit 65536")
     h.emit([(_msg(0, "a"), _label("a")), (big, letter), (_msg(2, "b"), _label("b", review=True))])
     assert set(h.on("labels")) == {"a", "b"} and set(h.on("review")) == {"b"}
     dead = h.dead_letters()["huge"]
@@ -262,7 +255,7 @@ def test_a_one_megabyte_event_is_dead_lettered_and_its_batch_labeled(harness) ->
     assert dead.original == big.value[: 16 * 1024] and dead.original_sha256 == hashlib.sha256(big.value).hexdigest()
 
 
-def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:  # noqa: ANN001
+def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:
     h = harness(broker_refuses=frozenset({("labels", "refused")}))
     before = _count("autolabel_dead_letters_total", "publish_refused")
     h.emit([(_msg(0, "a"), _label("a")), (_msg(1, "refused"), _label("refused")), (_msg(2, "b"), _label("b"))])
@@ -274,20 +267,20 @@ def test_a_label_the_broker_refuses_becomes_a_dead_letter(harness) -> None:  # n
     assert _count("autolabel_dead_letters_total", "publish_refused") == before + 1
 
 
-def test_a_record_whose_dead_letter_is_refused_too_is_let_go_not_retried_forever(harness) -> None:  # noqa: ANN001
+def test_a_record_whose_dead_letter_is_refused_too_is_let_go_not_retried_forever(harness) -> None:
     refuses = frozenset({("labels", "doomed"), ("dlq", "doomed"), ("dlq", "bad")})
     h = harness(broker_refuses=refuses)
     before = _count("autolabel_undeliverable_total", "publish_refused")
     bad = _msg(3, "bad")
     results = [(_msg(0, "a"), _label("a")), (_msg(1, "doomed"), _label("doomed")),
-               (bad, h.pipeline.dead_letter(bad, ErrorCode.malformed_json, "not JSON"))]
+               (bad, h.retry.dead_letter(bad, ErrorCode.malformed_json, "not JSON"))]
     h.emit(results)  # returns: the caller acknowledges every record
     assert set(h.on("labels")) == {"a"} and h.dead_letters() == {}
     assert _count("autolabel_undeliverable_total", "publish_refused") == before + 2
-    assert h.pipeline.attempts == {}, "no attempt count left behind"
+    assert h.retry.attempts == {}, "no attempt count left behind"
 
 
-def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:  # noqa: ANN001
+def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:
     h = harness(fail_first=5)
     retries = REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "publish"}) or 0.0
     h.emit([(_msg(i, f"p{i}"), _label(f"p{i}")) for i in range(4)])
@@ -295,7 +288,7 @@ def test_broker_trouble_is_retried_and_nothing_dead_lettered(harness) -> None:  
     assert (REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "publish"}) or 0.0) > retries
 
 
-def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> None:  # noqa: ANN001
+def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> None:
     h = harness(max_attempts=3, errors={("labels", "odd"): RuntimeError("serializer bug")})
     h.emit([(_msg(0, "a"), _label("a")), (_msg(1, "odd"), _label("odd"))])
     assert set(h.on("labels")) == {"a"}
@@ -303,14 +296,14 @@ def test_an_unknown_publish_error_counts_attempts_then_dead_letters(harness) -> 
     assert dead.code == ErrorCode.processing_failed and dead.attempts == 3 and "serializer bug" in dead.message
 
 
-def test_a_record_too_large_for_the_producer_is_refused_at_send(harness) -> None:  # noqa: ANN001
+def test_a_record_too_large_for_the_producer_is_refused_at_send(harness) -> None:
     """The producer's own check (aiokafka raises in send()), not only the broker's answer."""
     limit = 800
     h = harness(max_request_size=limit)
     pid = "long-" + "x" * 100
     label = _label(pid)
     assert len(label.to_bytes()) > limit
-    other = h.pipeline.dead_letter(_msg(1, "ok-dead"), ErrorCode.malformed_json, "m")
+    other = h.retry.dead_letter(_msg(1, "ok-dead"), ErrorCode.malformed_json, "m")
     assert len(other.to_bytes()) < limit
     before = _count("autolabel_undeliverable_total", "publish_refused")
     h.emit([(_msg(0, pid), label), (_msg(1, "ok-dead"), other)])

@@ -273,7 +273,8 @@ def test_secret_references_resolve() -> None:
     for name, key, _ in refs:
         assert name in template and key in template[name]["stringData"], f"template lacks {name}/{key}"
     # dev generates its secrets: they must have every key, including the optional ones.
-    dev = {g["name"]: {lit.partition("=")[0] for lit in g.get("literals", [])} for g in kustomization(K8S / "overlays" / "dev").get("secretGenerator", [])}
+    generators = kustomization(K8S / "overlays" / "dev").get("secretGenerator", [])
+    dev = {g["name"]: {lit.partition("=")[0] for lit in g.get("literals", [])} for g in generators}
     for name, key, _ in refs:
         assert key in dev.get(name, set()), f"dev overlay's secret {name} lacks {key}"
     # Generated secrets keep their names: TriggerAuthentication refers to them by name.

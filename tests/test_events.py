@@ -51,12 +51,14 @@ def test_labeled_requires_every_task_and_consistent_review_flag():
     with pytest.raises(ValidationError):
         ProductLabeled(product_id="1", source_event_id="e", image=loc, labels=labels, model=model, needs_review=False, latency_ms=1)
     with pytest.raises(ValidationError):
-        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels={"style": labels["style"]}, model=model, needs_review=False, latency_ms=1)
+        ProductLabeled(product_id="1", source_event_id="e", image=loc, labels={"style": labels["style"]}, model=model, needs_review=False,
+                       latency_ms=1)
 
 
 def test_dead_letter_keeps_original_bytes():
     raw = b"\xff\x00not json"
-    d = DeadLetter(code=ErrorCode.malformed_json, message="m", original_b64=DeadLetter.encode_original(raw), topic="t", partition=0, offset=3, worker="w")
+    d = DeadLetter(code=ErrorCode.malformed_json, message="m", original_b64=DeadLetter.encode_original(raw), topic="t", partition=0, offset=3,
+                   worker="w")
     assert DeadLetter.model_validate_json(d.to_bytes()).original == raw
 
 
@@ -78,9 +80,10 @@ def test_label_key_is_stable_and_contained():
     ],
 )
 def test_parse_event_codes(raw, code):
-    from services.pipeline import BadEvent, RawMessage, parse_event
+    from services.errors import BadInput
+    from services.pipeline import RawMessage, parse_event
 
-    with pytest.raises(BadEvent) as err:
+    with pytest.raises(BadInput) as err:
         parse_event(RawMessage("t", 0, 0, None, raw), 65536)
     assert err.value.code.value == code
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from deploy.local.processes import WorkerProcess
-from services.bench_soak import Feeder, LocalStack, Outcome, enable_versioning, outcomes, upload_images
+from benchmarks.harness import Feeder, LocalStack, upload_images
+from benchmarks.outcomes import Outcome, enable_versioning, outcomes
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -181,7 +182,7 @@ def _outage(sc: Scenario, component: str, worker: WorkerProcess, outage_s: float
     return t_kill, time.time()
 
 
-def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -195,7 +196,7 @@ def test_broker_sigkill_and_restart_mid_stream(scenario) -> None:  # noqa: ANN00
     assert_no_loss(result)
 
 
-def test_triton_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_triton_down_30s_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -212,7 +213,7 @@ def test_triton_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
     assert_no_loss(result)
 
 
-def test_s3_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
+def test_s3_down_30s_mid_stream(scenario) -> None:
     sc = scenario()
     worker = sc.worker()
     sc.stream()
@@ -228,7 +229,7 @@ def test_s3_down_30s_mid_stream(scenario) -> None:  # noqa: ANN001
     assert_no_loss(result)
 
 
-def test_worker_sigkill_rebalances_to_the_other(scenario) -> None:  # noqa: ANN001
+def test_worker_sigkill_rebalances_to_the_other(scenario) -> None:
     sc = scenario()
     w1 = sc.worker("w1")
     w2 = sc.worker("w2")
@@ -259,7 +260,7 @@ def _poison_png() -> bytes:
     return buf.getvalue()
 
 
-def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> None:  # noqa: ANN001
+def test_poison_message_is_dead_lettered_after_bounded_attempts(scenario) -> None:
     from services.storage import Storage
 
     attempts = 3
@@ -318,7 +319,7 @@ def _padded(size: int) -> bytes:
 
 def _committed_past(sc: Scenario, ends: dict[int, int], timeout: float = 60) -> dict[int, int]:
     """The group's committed offsets, once each partition's passed ``ends`` (or the timeout)."""
-    from services.bench_soak import LagReader
+    from benchmarks.outcomes import LagReader
 
     reader = LagReader(sc.settings)
     try:
@@ -474,27 +475,6 @@ def test_hostile_records_among_uploads_two_workers_one_restart(tmp_path: Path) -
     finally:
         sc.close()
         stack.close()
-
-
-def test_triton_errors_are_classified_by_grpc_status_not_by_message_words() -> None:
-    """A model's own error text ("refused", "timeout") must not turn a poison input into an outage."""
-    from tritonclient.utils import InferenceServerException
-
-    from services.inference import InferenceError, TritonLabeler
-    from services.settings import Settings
-    from services.storage import TransientError
-
-    labeler = TritonLabeler(Settings())
-
-    def kind(msg: str, status: str | None) -> type:
-        return type(labeler._classify(InferenceServerException(msg, status=status), "infer"))
-
-    assert kind("poison image refused, connection timed out", "StatusCode.INTERNAL") is InferenceError
-    assert kind("Failed to process: Stub process 'autolabel_0_0' is not healthy.", "StatusCode.INTERNAL") is TransientError
-    assert kind("failed to connect to all addresses", "StatusCode.UNAVAILABLE") is TransientError
-    assert kind("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") is TransientError
-    assert kind("Server disconnected", None) is TransientError  # no gRPC status: message markers
-    assert type(labeler._classify(ConnectionRefusedError(), "infer")) is TransientError
 
 
 def test_a_record_that_kills_the_worker_process_is_dead_lettered_after_max_attempts(tmp_path: Path) -> None:

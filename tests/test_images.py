@@ -6,13 +6,14 @@ from PIL import Image
 
 from corpus import bad_images, hard_but_valid_images, sample_jpeg
 from services.events import ErrorCode
-from services.images import ImageError, ImageLimits, decode, prepare, resize
+from services.errors import BadInput
+from services.images import ImageLimits, decode, prepare, resize
 
 
 @pytest.mark.parametrize("name", sorted(bad_images()))
 def test_bad_inputs_get_their_code(name):
     data, code = bad_images()[name]
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         decode(data)
     assert info.value.code == code
 
@@ -39,10 +40,10 @@ def test_alpha_is_composited_on_white():
 
 
 def test_limits():
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         decode(sample_jpeg(), ImageLimits(max_bytes=100))
     assert info.value.code == ErrorCode.image_too_large
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         decode(sample_jpeg(), ImageLimits(max_pixels=100))
     assert info.value.code == ErrorCode.image_too_many_pixels
 

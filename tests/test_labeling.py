@@ -24,20 +24,24 @@ def test_batch():
     assert [o["gender"].needs_review for o in out] == [False, True]
 
 
-def test_batch_matches_one_by_one_and_rounds_the_same_way():
-    rng = np.random.default_rng(3)
-    probs = {"style": rng.dirichlet([1, 1, 1], 50).astype(np.float32), "gender": rng.dirichlet([1, 1], 50)}
+def test_batch_labels_are_the_hand_computed_ones():
+    """Expected values worked out by hand (argmax, 6-decimal rounding, clipping, threshold),
+    not by the code under test."""
+    probs = {
+        "style": np.array([[0.1, 0.7, 0.2], [0.3333333333, 0.3333333334, 0.3333333333], [0.05, 0.05, 0.9]], dtype=np.float32),
+        "gender": np.array([[0.55, 0.45], [1.2, -0.2], [0.2, 0.8]]),
+    }
     classes = {"style": ["casual", "formal", "sports"], "gender": ["men", "women"]}
-    thresholds = {"style": 0.6, "gender": 0.8}
-    batch = label_batch(probs, classes, thresholds)
-    for i, labels in enumerate(batch):
-        for task in probs:
-            p = np.clip(probs[task][i].astype(np.float64), 0, 1)
-            expected = {c: round(float(v), 6) for c, v in zip(classes[task], p)}
-            assert labels[task].probabilities == expected
-            assert labels[task].label == classes[task][int(np.argmax(p))]
-            assert labels[task].confidence == max(expected.values())
-            assert labels[task] == task_label(probs[task][i], classes[task], thresholds[task])
+    out = label_batch(probs, classes, {"style": 0.6, "gender": 0.8})
+    assert [o["style"].label for o in out] == ["formal", "casual", "sports"]  # a tie goes to the first class
+    assert [o["style"].confidence for o in out] == [0.7, 0.333333, 0.9]
+    assert [o["style"].needs_review for o in out] == [False, True, False]
+    assert out[0]["style"].probabilities == {"casual": 0.1, "formal": 0.7, "sports": 0.2}
+    assert [o["gender"].label for o in out] == ["men", "men", "women"]
+    assert [o["gender"].confidence for o in out] == [0.55, 1.0, 0.8]
+    assert out[1]["gender"].probabilities == {"men": 1.0, "women": 0.0}
+    assert [o["gender"].needs_review for o in out] == [True, False, False]  # 0.8 is not below 0.8
+    assert all(o["gender"].threshold == 0.8 and o["style"].threshold == 0.6 for o in out)
 
 
 def test_out_of_range_probabilities_are_clipped():

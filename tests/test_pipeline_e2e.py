@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from conftest import SAMPLES, wait_for
 from corpus import bad_images, hard_but_valid_images
 from services.events import DeadLetter, ErrorCode, ImageLocation, ProductImageUploaded, ProductLabeled, S3Location
-from services.labels import read_labels
+from services.topics import read_labels
 from services.publisher import collect, publish_files
 from services.storage import Storage
 from services.topics import read_topic
@@ -98,7 +98,8 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
 
     i = 0
     for name, (data, code) in bad_images().items():
-        send_good(i); i += 1
+        send_good(i)
+        i += 1
         pid = f"bad-{Path(name).stem}"
         send_event(pid, ImageLocation(s3=storage.put_image(data, suffix=Path(name).suffix)))
         expected_dlq[pid] = code
@@ -106,7 +107,8 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
         pid = f"odd-{Path(name).stem}"
         send_event(pid, ImageLocation(s3=storage.put_image(data, suffix=Path(name).suffix)))
         expected_labels.add(pid)
-    send_good(i); i += 1
+    send_good(i)
+    i += 1
     send_event("bad-missing", ImageLocation(s3=S3Location(bucket=settings.s3_bucket, key="images/does-not-exist.jpg")))
     expected_dlq["bad-missing"] = ErrorCode.image_not_found
     send_event("bad-otherbucket", ImageLocation(s3=S3Location(bucket="someone-elses", key="images/x.jpg")))
@@ -118,12 +120,14 @@ def test_bad_inputs_are_dead_lettered_and_good_ones_labeled(stack_settings, work
     raw_bad = {
         "raw-malformed": (b"{not json at all", ErrorCode.malformed_json),
         "raw-schema": (json.dumps({"product_id": "x", "image": {"s3": {"bucket": "autolabel"}}}).encode(), ErrorCode.schema_invalid),
-        "raw-traversal": (json.dumps({"product_id": "../../etc/passwd", "image": {"url": "https://a.example/b.jpg"}}).encode(), ErrorCode.schema_invalid),
+        "raw-traversal": (json.dumps({"product_id": "../../etc/passwd", "image": {"url": "https://a.example/b.jpg"}}).encode(),
+                          ErrorCode.schema_invalid),
         "raw-huge": (b'{"pad": "' + b"x" * (settings.max_event_bytes + 10) + b'"}', ErrorCode.event_too_large),
     }
     for key, (value, code) in raw_bad.items():
         producer.send(settings.topic_images, key=key.encode(), value=value)
-        send_good(i); i += 1
+        send_good(i)
+        i += 1
         expected_dlq[key] = code
     producer.flush()
     producer.close()
@@ -204,7 +208,7 @@ def test_publish_cli_names_products_and_refuses_bad_ids(stack_settings, tmp_path
     bad.write_bytes(photo.read_bytes())
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "services.cli", "publish", "--quiet", *args],
+        return subprocess.run([sys.executable, "-m", "autolabel", "publish", "--quiet", *args],
                               env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
     ok = cli(str(photo), "--product-id", "sku-42")

@@ -22,10 +22,11 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from services.events import ErrorCode, ImageLocation, ProductImageUploaded, S3Location, label_key
-from services.images import ImageError
+from services.errors import BadInput
 from services.settings import Settings
 from services.sources import check_url, fetch_url
-from services.storage import TransientError, image_key
+from services.errors import TransientError
+from services.storage import image_key
 
 # --- S3 keys derived from product ids ---------------------------------------------------
 
@@ -88,15 +89,15 @@ def test_image_keys_are_content_addressed_under_the_prefix() -> None:
 REAL_GETADDRINFO = socket.getaddrinfo
 
 
-def _numeric_only(host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN202, A002
+def _numeric_only(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002
     """getaddrinfo that never asks DNS: literal addresses only."""
     return REAL_GETADDRINFO(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
 
 
-def _resolving(table: dict[str, list[str]]):  # noqa: ANN202
+def _resolving(table: dict[str, list[str]]):
     """A fake getaddrinfo: name -> addresses (a public name made to resolve anywhere)."""
 
-    def fake(host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN202, A002
+    def fake(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "unknown in this test")
         return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]]
@@ -105,14 +106,14 @@ def _resolving(table: dict[str, list[str]]):  # noqa: ANN202
 
 
 def _refused(url: str, allow: list[str]) -> str:
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         check_url(url, allow)
     assert info.value.code == ErrorCode.url_not_allowed
     return str(info.value)
 
 
 def test_hosts_off_the_allow_list_are_refused_before_any_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_lookup(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def no_lookup(*a, **k):
         raise AssertionError("no DNS lookup for a host that is not allow-listed")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
@@ -171,7 +172,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
     redirect_to = ""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         type(self).hits.append(self.path)
         self.send_response(302)
         self.send_header("Location", type(self).redirect_to)
@@ -194,19 +195,19 @@ def local_http() -> Iterator[tuple[int, type[_Recorder]]]:
         server.server_close()
 
 
-def test_fetch_connects_to_the_checked_address_not_a_second_dns_answer(monkeypatch: pytest.MonkeyPatch, local_http) -> None:  # noqa: ANN001
+def test_fetch_connects_to_the_checked_address_not_a_second_dns_answer(monkeypatch: pytest.MonkeyPatch, local_http) -> None:
     """DNS rebinding: the first answer is public, the next one loopback. Only the first counts."""
     port, handler = local_http
     answers = iter([["93.184.216.34"], ["127.0.0.1"], ["127.0.0.1"], ["127.0.0.1"]])
 
-    def rebinding(host, port_, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN202, A002
+    def rebinding(host, port_, family=0, type=0, proto=0, flags=0):  # noqa: A002
         if host == "93.184.216.34":
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, port_))]
         return _resolving({"images.example.com": next(answers)})(host, port_)
 
     connected: list[tuple[str, int]] = []
 
-    def refuse_connect(address, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def refuse_connect(address, *a, **k):
         connected.append(address)
         raise ConnectionRefusedError("test: no traffic leaves this machine")
 
@@ -219,7 +220,7 @@ def test_fetch_connects_to_the_checked_address_not_a_second_dns_answer(monkeypat
     assert handler.hits == [], "the loopback server was never reached"
 
 
-def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http) -> None:  # noqa: ANN001
+def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http) -> None:
     """A 302 to the metadata service is an error, not a second request (server on 127.0.0.1)."""
     port, handler = local_http
     handler.redirect_to = f"http://127.0.0.1:{port}/latest/meta-data/iam"
@@ -229,7 +230,7 @@ def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http)
         return "images.example.com", port, "127.0.0.1"
 
     monkeypatch.setattr(sources, "_resolve_checked", checked_as_public)
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(BadInput) as info:
         fetch_url(f"http://images.example.com:{port}/a.jpg", Settings(_env_file=None, url_allow_hosts="images.example.com"))
     assert info.value.code == ErrorCode.image_not_found and "302" in str(info.value)
     assert handler.hits == ["/a.jpg"], "exactly one request: the redirect was not followed"
@@ -239,18 +240,18 @@ def test_redirects_are_not_followed(monkeypatch: pytest.MonkeyPatch, local_http)
 
 
 def test_events_over_the_size_limit_are_refused_before_parsing() -> None:
-    from services.pipeline import BadEvent, RawMessage, parse_event
+    from services.pipeline import RawMessage, parse_event
 
     limit = 1024
     huge = b"{" + b" " * (limit + 1)  # not even JSON: the size check comes first
-    with pytest.raises(BadEvent) as info:
+    with pytest.raises(BadInput) as info:
         parse_event(RawMessage("t", 0, 0, b"k", huge), limit)
     assert info.value.code == ErrorCode.event_too_large
     event = ProductImageUploaded(product_id="p1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/a.jpg")),
                                  metadata={"pad": "x" * 200})
     raw = event.to_bytes()
     assert parse_event(RawMessage("t", 0, 0, b"p1", raw), len(raw)).product_id == "p1"  # at the limit: accepted
-    with pytest.raises(BadEvent):
+    with pytest.raises(BadInput):
         parse_event(RawMessage("t", 0, 0, b"p1", raw), len(raw) - 1)
     assert Settings(_env_file=None).max_event_bytes == 64 * 1024
 
@@ -258,7 +259,7 @@ def test_events_over_the_size_limit_are_refused_before_parsing() -> None:
 # --- transport security is configurable -------------------------------------------------
 
 
-def test_kafka_sasl_and_tls_are_configurable(tmp_path) -> None:  # noqa: ANN001
+def test_kafka_sasl_and_tls_are_configurable(tmp_path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not read here")
     s = Settings(_env_file=None, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
@@ -297,7 +298,7 @@ WRONG_S3_SECRET = "wrong-s3-secret-Vb4n-DO-NOT-LOG"
 def test_settings_output_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from services.cli import settings_command
+    from autolabel.cli import settings_command
 
     monkeypatch.setenv("AUTOLABEL_S3_SECRET_ACCESS_KEY", WRONG_S3_SECRET)
     monkeypatch.setenv("AUTOLABEL_KAFKA_SASL_PASSWORD", SASL_PASSWORD)
@@ -315,7 +316,7 @@ def _secrets_in(text: str, secrets: list[str]) -> list[str]:
 
 
 @pytest.mark.stack
-def test_workers_never_log_or_dead_letter_credentials(stack_settings, worker_factory) -> None:  # noqa: ANN001
+def test_workers_never_log_or_dead_letter_credentials(stack_settings, worker_factory) -> None:
     """Real workers at debug level, with a distinctive S3 secret and SASL password, on good and
     bad input; a second worker with a wrong S3 secret fails on every S3 call. Neither secret,
     nor the access key id, shows up in their output or in any dead-letter record."""
@@ -325,7 +326,7 @@ def test_workers_never_log_or_dead_letter_credentials(stack_settings, worker_fac
 
     from conftest import SAMPLES, STACK_S3_ACCESS_KEY_ID, STACK_S3_SECRET_ACCESS_KEY, wait_for
     from services.events import DeadLetter
-    from services.labels import read_labels
+    from services.topics import read_labels
     from services.storage import Storage
     from services.topics import read_topic
 

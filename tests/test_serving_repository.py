@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from services.settings import TASKS
 
-pytest.importorskip("tensorflow")
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4
 
@@ -47,16 +46,16 @@ def test_images() -> np.ndarray:
     return np.stack(photos + extra)
 
 
-def _savedmodel(path: Path):  # noqa: ANN202
+def _savedmodel(path: Path):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
     sig = loaded.signatures["serving_default"]
-    sig._keep = loaded  # noqa: SLF001
+    sig._keep = loaded
     return lambda **kw: {k: v.numpy() for k, v in sig(**{n: tf.constant(a) for n, a in kw.items()}).items()}
 
 
-def params_of(config) -> dict[str, str]:  # noqa: ANN001
+def params_of(config) -> dict[str, str]:
     return {k: v.string_value for k, v in config.parameters.items()}
 
 
@@ -127,7 +126,7 @@ def test_shared_backbone_gives_the_standalone_probabilities(repos: dict[str, Pat
 def test_onnx_models_give_tensorflows_probabilities(repos: dict[str, Path], test_images: np.ndarray) -> None:
     import onnxruntime as ort
 
-    def onnx(name: str):  # noqa: ANN202
+    def onnx(name: str):
         s = ort.InferenceSession(str(repos["gpu-onnx"] / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
         return lambda **kw: dict(zip([o.name for o in s.get_outputs()], s.run(None, kw), strict=True))
 

@@ -46,7 +46,7 @@ def test_table_lists_every_setting():
 
 def test_cli_reports_bad_setting_without_traceback():
     env = {"AUTOLABEL_TOPIC_PARTITIONS": "0", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "services.cli", "settings"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "autolabel", "settings"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "AUTOLABEL_TOPIC_PARTITIONS" in proc.stderr
     assert "Traceback" not in proc.stderr

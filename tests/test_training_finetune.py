@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training import cli
+from training import cli, evaluate_cli
 from training.backbones import FINE_TUNE_BLOCKS, BackboneSpec
 from training.synthetic import make_fpi
 
@@ -135,7 +135,7 @@ def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, 
     scores, outputs = {}, {}
     for name, args in (("served", ["--repository", str(repo)]), ("heads", ["--from-heads"])):
         out = tmp_path / f"{name}.json"
-        r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{tuned['data']}", "--models", str(models), *args, "--json", str(out),
+        r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{tuned['data']}", "--models", str(models), *args, "--json", str(out),
                                               "--quiet"], catch_exceptions=False)
         assert r.exit_code == 0, r.output
         scores[name], outputs[name] = json.loads(out.read_text())["tasks"], r.output

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training import cli
+from training import cli, evaluate_cli
 from training.backbones import BackboneSpec, Readout, build_backbone
 from training.calibration import softmax
 from training.evaluate import read_config_parameters
@@ -64,7 +64,7 @@ def test_the_tuned_block_changed_and_the_lower_blocks_did_not(joint: dict[str, P
     tuned = BackboneSpec("vgg16", "random", (32, 32), Readout.parse(READOUT), str(joint["models"] / TUNED_FILE))
     a, b = build_backbone(plain), build_backbone(tuned)
 
-    def layer(model, name):  # noqa: ANN001, ANN202
+    def layer(model, name):
         inner = next(x for x in model.layers if hasattr(x, "layers") and any(y.name == name for y in x.layers))
         return inner.get_layer(name).get_weights()[0]
 
@@ -97,7 +97,7 @@ def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(join
     scores = {}
     for name, args in (("served", ["--repository", str(repo)]), ("heads", ["--from-heads"])):
         out = joint["base"] / f"{name}.json"
-        r = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{joint['data']}", "--models", str(models), *args, "--json", str(out),
+        r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{joint['data']}", "--models", str(models), *args, "--json", str(out),
                                               "--quiet", "--report", str(joint["base"] / f"report-{name}")], catch_exceptions=False)
         assert r.exit_code == 0, r.output
         scores[name] = json.loads(out.read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training import cli
+from training import cli, evaluate_cli
 from training.synthetic import make_fpi
 
 TINY = ["--backbone", "tiny", "--weights", "random", "--input-size", "48", "--quiet"]
@@ -61,7 +61,7 @@ def test_train_compares_both_balancing_modes_and_reports(trained: dict[str, Path
 def test_the_tiny_model_learns_the_visible_labels(trained: dict[str, Path]) -> None:
     """Colour encodes style and shape encodes gender: far above chance on the held-out rows."""
     result = CliRunner().invoke(
-        cli.evaluate,
+        evaluate_cli.evaluate,
         ["--data", f"fpi:{trained['data']}", "--from-heads", "--models", str(trained["models"]),
          "--split", str(trained["models"] / "split.json"), "--part", "test", "--quiet",
          "--json", str(trained["base"] / "eval.json"), "--report", str(trained["base"] / "report")],
@@ -133,7 +133,7 @@ def test_sweep_rejects_bad_grid(tmp_path: Path) -> None:
 
 
 def test_evaluate_without_a_repository_says_what_to_do(trained: dict[str, Path], tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{trained['data']}", "--repository", str(tmp_path / "none"),
+    result = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{trained['data']}", "--repository", str(tmp_path / "none"),
                                                "--models", str(trained["models"]), "--quiet"])
     assert result.exit_code != 0 and "autolabel models build" in result.output
 
@@ -142,7 +142,7 @@ def test_evaluate_works_on_a_directory_never_seen(trained: dict[str, Path], tmp_
     unseen = tmp_path / "unseen"
     make_fpi(unseen, n_per_combo=1, seed=42)
     out = tmp_path / "unseen.json"
-    result = CliRunner().invoke(cli.evaluate, ["--data", f"fpi:{unseen}", "--from-heads", "--models", str(trained["models"]),
+    result = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{unseen}", "--from-heads", "--models", str(trained["models"]),
                                                "--tasks", "style,gender", "--json", str(out), "--quiet", "--all-rows", "--scope", "all"],
                                 catch_exceptions=False)  # the generator reuses the trained ids: not the committed split's rows
     assert result.exit_code == 0, result.output

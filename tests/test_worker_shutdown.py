@@ -10,7 +10,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from conftest import SAMPLES, wait_for
 from services.events import ImageLocation, ProductImageUploaded
-from services.labels import read_labels
+from services.topics import read_labels
 from services.storage import Storage
 from services.topics import read_topic
 

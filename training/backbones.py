@@ -18,10 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-BACKBONES = ("vgg16", "resnet50", "efficientnetb7", "tiny")  # tiny: a small CNN for tests
-
-
 from training.colour import COLOUR, ColourHistogram
+
+BACKBONES = ("vgg16", "resnet50", "efficientnetb7", "tiny")  # tiny: a small CNN for tests
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def _colour_layer():  # noqa: ANN202 - the class, defined once keras is imported
 
         SIZE = 1 + 12 + 4 + 8 + 64
 
-        def call(self, x):  # noqa: ANN001, ANN201
+        def call(self, x):  # noqa: ANN001, ANN202
             x = tf.cast(x, tf.float32) / 255.0
             k = max(1, min(int(x.shape[1]), int(x.shape[2])) // 56)  # about 56x56 (exactly at 224): plain average
             x = tf.nn.avg_pool2d(x, k, k, "VALID")  # pooling, which every runtime (ONNX too) computes alike
@@ -56,7 +56,7 @@ def _colour_layer():  # noqa: ANN202 - the class, defined once keras is imported
                      tf.reduce_sum(tf.one_hot(rgb, 64) * fg[..., None], axis=[1, 2]) / n]
             return tf.concat(parts, axis=-1)
 
-        def compute_output_shape(self, input_shape):  # noqa: ANN001, ANN201
+        def compute_output_shape(self, input_shape):  # noqa: ANN001, ANN202
             return (input_shape[0], self.SIZE)
 
     return ColourHistogram

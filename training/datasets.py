@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.images import ImageError, decode
+from services.errors import BadInput
+from services.images import decode
 from services.settings import TASKS
 
 TASK_CLASSES: dict[str, tuple[str, ...]] = {
@@ -166,7 +167,7 @@ def _digest_if_readable(path: Path) -> str | None:
     try:
         data = path.read_bytes()
         decode(data)
-    except (OSError, ImageError):
+    except (OSError, BadInput):
         return None
     return hashlib.sha256(data).hexdigest()
 

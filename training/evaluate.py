@@ -18,17 +18,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from services.images import ImageError, ResizeMode, prepare
+from services.errors import BadInput
+from services.images import ResizeMode, prepare
 from services.inference import parse_class_thresholds, parse_threshold
-from training.datasets import Dataset, Sample
 from training.calibration import accepted_mask
+from training.datasets import Dataset, Sample
+from training.errors import ModelsError
 from training.metrics import classification_metrics, confusion
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-class ModelsError(RuntimeError):
-    """The models to evaluate are missing or do not fit together; the message says what to do."""
 
 
 @dataclass
@@ -149,12 +147,12 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
     import keras
 
     from training.features import BackboneError, load_backbone
-    from training.serving_models import ModelsError as ManifestError, read_models
+    from training.serving_models import read_models
 
     try:
         spec = read_models(Path(models_dir), tasks).backbone  # the tuned layers' file resolved
         backbone = load_backbone(spec)
-    except (BackboneError, ManifestError) as exc:
+    except BackboneError as exc:
         raise ModelsError(str(exc)) from None
     run = lambda x: np.asarray(backbone.predict_on_batch(x))  # noqa: E731
     models = []
@@ -179,12 +177,9 @@ def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskMod
     import keras
 
     from training.backbones import build_backbone
-    from training.serving_models import ModelsError as ManifestError, _task_entry, describe_weights
+    from training.serving_models import _task_entry, describe_weights
 
-    try:
-        e = _task_entry(models_dir, task, manifest["tasks"][task])
-    except ManifestError as exc:
-        raise ModelsError(str(exc)) from None
+    e = _task_entry(models_dir, task, manifest["tasks"][task])
     size = tuple(manifest["backbone"]["input_size"])
     if e.model is not None:
         full = keras.models.load_model(e.model, compile=False, safe_mode=False)
@@ -263,7 +258,7 @@ def _rows(dataset: Dataset, m: TaskModel, keys: dict[str, set[str]] | None, skip
 def _load(s: Sample, size: tuple[int, int], resize: ResizeMode) -> np.ndarray | None:
     try:
         return prepare(s.path.read_bytes(), size, resize)
-    except (OSError, ImageError):
+    except (OSError, BadInput):
         return None
 
 

@@ -3,8 +3,9 @@
 The cache lives in ``<root>/<fingerprint>/`` where the fingerprint covers everything that
 changes the features: backbone name, weights source (and the weights file's digest), input
 size and resize mode, and, for fine-tuning, the layer the features are taken at (the
-"cut" below the trained top blocks; absent, i.e. unchanged, for the backbone's output). Inside, each extraction run appends ``shard-*.npz`` files holding
-``digests`` (sha256 of the image bytes: the cache key) and ``features``. A second run with
+"cut" below the trained top blocks; absent, i.e. unchanged, for the backbone's output).
+Inside, each extraction run appends ``shard-*.npz`` files holding ``digests`` (sha256 of
+the image bytes: the cache key) and ``features``. A second run with
 the same settings reads the shards and computes only the images it has not seen.
 """
 
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.images import ImageError, ResizeMode, prepare
+from services.errors import BadInput
+from services.images import ResizeMode, prepare
 from training.backbones import BackboneSpec, build_backbone, hed_weights_path
 from training.colour import COLOUR, COLOUR_VERSION
 
@@ -174,7 +176,7 @@ def load_backbone(spec: BackboneSpec, layer: str | None = None):  # noqa: ANN201
         ) from None
 
 
-Loader = Callable[[int], np.ndarray]  # index -> prepared uint8 (H, W, 3); raises ImageError/OSError
+Loader = Callable[[int], np.ndarray]  # index -> prepared uint8 (H, W, 3); raises BadInput/OSError
 
 
 def image_loader(paths: Sequence[Path], size: tuple[int, int], resize: ResizeMode) -> Loader:
@@ -213,14 +215,15 @@ def extract(
         model = load_backbone(cache.spec, cache.layer)
         pending_d: list[str] = []
         pending_f: list[np.ndarray] = []
-        bar = tqdm(total=len(todo), desc=f"features {cache.spec.describe()}{' @' + cache.layer if cache.layer else ''}", unit="img", disable=not progress)
+        desc = f"features {cache.spec.describe()}{' @' + cache.layer if cache.layer else ''}"
+        bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             batch_idx, arrays = [], []
             for i in todo[start : start + batch_size]:
                 try:
                     arrays.append(loader(i))
                     batch_idx.append(i)
-                except (OSError, ImageError):
+                except (OSError, BadInput):
                     failed.add(i)
             if arrays:
                 feats = np.asarray(model.predict_on_batch(np.stack(arrays)))

@@ -199,7 +199,7 @@ def train_head(
     name: str = "head",
     seed: int = 0,
     progress: bool = True,
-):  # noqa: ANN201 - (keras.Model, History)
+) -> tuple[Any, Any]:  # (keras.Model, History)
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -224,7 +224,7 @@ def fine_tune(
     name: str = "fine-tune",
     seed: int = 0,
     progress: bool = True,
-):  # noqa: ANN201 - (keras.Model cut features -> probs, History)
+) -> tuple[Any, Any]:  # (keras.Model cut features -> probs, History)
     """Phase two of the usual recipe: the top blocks and the head together, at a low rate.
 
     ``x_*`` are the features at the cut (the layer below the top blocks). ``top`` and

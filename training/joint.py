@@ -151,7 +151,7 @@ def _parts(samples: Sequence[Sample], split: Split, task: str) -> dict[str, np.n
 
 
 def build_head(dim: int, n_classes: int, cfg: JointConfig, mean: np.ndarray, var: np.ndarray, name: str,
-               temperature: float = 1.0):  # noqa: ANN201 - keras.Model
+               temperature: float = 1.0) -> Any:  # keras.Model
     """``features`` -> standardise -> hidden ReLU + dropout -> ``logits`` -> ``temperature`` -> softmax ``probs``."""
     import keras
 

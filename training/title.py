@@ -19,7 +19,7 @@ the fine-tuned readout is overconfident, and falls far below both signals (seaso
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,3 +279,24 @@ def train_title(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     manifest["title"] = manifest_entry(model, command)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return model, {t: len(p["train"]) for t, p in parts.items()}
+
+
+def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict[str, Any]]:
+    """features, titles -> fused ``probs`` (the image head's own where a title has no words) and ``title_probs``."""
+    import keras
+
+    import tensorflow as tf
+
+    names = {layer.name for layer in head.layers}
+    # logits / temperature (a trained head); an untrained test head has none: its log-probabilities
+    both = keras.Model(head.input, [head.get_layer("temperature").output if "temperature" in names else head.output, head.output])
+    model = title.tasks[task]
+
+    def fn(features: Any, titles: Any) -> dict[str, Any]:
+        logits, image_probs = both(features, training=False)
+        if "temperature" not in names:
+            logits = tf.math.log(tf.clip_by_value(image_probs, 1e-12, 1.0))
+        probs, title_probs = fused_probs(image_probs, logits, titles, title.text, title.idf, model)
+        return {"probs": probs, "title_probs": title_probs}
+
+    return fn

@@ -293,9 +293,3 @@ def write_models(
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
 
-
-def read_manifest(models_dir: Path) -> dict[str, Any]:
-    path = Path(models_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no trained models: {path} is missing (run `autolabel train`)")
-    return json.loads(path.read_text())

@@ -52,6 +52,6 @@ say "serving: ${ARGS[*]}"
 SIZE=()
 [ -n "${INPUT_SIZE:-}" ] && SIZE=(--input-size "$INPUT_SIZE")
 set -x
-timeout --signal=INT "${BUDGET_S:-450}" "$PY" -m services.cli bench serving "${ARGS[@]}" "${SIZE[@]}" \
+timeout --signal=INT "${BUDGET_S:-450}" "$PY" -m autolabel bench serving "${ARGS[@]}" "${SIZE[@]}" \
   --images "${IMAGES:-256}" --concurrency "${CONCURRENCY:-16}" --rounds "${ROUNDS:-2}" --warmup 32 \
   --json "$OUT/bench-serving-gpu.json" --quiet 2>&1 | grep -v -E '^(I0000|W0000|WARNING: All log)' | tee -a "$LOG"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -138,9 +137,9 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
-        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
+        # `python -m autolabel`: the front door of this interpreter and this code tree
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([exe, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+            self.proc = subprocess.Popen([sys.executable, "-m", "autolabel", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=ROOT)
         return self
 

@@ -7,7 +7,6 @@ build the served models -> stack up -> worker -> publish samples/ -> wait for ev
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 import time
@@ -17,15 +16,16 @@ import click
 from tqdm import tqdm
 
 from deploy.local.processes import WorkerProcess
-from services.labels import read_labels
 from services.publisher import collect, publish_files
 from services.settings import load_settings
+from services.topics import read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _autolabel() -> str:
-    return shutil.which("autolabel", path=str(Path(sys.executable).parent)) or "autolabel"
+def _autolabel() -> list[str]:
+    """The `autolabel` command of this interpreter and this code tree."""
+    return [sys.executable, "-m", "autolabel"]
 
 
 def _catalog(samples: Path) -> dict[str, dict[str, str]]:
@@ -50,7 +50,8 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
     settings = load_settings()
     click.secho("1/5 building the served models", bold=True)
     if not skip_build:
-        build = subprocess.run([_autolabel(), "models", "build", "--models-dir", str(models_dir), "--out", str(settings.model_repository)], check=False)
+        build = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
+            [*_autolabel(), "models", "build", "--models-dir", str(models_dir), "--out", str(settings.model_repository)], check=False)
         if build.returncode != 0:
             raise click.ClickException("`autolabel models build` failed (see above)")
     click.secho("2/5 starting the embedded stack", bold=True)

@@ -28,12 +28,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks.stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC_START, DOC_END = "<!-- bench-pipeline:start -->", "<!-- bench-pipeline:end -->"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def cpu_seconds(pid: int | tuple[int, ...]) -> float:
@@ -56,7 +54,7 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int,  # noqa: ANN001, PLR0913
+def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_events: int, batch: int, log_dir: Path, warmup: int,  # noqa: ANN001
                  servers: dict[str, int], concurrency: int = 2, rate: float = 0.0, seconds: float = 0.0) -> dict:
     """A fresh worker on its own topics, warmed up, then measured in one of two ways.
 
@@ -66,109 +64,31 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
       minus labeled) is sampled every second. The worker kept up when the backlog grew by
       less than 2 % of the events offered after the first quarter of the window.
     """
-    from kafka import KafkaProducer
-
-    from deploy.local.processes import WorkerProcess, free_ports
-    from services.bench_soak import scrape_metrics
-    from services.events import ImageLocation, ProductImageUploaded
-    from services.labels import read_labels
-    from services.topics import ensure_topics
-
-    suffix = uuid.uuid4().hex[:6]
-    (metrics_port,) = free_ports(1)
-    over = {
-        "topic_images": f"bench-images-{suffix}", "topic_labels": f"bench-labels-{suffix}",
-        "topic_review": f"bench-review-{suffix}", "topic_dlq": f"bench-dlq-{suffix}",
-        "consumer_group": f"bench-{suffix}", "s3_labels_prefix": f"bench-labels-{suffix}/",
-        "triton_model": model, "batch_max_size": batch, "worker_concurrency": concurrency, "metrics_port": metrics_port, "kafka_session_timeout_s": 6,
-    }
-    run_settings = settings.model_copy(update=over)
-    ensure_topics(run_settings)
-    worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
-    worker = WorkerProcess(worker_env, log_dir / f"worker-{model}-{suffix}.log", f"bench-{model}").start()
-    # linger: a load generator at a few hundred events/s would otherwise send a request
-    # every few events and spend more CPU than the worker it measures (same 2 cores)
-    producer = KafkaProducer(**run_settings.kafka_client_kwargs(), acks="all", linger_ms=100 if rate else 5, batch_size=256 * 1024)
-
-    def send(pid: str, i: int) -> None:
-        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=images[i % len(images)]))
-        producer.send(run_settings.topic_images, key=pid.encode(), value=event.to_bytes())
-
-    def send_all(prefix: str, count: int) -> set[str]:
-        pids = [f"{prefix}{i:06d}" for i in range(count)]
-        for i, pid in enumerate(pids):
-            send(pid, i)
-        producer.flush()
-        return set(pids)
-
-    def labeled() -> int:
-        return int(scrape_metrics(metrics_port).get("autolabel_events_out_total", 0))
-
-    def wait(total: int, timeout: float) -> None:
-        """Until the worker has published ``total`` label events: a metrics scrape twice a
-        second (a few ms of CPU each, here and in the worker), no broker or S3 time."""
-        deadline = time.monotonic() + timeout
-        while labeled() < total:
-            if not worker.alive():
-                raise click.ClickException(f"the {model} worker exited ({worker.returncode}); see {worker.log_path}")
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"the {model} worker did not label {total} events in {timeout:.0f}s; see {worker.log_path}")
-            time.sleep(0.5)
-
-    def collect(ids: set[str], timeout: float = 120) -> list:
-        """The label events of ``ids``, read from the label topic."""
-        deadline = time.monotonic() + timeout
-        got: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            for e in read_labels(run_settings, idle_s=0.5):
-                if e.product_id in ids:
-                    got.setdefault(e.product_id, e)
-            if len(got) == len(ids):
-                return list(got.values())
-            time.sleep(0.5)
-        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {run_settings.topic_labels} ({model})")
-
-    def offer() -> tuple[set[str], list[tuple[float, int, int]]]:
-        """``rate`` events/s for ``seconds``; (elapsed s, sent, labeled) once a second."""
-        ids: set[str] = set()
-        samples: list[tuple[float, int, int]] = []
-        base = labeled()
-        began = time.monotonic()
-        while (elapsed := time.monotonic() - began) < seconds:
-            while len(ids) < int(elapsed * rate):
-                pid = f"s{len(ids):07d}"
-                send(pid, len(ids))
-                ids.add(pid)
-            if elapsed >= len(samples):
-                samples.append((elapsed, len(ids), labeled() - base))
-            time.sleep(0.005)
-        producer.flush()
-        return ids, samples
-
-    procs = {**servers, "worker": worker.pid, "this benchmark (producer)": os.getpid()}
+    run = _Run(settings, env, model, images, batch, log_dir, concurrency, rate)
+    procs = {**servers, "worker": run.worker.pid, "this benchmark (producer)": os.getpid()}
     try:
-        wait(len(send_all("warm", warmup)), 900)
-        base = labeled()
+        run.wait(len(run.send_all("warm", warmup)), 900)
+        base = run.labeled()
         cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
         t0 = time.time()
+        samples: list[tuple[float, int, int]] = []
         if rate:
-            ids, samples = offer()
+            ids, samples = run.offer(seconds)
             t_sent = time.time()
         else:
-            ids = send_all("p", n_events)
-        wait(base + len(ids), 3600)
+            ids = run.send_all("p", n_events)
+        run.wait(base + len(ids), 3600)
         cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-        events = collect(ids)
+        events = run.collect(ids)
     finally:
-        producer.close()
-        worker.stop()
+        run.close()
     n = len(ids)
     end = max(e.labeled_at.timestamp() for e in events)
     latencies = [e.latency_ms for e in events]
     cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}  # from the first send to the last label published
     result = {
         "events": n, "seconds": end - t0, "events_per_s": n / (end - t0),
-        "latency_p50_ms": _percentile(latencies, 50), "latency_p99_ms": _percentile(latencies, 99),
+        "latency_p50_ms": percentile(latencies, 50), "latency_p99_ms": percentile(latencies, 99),
         "batch": batch, "concurrency": concurrency, "cpu_s": cpu, "cpu_ms_per_event": {k: v / n * 1000 for k, v in cpu.items()},
         "worker_cpu_ms_per_event": cpu["worker"] / n * 1000,
         "events_per_worker_cpu_s": n / cpu["worker"] if cpu["worker"] else float("inf"),
@@ -177,6 +97,102 @@ def run_pipeline(settings, env: dict[str, str], model: str, images: list, n_even
         result.update({"offered_per_s": rate, "offered_seconds": seconds, "offered_rate_actual": n / (t_sent - t0),
                        "drain_s": end - t_sent, **backlog_summary(samples, rate)})
     return result
+
+
+class _Run:
+    """One measured worker on topics of its own, and the producer that feeds it."""
+
+    def __init__(self, settings, env: dict[str, str], model: str, images: list, batch: int, log_dir: Path,  # noqa: ANN001
+                 concurrency: int, rate: float) -> None:
+        from kafka import KafkaProducer
+
+        from deploy.local.processes import WorkerProcess, free_ports
+        from services.topics import ensure_topics
+
+        suffix = uuid.uuid4().hex[:6]
+        (self.metrics_port,) = free_ports(1)
+        over = {
+            "topic_images": f"bench-images-{suffix}", "topic_labels": f"bench-labels-{suffix}",
+            "topic_review": f"bench-review-{suffix}", "topic_dlq": f"bench-dlq-{suffix}",
+            "consumer_group": f"bench-{suffix}", "s3_labels_prefix": f"bench-labels-{suffix}/",
+            "triton_model": model, "batch_max_size": batch, "worker_concurrency": concurrency, "metrics_port": self.metrics_port,
+            "kafka_session_timeout_s": 6,
+        }
+        self.model, self.images, self.rate = model, images, rate
+        self.settings = settings.model_copy(update=over)
+        ensure_topics(self.settings)
+        worker_env = {**env, **{f"AUTOLABEL_{k.upper()}": str(v) for k, v in over.items()}, "AUTOLABEL_LOG_LEVEL": "warning"}
+        self.worker = WorkerProcess(worker_env, log_dir / f"worker-{model}-{suffix}.log", f"bench-{model}").start()
+        # linger: a load generator at a few hundred events/s would otherwise send a request
+        # every few events and spend more CPU than the worker it measures (same 2 cores)
+        self.producer = KafkaProducer(**self.settings.kafka_client_kwargs(), acks="all", linger_ms=100 if rate else 5,
+                                      batch_size=256 * 1024)
+
+    def close(self) -> None:
+        self.producer.close()
+        self.worker.stop()
+
+    def send(self, pid: str, i: int) -> None:
+        from services.events import ImageLocation, ProductImageUploaded
+
+        event = ProductImageUploaded(product_id=pid, image=ImageLocation(s3=self.images[i % len(self.images)]))
+        self.producer.send(self.settings.topic_images, key=pid.encode(), value=event.to_bytes())
+
+    def send_all(self, prefix: str, count: int) -> set[str]:
+        pids = [f"{prefix}{i:06d}" for i in range(count)]
+        for i, pid in enumerate(pids):
+            self.send(pid, i)
+        self.producer.flush()
+        return set(pids)
+
+    def labeled(self) -> int:
+        from benchmarks.harness import scrape_metrics
+
+        return int(scrape_metrics(self.metrics_port).get("autolabel_events_out_total", 0))
+
+    def wait(self, total: int, timeout: float) -> None:
+        """Until the worker has published ``total`` label events: a metrics scrape twice a
+        second (a few ms of CPU each, here and in the worker), no broker or S3 time."""
+        deadline = time.monotonic() + timeout
+        while self.labeled() < total:
+            if not self.worker.alive():
+                raise click.ClickException(f"the {self.model} worker exited ({self.worker.returncode}); see {self.worker.log_path}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the {self.model} worker did not label {total} events in {timeout:.0f}s; "
+                                           f"see {self.worker.log_path}")
+            time.sleep(0.5)
+
+    def collect(self, ids: set[str], timeout: float = 120) -> list:
+        """The label events of ``ids``, read from the label topic."""
+        from services.topics import read_labels
+
+        deadline = time.monotonic() + timeout
+        got: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            for e in read_labels(self.settings, idle_s=0.5):
+                if e.product_id in ids:
+                    got.setdefault(e.product_id, e)
+            if len(got) == len(ids):
+                return list(got.values())
+            time.sleep(0.5)
+        raise click.ClickException(f"{len(ids) - len(got)} of {len(ids)} labels missing from {self.settings.topic_labels} ({self.model})")
+
+    def offer(self, seconds: float) -> tuple[set[str], list[tuple[float, int, int]]]:
+        """``rate`` events/s for ``seconds``; (elapsed s, sent, labeled) once a second."""
+        ids: set[str] = set()
+        samples: list[tuple[float, int, int]] = []
+        base = self.labeled()
+        began = time.monotonic()
+        while (elapsed := time.monotonic() - began) < seconds:
+            while len(ids) < int(elapsed * self.rate):
+                pid = f"s{len(ids):07d}"
+                self.send(pid, len(ids))
+                ids.add(pid)
+            if elapsed >= len(samples):
+                samples.append((elapsed, len(ids), self.labeled() - base))
+            time.sleep(0.005)
+        self.producer.flush()
+        return ids, samples
 
 
 def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
@@ -200,7 +216,7 @@ def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
 
 def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: str, n_images: int, batch: int) -> dict[str, float]:
     from services.images import prepare
-    from training.bench_serving import InProcess, run_batched
+    from benchmarks.inference_paths import InProcess, run_batched
     from services.settings import TASKS
 
     arrays = [prepare(p, size, resize) for p in photos]  # type: ignore[arg-type]
@@ -209,7 +225,7 @@ def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: s
     run_batched(model, images[:batch], batch)  # warm-up
     res, _ = run_batched(model, images, batch)
     return {"images": n_images, "seconds": res.seconds, "images_per_s": n_images / res.seconds,
-            "latency_p50_ms": _percentile(res.latencies_ms, 50), "latency_p99_ms": _percentile(res.latencies_ms, 99), "batch": batch}
+            "latency_p50_ms": percentile(res.latencies_ms, 50), "latency_p99_ms": percentile(res.latencies_ms, 99), "batch": batch}
 
 
 def _pooled(runs: list[dict], count: str = "images") -> dict[str, float]:
@@ -241,17 +257,26 @@ def markdown(result: dict) -> str:
         "",
         "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
         "|---|---|---|---|---|---|",
-        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f} | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
-        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f} | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
-        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f} | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
-        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f} | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
+        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f}"
+        f" | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
+        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f}"
+        f" | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
+        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f}"
+        f" | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
+        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f}"
+        f" | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
         "",
-        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s; pipeline runs: {rates(p['runs'])} events/s.",
-        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}** (target: sustain 500 per worker) —"
-        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end; the last label {u['drain_s']:.1f} s after the last event was sent.",
+        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s;"
+        f" pipeline runs: {rates(p['runs'])} events/s.",
+        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}**"
+        " (target: sustain 500 per worker) —"
+        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end;"
+        f" the last label {u['drain_s']:.1f} s after the last event was sent.",
         f"- trivial model, burst of {t['events']}: {t['events_per_s']:.0f} events/s end to end.",
-        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
-        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model (batches of {p['batch']}).",
+        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained"
+        f" ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
+        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model"
+        f" (batches of {p['batch']}).",
         "- CPU ms per event of each process (2 cores in all):",
         f"  real model: {_cpu_line(p)};",
         f"  trivial burst: {_cpu_line(t)};",
@@ -279,10 +304,12 @@ def write_doc(path: Path, section: str) -> None:
               help="Pipeline runs of the real model, each followed by a direct run (one direct run comes first).")
 @click.option("--trivial-events", type=click.IntRange(1), default=5000, show_default=True, help="Events of the trivial model's burst.")
 @click.option("--trivial-rate", type=click.FloatRange(1), default=500, show_default=True, help="Events/s offered to the trivial model.")
-@click.option("--trivial-seconds", type=click.FloatRange(4), default=40, show_default=True, help="How long the trivial model is offered --trivial-rate.")
+@click.option("--trivial-seconds", type=click.FloatRange(4), default=40, show_default=True,
+              help="How long the trivial model is offered --trivial-rate.")
 @click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker batch size (AUTOLABEL_BATCH_MAX_SIZE).")
 @click.option("--trivial-batch", type=click.IntRange(1, 256), default=128, show_default=True, help="Worker batch size for the trivial model.")
-@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True, help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
+@click.option("--concurrency", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Batches in flight per worker (AUTOLABEL_WORKER_CONCURRENCY).")
 @click.option("--broker-storage", type=click.Choice(["memory", "s3"]), default="memory", show_default=True,
               help="Where the embedded broker keeps its log. memory: as a production Kafka, whose log is on its own disks and not"
                    " the worker's S3; s3: Tansu writes every produce request to SeaweedFS on these same cores.")
@@ -290,14 +317,14 @@ def write_doc(path: Path, section: str) -> None:
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
-def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,  # noqa: PLR0913
+def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,
              concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
     from services.settings import Settings
     from services.storage import Storage
-    from training.bench_serving import prepare_models
+    from benchmarks.serving import prepare_models
     from training.export import build_repository
     from training.serving_models import read_models
 
@@ -318,7 +345,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
             "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
             "AUTOLABEL_STATE_DIR": str(settings.state_dir),
         }
-        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"], "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
+                                           "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
         photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
         storage = Storage(live)
         images = [storage.put_image(p) for p in photos]
@@ -335,11 +363,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         directs, piped = [direct("")], []
         for r in range(rounds):  # interleaved, so a drift in the machine's speed hits both paths alike
             click.echo(f"pipeline, round {r + 1}/{rounds}: {n_events} events through the worker")
-            piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers, concurrency=concurrency))
+            piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers,
+                                      concurrency=concurrency))
             click.echo(f"  {piped[-1]['events_per_s']:.2f} events/s")
             directs.append(direct(f", round {r + 1}/{rounds}"))
         click.echo(f"pipeline, trivial model: a burst of {trivial_events} events")
-        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers, concurrency=concurrency)
+        trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
+                               concurrency=concurrency)
         click.echo(f"  {trivial['events_per_s']:.0f} events/s")
         click.echo(f"pipeline, trivial model: {trivial_rate:.0f} events/s offered for {trivial_seconds:.0f} s")
         sustained = run_pipeline(live, env, "trivial", images, 0, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
@@ -347,7 +377,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         click.echo(f"  {'kept up' if sustained['kept_up'] else 'fell behind'}: backlog {sustained['backlog_quarter']} -> {sustained['backlog_end']}")
     finally:
         stack.down(log=lambda m: None)
-    desc = f"{manifest.backbone.name} ({manifest.backbone.weights} weights) at {size[0]}x{size[1]}, {kind} heads, ensemble `autolabel` (one backbone pass)"
+    desc = (f"{manifest.backbone.name} ({manifest.backbone.weights} weights) at {size[0]}x{size[1]}, {kind} heads,"
+            " ensemble `autolabel` (one backbone pass)")
     direct_all, piped_all = _pooled(directs), _pooled(piped, "events")
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, CPU only",

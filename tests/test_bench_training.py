@@ -6,7 +6,7 @@ import re
 
 from click.testing import CliRunner
 
-from training.bench_training import bench_images, training
+from benchmarks.training import bench_images, training
 
 
 def test_bench_images_are_prepared_uint8() -> None:

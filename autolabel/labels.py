@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-from pydantic import ValidationError
 
 from services.events import ProductLabeled
-from services.settings import Settings, load_settings
-from services.topics import read_topic
-
-
-def read_labels(settings: Settings, follow: bool = False, product_id: str | None = None, topic: str | None = None, idle_s: float = 2.0):  # noqa: ANN201
-    """Yield ProductLabeled events from the label topic (invalid records are skipped)."""
-    for record in read_topic(settings, topic or settings.topic_labels, follow=follow, idle_s=idle_s):
-        try:
-            event = ProductLabeled.model_validate_json(record.value)
-        except ValidationError:
-            continue
-        if product_id is None or event.product_id == product_id:
-            yield event
+from services.endpoints import require_kafka
+from services.settings import load_settings
+from services.topics import read_labels
 
 
 def format_row(e: ProductLabeled) -> str:
@@ -41,8 +28,9 @@ HEADER = f"{'product_id':<14} {'style':<18} {'gender':<18} {'season':<18} needs_
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.option("--review", is_flag=True, help="Read the review topic (low-confidence labels) instead.")
 def labels_command(follow: bool, product_id: str | None, as_json: bool, review: bool) -> None:
-    """Show label events (latest per record, in topic order)."""
+    """Show every label event, in topic order (a product labeled twice shows twice)."""
     settings = load_settings()
+    require_kafka(settings)
     topic = settings.topic_review if review else settings.topic_labels
     if not as_json:
         click.echo(HEADER)

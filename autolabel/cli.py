@@ -1,7 +1,10 @@
 """`autolabel`: the command-line front door. Thin: parse, call, print.
 
-Subcommands live beside the code they drive and are imported only when used, so
-`autolabel publish` never pays for TensorFlow.
+It sits above every package: it assembles the subcommands of the running service
+(:mod:`services`), training (:mod:`training`), the embedded stack (:mod:`deploy.local`),
+the benchmarks (:mod:`benchmarks`) and the demo (:mod:`autolabel.demo`), and nothing below
+imports it. Subcommands are imported only when used, so `autolabel publish` never pays
+for TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import sys
 
 import click
 
+from services.endpoints import Unreachable
+from services.errors import AutolabelError
 from services.settings import SettingsError
 
 # name -> "module:attribute" of a click command or group
@@ -18,15 +23,15 @@ COMMANDS: dict[str, str] = {
     "stack": "deploy.local.cli:stack",
     "publish": "services.publisher:publish_command",
     "worker": "services.worker:worker_command",
-    "labels": "services.labels:labels_command",
-    "settings": "services.cli:settings_command",
-    "demo": "services.demo:demo_command",
+    "labels": "autolabel.labels:labels_command",
+    "settings": "autolabel.cli:settings_command",
+    "demo": "autolabel.demo:demo_command",
     "train": "training.cli:train",
     "train-title": "training.title_cli:train_title_command",
     "sweep": "training.cli:sweep",
-    "evaluate": "training.cli:evaluate",
+    "evaluate": "training.evaluate_cli:evaluate",
     "models": "training.export:models",
-    "bench": "services.bench:bench",
+    "bench": "autolabel.cli:bench",
 }
 
 HELP = {
@@ -41,7 +46,20 @@ HELP = {
     "sweep": "Run a hyperparameter grid and print the study's tables.",
     "evaluate": "Evaluate the served models on a dataset.",
     "models": "Build the served model repository.",
-    "bench": "Benchmarks: serving, pipeline, soak.",
+    "bench": "Benchmarks: serving, pipeline, soak, training.",
+}
+
+BENCHES = {
+    "serving": "benchmarks.serving:serving",
+    "pipeline": "benchmarks.pipeline:pipeline",
+    "soak": "benchmarks.soak:soak",
+    "training": "benchmarks.training:training",
+}
+BENCH_HELP = {
+    "serving": "Standalone vs shared-backbone vs in-process inference (images/s, p50/p99).",
+    "pipeline": "End-to-end events/s and latency through Kafka -> worker -> Triton -> Kafka+S3.",
+    "soak": "Fixed-rate load for N minutes: throughput, latency, RSS, lag, losses.",
+    "training": "Feature-cache head training vs a plain Keras fit with the frozen base.",
 }
 
 
@@ -81,6 +99,11 @@ def cli() -> None:
     """autolabel: label fashion product photos (style, gender, season) as they are uploaded."""
 
 
+@click.group(cls=LazyGroup, lazy_commands=BENCHES, lazy_help=BENCH_HELP)
+def bench() -> None:
+    """Benchmarks. Results go to docs/benchmarks.md with the command that made them."""
+
+
 @click.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (secrets masked).")
 def settings_command(as_json: bool) -> None:
@@ -111,6 +134,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        line = one_line(exc)
+        if line is None:
+            raise  # a bug: its traceback is what helps
+        click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+
+
+# libraries whose errors mean "a server is away or refused", not a bug in autolabel
+_CLIENT_MODULES = ("kafka", "aiokafka", "botocore", "boto3", "urllib3", "tritonclient", "grpc", "obstore")
+
+
+def one_line(exc: BaseException) -> str | None:
+    """What a person sees of an error: one line for autolabel's own errors and for servers
+    that are away or refuse (broker, S3, Triton); None for anything else (a bug)."""
+    if isinstance(exc, AutolabelError) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "" if isinstance(exc, Unreachable) else " (is the stack up? `autolabel stack status`)"
+        return f"{text[:500]}{hint}"
+    return None
 
 
 if __name__ == "__main__":

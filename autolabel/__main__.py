@@ -1,0 +1,5 @@
+"""`python -m autolabel`: the same front door as the `autolabel` command."""
+
+from autolabel.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The three ways to get the three labels (`autolabel bench serving`), and their drivers.
+
+(a) :class:`TritonPaths` ``standalone``: the three task models through Triton; (b) the same
+class, ``shared``: the ``autolabel`` model (one backbone pass); (c) :class:`InProcess`: the
+backbone + head SavedModels in this process. :func:`run_clients` drives one at a given
+client concurrency, :func:`run_batched` in fixed batches; :func:`load_images` makes inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from benchmarks.stats import percentile
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class PathResult:
+    path: str
+    images: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        lat = self.latencies_ms or [0.0]
+        return {
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images / self.seconds, 3) if self.seconds else 0.0,
+            "p50_ms": round(percentile(lat, 50), 1),
+            "p99_ms": round(percentile(lat, 99), 1),
+            "requests": len(self.latencies_ms),
+        }
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def load_images(n: int, size: tuple[int, int], images_dir: Path | None, resize: str, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``n`` uint8 images (cycled from ``images_dir`` photos, else seeded noise) and their origin."""
+    found = images_dir.iterdir() if images_dir and images_dir.is_dir() else []
+    files = sorted(p for p in found if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    if files:
+        from services.images import prepare
+
+        base = [prepare(f.read_bytes(), size, resize) for f in files[:n]]  # type: ignore[arg-type]
+        return np.stack([base[i % len(base)] for i in range(n)]), f"{min(n, len(files))} photos from {images_dir} (cycled to {n})"
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8), f"{n} seeded random images"
+
+
+# --- the three paths ---------------------------------------------------------------------------
+
+
+class TritonPaths:
+    """(a) and (b) through Triton's gRPC API; one client per worker thread."""
+
+    def __init__(self, url: str, tasks: Sequence[str]) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._g = grpcclient
+        self.url = url
+        self.tasks = list(tasks)
+        self._local = threading.local()
+
+    def _client(self):  # noqa: ANN202
+        if not hasattr(self._local, "c"):
+            self._local.c = self._g.InferenceServerClient(self.url)
+        return self._local.c
+
+    def _input(self, x: np.ndarray):  # noqa: ANN202
+        i = self._g.InferInput("image", list(x.shape), "UINT8")
+        i.set_data_from_numpy(x)
+        return i
+
+    def shared(self, x: np.ndarray) -> Outputs:
+        r = self._client().infer("autolabel", [self._input(x)], outputs=[self._g.InferRequestedOutput(t) for t in self.tasks])
+        return {t: r.as_numpy(t) for t in self.tasks}
+
+    def standalone(self, x: np.ndarray) -> Outputs:
+        c = self._client()
+        done: dict[str, object] = {}
+        ev = threading.Event()
+        lock = threading.Lock()
+
+        def cb(task: str):  # noqa: ANN202
+            def _cb(result, error) -> None:  # noqa: ANN001
+                with lock:
+                    done[task] = error if error is not None else result.as_numpy("probs")
+                    if len(done) == len(self.tasks):
+                        ev.set()
+            return _cb
+
+        for t in self.tasks:
+            c.async_infer(t, [self._input(x)], cb(t), outputs=[self._g.InferRequestedOutput("probs")])
+        if not ev.wait(600):
+            raise TimeoutError("standalone models did not answer in 600 s")
+        errors = [v for v in done.values() if not isinstance(v, np.ndarray)]
+        if errors:
+            raise RuntimeError(f"Triton error: {errors[0]}")
+        return {t: done[t] for t in self.tasks}  # type: ignore[misc]
+
+
+class InProcess:
+    """(c): the repository's backbone + head SavedModels, in this process, with TensorFlow."""
+
+    def __init__(self, repo: Path, tasks: Sequence[str]) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._keep = []
+        self.backbone = self._load(repo / "backbone" / "1" / "model.savedmodel")
+        self.heads = {t: self._load(repo / f"{t}_head" / "1" / "model.savedmodel") for t in tasks}
+
+    def _load(self, path: Path):  # noqa: ANN202
+        if not path.is_dir():
+            raise click.ClickException(f"{path} is missing: the in-process path needs the cpu/gpu-tf repository layout")
+        m = self._tf.saved_model.load(str(path))
+        self._keep.append(m)
+        return m.signatures["serving_default"]
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        f = self.backbone(image=self._tf.constant(x))["features"]
+        return {t: h(features=f)["probs"].numpy() for t, h in self.heads.items()}
+
+
+def run_clients(call: Callable[[np.ndarray], Outputs], images: np.ndarray, concurrency: int, request_batch: int) -> tuple[PathResult, Outputs]:
+    """``concurrency`` threads send ``request_batch``-image requests until the images are done."""
+    chunks = [(i, images[i:i + request_batch]) for i in range(0, len(images), request_batch)]
+    res = PathResult("")
+    outs: dict[int, Outputs] = {}
+
+    def one(item: tuple[int, np.ndarray]) -> float:
+        i, x = item
+        t0 = time.perf_counter()
+        outs[i] = call(x)
+        return (time.perf_counter() - t0) * 1000
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        res.latencies_ms = list(pool.map(one, chunks))
+    res.seconds = time.perf_counter() - started
+    res.images = len(images)
+    return res, {t: np.concatenate([outs[i][t] for i, _ in chunks]) for t in outs[0]}
+
+
+def run_batched(call: Callable[[np.ndarray], Outputs], images: np.ndarray, batch: int) -> tuple[PathResult, Outputs]:
+    """In process: batches of ``batch`` images; every image's latency is its batch's time."""
+    res = PathResult("")
+    parts: list[Outputs] = []
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        t0 = time.perf_counter()
+        parts.append(call(images[i:i + batch]))
+        ms = (time.perf_counter() - t0) * 1000
+        res.latencies_ms += [ms] * len(range(i, min(i + batch, len(images))))
+    res.seconds = time.perf_counter() - started
+    res.images = len(images)
+    return res, {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}

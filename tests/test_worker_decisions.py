@@ -1,0 +1,228 @@
+"""The worker's decisions without any server: small fakes of S3, Triton, the producer and the
+attempt ledger around the real :class:`Pipeline`, :class:`Output`, :class:`Retry` and
+:class:`Batches`.
+
+- a transient failure is retried, and nothing is dead-lettered;
+- bad input is dead-lettered at once, with its code;
+- a step failing ``max_attempts`` times dead-letters its record ``processing_failed``;
+- a batch's events are acknowledged only after its outcomes are stored and published, and
+  not at all when the output fails.
+
+The same decisions on the real stack: tests/test_pipeline_e2e.py, tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from services.errors import TransientError
+from services.events import DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductImageUploaded, ProductLabeled, RawMessage, S3Location
+from services.inference import ServedModel
+from services.output import Output
+from services.pipeline import Pipeline
+from services.retry import Retry
+from services.settings import Settings
+from services.worker import Batches
+
+CLASSES = {"style": ["casual", "formal", "sports"], "gender": ["men", "women"], "season": ["spring-fall", "summer", "winter"]}
+
+
+def _photo() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+PHOTO = _photo()
+
+
+class FakeLabeler:
+    """Triton: serves a 8x8 model; ``failures`` are raised by the next infer calls, in order."""
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.served = ServedModel(calls=(), input_size=(8, 8), resize="pad", classes=CLASSES,
+                                  info=ModelInfo(name="fake", version="v1", backbone="none", weights_source="none"))
+        self.failures = list(failures or [])
+        self.calls = 0
+        self.closed = False
+
+    async def discover(self) -> ServedModel:
+        return self.served
+
+    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        n = len(images)
+        return {"style": np.tile([0.8, 0.1, 0.1], (n, 1)), "gender": np.tile([0.3, 0.7], (n, 1)),
+                "season": np.tile([0.2, 0.6, 0.2], (n, 1))}
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeStore:
+    """S3: photos by key; a key in ``broken`` raises that error on every read."""
+
+    def __init__(self, journal: list[str], photos: dict[str, bytes], broken: dict[str, Exception] | None = None) -> None:
+        self.journal, self.photos, self.broken = journal, photos, broken or {}
+        self.labels: list[str] = []
+
+    async def get_images(self, locations: list[S3Location], max_bytes: int) -> list[bytes | None]:
+        return [None if loc.key in self.broken else self.photos.get(loc.key) for loc in locations]
+
+    async def get_image(self, location: S3Location, max_bytes: int) -> bytes:
+        if location.key in self.broken:
+            raise self.broken[location.key]
+        return self.photos[location.key]
+
+    async def put_labels(self, items: list[tuple[ProductLabeled, bytes]]) -> list[bool]:
+        for event, _ in items:
+            self.labels.append(event.product_id)
+            self.journal.append(f"store {event.product_id}")
+        return [True] * len(items)
+
+    async def put_objects(self, items: list[tuple[str, bytes]]) -> None:
+        self.journal.extend(f"store {key}" for key, _ in items)
+
+
+class FakeProducer:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.published: list[tuple[str, bytes]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: None, timestamp: None, headers: None) -> asyncio.Future:
+        self.published.append((topic, value))
+        self.journal.append(f"publish {topic} {key.decode() if key else ''}")
+        ack: asyncio.Future = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+
+class FakeLedger:
+    stale = False
+
+    def failed_before(self, msg: RawMessage) -> int:
+        return 0
+
+    async def begin(self, batch: list[tuple[RawMessage, int]]) -> str:
+        return "marker"
+
+    async def end(self, key: str | None, batch: list[RawMessage]) -> None:
+        return None
+
+    async def load(self) -> None:
+        return None
+
+
+class Worker:
+    def __init__(self, labeler: FakeLabeler | None = None, broken: dict[str, Exception] | None = None, **settings: Any) -> None:
+        base = {"retry_initial_s": 0.001, "retry_max_s": 0.002, "max_attempts": 3, "worker_name": "w-test",
+                "topic_labels": "labels", "topic_review": "review", "topic_dlq": "dlq", "log_level": "warning"}
+        self.settings = Settings(_env_file=None, **{**base, **settings})  # type: ignore[call-arg]
+        self.journal: list[str] = []
+        self.labeler = labeler or FakeLabeler()
+        self.store = FakeStore(self.journal, {f"images/{i}.jpg": PHOTO for i in range(8)} | {"images/junk.jpg": b"not a photo"},
+                               broken)
+        self.producer = FakeProducer(self.journal)
+        self.retry = Retry(self.settings)
+        self.pipeline = Pipeline(self.settings, self.store, self.labeler, self.retry)  # type: ignore[arg-type]
+        self.output = Output(self.producer, self.store, self.retry, self.settings)
+        self.batches = Batches(self.settings, self.pipeline, self.output, FakeLedger(), self.retry)  # type: ignore[arg-type]
+
+    def run(self, values: list[bytes], ack_journal: bool = True) -> list[int]:
+        """Consume ``values`` as one batch; return the offsets acknowledged."""
+        acked: list[int] = []
+        msgs = [RawMessage("images", 0, i, None, v) for i, v in enumerate(values)]
+
+        async def batches():
+            yield msgs
+
+        async def ack(m: RawMessage) -> None:
+            acked.append(m.offset)
+            self.journal.append(f"ack {m.offset}")
+
+        async def go() -> None:
+            try:
+                await asyncio.wait_for(self.batches.consume(batches(), ack, to_message=lambda m: m), timeout=20)
+            finally:
+                await self.pipeline.close()
+
+        asyncio.run(go())
+        return acked
+
+    def on(self, topic: str) -> list[bytes]:
+        return [v for t, v in self.producer.published if t == topic]
+
+    def dead_letters(self) -> dict[int, DeadLetter]:
+        letters = (DeadLetter.model_validate_json(v) for v in self.on("dlq"))
+        return {d.offset: d for d in letters}
+
+
+def _event(pid: str, key: str) -> bytes:
+    return ProductImageUploaded(product_id=pid, image=ImageLocation(s3=S3Location(bucket="autolabel", key=key))).model_dump_json().encode()
+
+
+def test_a_transient_failure_is_retried_and_nothing_dead_lettered() -> None:
+    w = Worker(FakeLabeler([TransientError("Triton away"), TransientError("Triton away")]))
+    before = REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "infer"}) or 0.0
+    acked = w.run([_event("p0", "images/0.jpg"), _event("p1", "images/1.jpg")])
+    assert acked == [0, 1] and w.labeler.calls == 3
+    labeled = [ProductLabeled.model_validate_json(v) for v in w.on("labels")]
+    assert [e.product_id for e in labeled] == ["p0", "p1"] and w.on("dlq") == []
+    assert labeled[0].labels["style"].label == "casual" and labeled[0].labels["gender"].label == "women"
+    assert REGISTRY.get_sample_value("autolabel_transient_retries_total", {"stage": "infer"}) == before + 2
+
+
+def test_bad_input_is_dead_lettered_at_once_and_the_rest_labeled() -> None:
+    w = Worker()
+    acked = w.run([b"{not json", _event("p1", "images/1.jpg"), _event("junk", "images/junk.jpg")])
+    assert acked == [0, 1, 2]
+    dead = w.dead_letters()
+    assert {o: d.code for o, d in dead.items()} == {0: ErrorCode.malformed_json, 2: ErrorCode.image_unreadable}
+    assert dead[2].product_id == "junk" and dead[2].attempts == 1
+    assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("labels")] == ["p1"]
+    assert w.retry.attempts == {}, "no attempt count left behind"
+
+
+def test_a_step_failing_every_attempt_dead_letters_its_record_processing_failed() -> None:
+    w = Worker(broken={"images/3.jpg": RuntimeError("driver bug")}, max_attempts=3)
+    acked = w.run([_event("ok", "images/0.jpg"), _event("poison", "images/3.jpg")])
+    assert acked == [0, 1]
+    dead = w.dead_letters()
+    assert list(dead) == [1] and dead[1].code == ErrorCode.processing_failed
+    assert dead[1].attempts == 3 and "driver bug" in dead[1].message
+    assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("labels")] == ["ok"]
+
+
+def test_events_are_acknowledged_only_after_their_outcomes_are_stored_and_published() -> None:
+    w = Worker()
+    w.run([_event("p0", "images/0.jpg"), b"{not json"])
+    j = w.journal
+    assert j.index("store p0") < j.index("publish labels p0") < j.index("ack 0") < j.index("ack 1")
+    assert j.index("publish dlq ") < j.index("ack 0")
+
+
+def test_nothing_is_acknowledged_when_the_output_fails() -> None:
+    w = Worker()
+
+    async def broken(items: list) -> list[bool]:
+        raise RuntimeError("S3 client bug")
+
+    w.store.put_labels = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="S3 client bug"):
+        w.run([_event("p0", "images/0.jpg")])
+    assert not any(line.startswith("ack") for line in w.journal) and w.on("labels") == []
+
+
+def test_the_triton_client_is_closed_at_shutdown() -> None:
+    w = Worker()
+    w.run([_event("p0", "images/0.jpg")])
+    assert w.labeler.closed

@@ -1,0 +1,156 @@
+"""`autolabel evaluate`: score the served models (or the committed heads) on a labeled dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from training.cli import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, data_options
+
+
+@click.command("evaluate")
+@data_options
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: all).")
+@click.option("--repository", type=click.Path(path_type=Path), default=None, help="Model repository (default: AUTOLABEL_MODEL_REPOSITORY).")
+@click.option("--from-heads", is_flag=True, help="Evaluate the committed heads on the backbone in process instead of the repository.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True)
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
+              help="Restrict each task to a part of this split (default: MODELS/split.json, the committed honest split, if there).")
+@click.option("--all-rows", is_flag=True, help="Score every labeled row, ignoring the split.")
+@click.option("--part", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="apparel-mw", show_default=True,
+              help="Headline rows: Apparel of Men/Women products, or all; other categories are reported apart.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write PNGs and report.md here.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--inputs", "inputs_", default="image", show_default=True,
+              help="What the served heads read: image, title, image+title, or several comma-separated (one backbone pass); "
+                   "title needs heads trained with `autolabel train-title`.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
+             from_heads: bool, models_dir: Path, split_file: Path | None, all_rows: bool, part: str, scope: str,
+             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, quiet: bool) -> None:
+    """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
+    calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
+    from training.evaluate import by_category, evaluate as run_eval, in_scope, product_summary, subset
+
+    task_list = _tasks(tasks)
+    inputs = _inputs(inputs_, from_heads)
+    manifest = None
+    if (models_dir / "manifest.json").is_file():
+        manifest = json.loads((models_dir / "manifest.json").read_text())
+    ds = _load_dataset(data, categories, per_class, seed)
+    task_list = [t for t in task_list if t in ds.tasks]
+    if not task_list:
+        raise click.ClickException(f"{data} has labels for none of the requested tasks")
+    keys, split_file = _rows(ds, task_list, models_dir, split_file, all_rows, part)
+    models = _models(task_list, manifest, models_dir, repository, from_heads, inputs)
+    every = run_eval(ds, models, keys, batch_size, progress=not quiet)
+    for t, r in every.items():
+        if any(r.skipped.values()):
+            click.echo(f"  {t}: skipped " + ", ".join(f"{n} {why}" for why, n in r.skipped.items() if n), err=True)
+    headline_keys = {s.key for s in ds.samples if in_scope(s, scope)}
+    results = {t: subset(r, headline_keys) for t, r in every.items()}
+    metrics = {t: r.metrics for t, r in results.items()}
+    primary = next((i for i in ("image+title", "image") if i in inputs), inputs[0])  # what the worker serves
+    products = product_summary({m.task: results[m.key] for m in models if m.inputs == primary})
+    by_cat = by_category(ds.samples, every, headline_keys)
+    _print_tables(scope, metrics, products, by_cat)
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat},
+                                        indent=2) + "\n")
+    if report_dir:
+        rows = f"the {part} part of {split_file}" if keys is not None else "every labeled row"
+        _write_report(report_dir, data, models_dir, models, results, metrics, f"Rows: {rows}; scope {scope}.")
+
+
+def _rows(ds, task_list: list[str], models_dir: Path, split_file: Path | None, all_rows: bool, part: str):  # noqa: ANN001, ANN202
+    """The rows to score per task (None: every labeled row) and the split file they come from."""
+    from training.split import Split
+
+    default_split = split_file is None and not all_rows and (models_dir / "split.json").is_file()
+    if default_split:
+        split_file = models_dir / "split.json"
+    if split_file is None or all_rows:
+        return None, split_file
+    if not split_file.is_file():
+        raise click.ClickException(f"split file not found: {split_file}")
+    split = Split.load(split_file)
+    keys = {t: set(split.keys(t, part)) for t in task_list if t in split.tasks}
+    known = set().union(*(set(k) for parts in split.tasks.values() for k in parts.values()))
+    if default_split and sum(s.key in known for s in ds.samples) < len(ds.samples) / 2:
+        click.echo(f"  {split_file} does not cover this data (new photos): scoring every labeled row", err=True)
+        return None, None
+    click.echo(f"  rows: the {part} part of {split_file}" + (" (near-duplicate groups never straddle parts)"
+                                                             if split.grouping else " (an ungrouped split)"), err=True)
+    return keys, split_file
+
+
+def _inputs(value: str, from_heads: bool) -> list[str]:
+    """--inputs: image, title, image+title, comma-separated."""
+    from training.title import INPUTS
+
+    inputs = _csv(value)
+    if not inputs or any(i not in INPUTS for i in inputs):
+        raise click.BadParameter(f"choose from {', '.join(INPUTS)} (got {value!r})", param_hint="--inputs")
+    if from_heads and inputs != ["image"]:
+        raise click.BadParameter("--from-heads scores the photo alone; build the repository to score the title", param_hint="--inputs")
+    return inputs
+
+
+def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repository: Path | None, from_heads: bool,
+            inputs: list[str]) -> list:
+    """The models to score: the committed heads in process, or the served repository."""
+    from training.errors import ModelsError
+    from training.evaluate import load_heads, load_repository
+
+    try:
+        if from_heads:
+            if manifest is None:
+                raise ModelsError(f"no {models_dir}/manifest.json: run `autolabel train` first")
+            models = load_heads(models_dir, task_list, manifest)
+        else:
+            from services.settings import load_settings
+
+            repo = repository or load_settings().model_repository
+            models = load_repository(repo, task_list, manifest, inputs)
+    except ModelsError as exc:
+        raise click.ClickException(str(exc)) from None
+    for m in models:
+        click.echo(f"  {m.key}: {m.origin} ({m.input_size[0]}x{m.input_size[1]}, {m.resize})", err=True)
+    return models
+
+
+def _print_tables(scope: str, metrics: dict, products: dict, by_cat: dict) -> None:
+    from training.report import accept_table, category_table, metrics_table, per_class_table
+
+    click.echo(f"Scope: {scope}" + (" (Apparel of Men/Women products)" if scope == "apparel-mw" else ""))
+    click.echo(metrics_table(metrics))
+    click.echo("")
+    click.echo(accept_table(metrics))
+    if products:
+        click.echo(f"\nProducts scored for every task: {products['products']}; no task flagged: {products['unflagged']}"
+                   f" ({products['unflagged_share']:.1%}); of those, all labels right: {products['unflagged_all_right_share']:.1%}")
+    for t, m in metrics.items():
+        click.echo("")
+        click.echo(per_class_table(t, m))
+    if by_cat:
+        click.echo("\nOutside the headline scope (reported apart):")
+        click.echo(category_table(by_cat))
+
+
+def _write_report(report_dir: Path, data: str, models_dir: Path, models: list, results: dict, metrics: dict, rows: str) -> None:
+    from training.report import write_report
+
+    hist_path = models_dir / "history.json"
+    histories = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
+    page = write_report(
+        report_dir, f"Evaluation on {data}", metrics, {t: (r.confusion, r.classes) for t, r in results.items()},
+        {t: h for t, h in histories.items() if t in results},
+        ["Models: " + "; ".join(f"{m.key}: `{m.origin}`" for m in models), rows],
+        predictions={t: (r.y, r.probs, r.threshold) for t, r in results.items()},
+    )
+    click.echo(f"report: {page}", err=True)
