@@ -282,7 +282,7 @@ def test_a_title_in_the_upload_is_read_with_the_photo(stack_settings, worker_fac
         (tmp_path / f"{name}.jpg").write_bytes(photo.read_bytes())
     csv_file = tmp_path / "catalog.csv"
     csv_file.write_text("id,productDisplayName,brand\ntitled,Puma Men Blue Track Pants,Puma\nforeign,日本語のシャツ\x07,\n")
-    run = subprocess.run([sys.executable, "-m", "services.cli", "publish", "--quiet", str(tmp_path), "--metadata-csv", str(csv_file),
+    run = subprocess.run([sys.executable, "-m", "autolabel", "publish", "--quiet", str(tmp_path), "--metadata-csv", str(csv_file),
                           "--title-column", "productDisplayName"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "metadata: 2 of 3 product(s) have a row" in run.stderr

@@ -1,0 +1,83 @@
+"""The title model: TensorFlow and scipy featurise alike, late fusion, per-class thresholds, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from training.calibration import accept_stats, choose_class_thresholds  # noqa: E402
+from training.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors  # noqa: E402
+from training.title import TitleModel, fit_title_model, fused_probs  # noqa: E402
+
+TITLES = ["Puma Men Blue Track Pants", "Wrangler Women Navy Jacket", "", "日本語のシャツ", "Nike Men Black Sports Shoes!!",
+          "United Colors of Benetton Women Solid Grey Stockings", "men men MEN"]
+
+
+def test_tensorflow_and_scipy_give_the_same_vectors() -> None:
+    import tensorflow as tf
+
+    cfg = TextConfig(buckets=2**12)
+    present = present_buckets(TITLES, cfg)
+    idf = fit_idf(present)
+    want = tfidf(present, idf).toarray()
+    got = title_vectors(tf.constant([[t] for t in TITLES]), cfg, idf).numpy()
+    assert np.allclose(got, want, atol=1e-6)
+    assert not got[2].any() and not got[3].any()  # no ASCII word: the zero vector
+    assert present[6].sum() == 2  # "men" and "men men": a repeated word counts once
+
+
+def _synthetic(n: int = 900, seed: int = 0) -> tuple[list[str], dict, dict, dict, dict]:
+    """Season from a word in the title, half-informative image logits: fusion should beat both."""
+    rng = np.random.default_rng(seed)
+    words = {0: ["shirt", "jeans"], 1: ["shorts", "tank"], 2: ["jacket", "sweater"]}
+    y = rng.integers(0, 3, n)
+    noisy = np.where(rng.random(n) < 0.3, rng.integers(0, 3, n), y)  # the title says the truth 70 % (+ chance)
+    titles = [f"Brand{rng.integers(0, 20)} Men {rng.choice(words[int(c)])}" for c in noisy]
+    image = np.eye(3)[np.where(rng.random(n) < 0.5, y, rng.integers(0, 3, n))] * 2.0 + rng.normal(0, 0.5, (n, 3))
+    order = rng.permutation(n)
+    parts = {"train": np.sort(order[: n // 2]), "val": np.sort(order[n // 2 : 3 * n // 4]), "test": np.sort(order[3 * n // 4 :])}
+    return titles, {"season": image}, {"season": y}, {"season": parts}, {"season": ["spring-fall", "summer", "winter"]}
+
+
+def test_fusion_beats_the_photo_and_the_title_alone_and_survives_save_load(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    titles, logits, labels, parts, classes = _synthetic()
+    model = fit_title_model(titles, logits, labels, parts, classes, TextConfig(buckets=2**10))
+    m = model.tasks["season"].metrics
+    test = {inputs: m[inputs]["test"]["balanced_accuracy"] for inputs in ("image", "title", "image+title")}
+    assert test["image+title"] > max(test["image"], test["title"]) + 0.02, test
+    thr = model.tasks["season"].threshold
+    assert thr is not None and len(thr.thresholds) == 3
+    model.save(tmp_path / "title.npz")
+    back = TitleModel.load(tmp_path / "title.npz", model.text, classes)
+    task = back.tasks["season"]
+    rows = parts["season"]["test"][:16]
+    probs, _ = fused_probs(tf.constant(np.exp(logits["season"][rows]) / np.exp(logits["season"][rows]).sum(1, keepdims=True),
+                                       tf.float32), tf.constant(logits["season"][rows], tf.float32),
+                           tf.constant([[titles[i]] for i in rows]), back.text, back.idf, task)
+    x = tfidf(present_buckets([titles[i] for i in rows], model.text), model.idf)
+    want = task.fused_logits(logits["season"][rows], task.title_logits(x))
+    want = np.exp(want - want.max(1, keepdims=True))
+    assert np.allclose(probs.numpy(), want / want.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_class_thresholds_keep_a_rare_class_from_vetoing_the_rest() -> None:
+    """Class 0 is right 99 % of the time at any confidence, class 1 only 60 %: one threshold
+    for both would be set by class 1; per class, class 0's labels are accepted."""
+    rng = np.random.default_rng(3)
+    n0, n1 = 600, 200
+    conf = np.r_[rng.uniform(0.5, 1.0, n0), rng.uniform(0.5, 1.0, n1)]
+    probs = np.zeros((n0 + n1, 2))
+    probs[:n0, 0], probs[:n0, 1] = conf[:n0], 1 - conf[:n0]
+    probs[n0:, 1], probs[n0:, 0] = conf[n0:], 1 - conf[n0:]
+    y = np.r_[np.where(rng.random(n0) < 0.99, 0, 1), np.where(rng.random(n1) < 0.6, 1, 0)]
+    t = choose_class_thresholds(probs, y, 0.95)
+    assert t.thresholds[0] <= 0.55
+    assert t.thresholds[1] > probs[n0:, 1].max()  # no confidence makes class 1 right 95 % of the time: none accepted
+    stats = accept_stats(probs, y, t.thresholds)
+    assert stats["precision"] >= 0.95 and stats["coverage"] >= 0.7
