@@ -185,7 +185,7 @@ class TritonLabeler:
             for name in wanted:
                 cfg = await client.get_model_config(name, as_json=True) if self._grpc else await client.get_model_config(name)
                 configs[name] = cfg.get("config", cfg)
-        except Exception as exc:
+        except Exception as exc:  # classified in services.errors
             raise classify_triton_error(exc, "discover") from exc
         self.served = describe(self.settings.triton_model, configs)
         return self.served
@@ -226,7 +226,7 @@ class TritonLabeler:
                 resp = await client.infer(call.model, inputs, outputs=outs, **kwargs)
                 for name, task in call.outputs.items():
                     results[task] = resp.as_numpy(name)
-        except Exception as exc:
+        except Exception as exc:  # classified in services.errors
             err = classify_triton_error(exc, "infer")
             if isinstance(err, ModelMissing):
                 self.served = None  # the repository changed: discover again, and retry

@@ -77,7 +77,7 @@ class Retry:
                 if msg is None:
                     raise
                 return exc
-            except Exception as exc:
+            except Exception as exc:  # a failed attempt, whatever it is
                 if msg is None:
                     raise
                 n = self.attempts.get(msg.ref, 0) + 1

@@ -85,7 +85,7 @@ class Storage:
     def _call(self, fn, **kwargs):  # noqa: ANN001, ANN003, ANN202
         try:
             return fn(**kwargs)
-        except Exception as exc:
+        except Exception as exc:  # an outage becomes TransientError (services.errors)
             err = classify_s3_error(exc, fn.__name__)
             if err is exc:
                 raise
@@ -135,7 +135,7 @@ class LabelStore:
             raise
         except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a GET 404
             raise BadInput(ErrorCode.image_not_found, f"s3://{self.bucket}/{location.key} does not exist") from None
-        except Exception as exc:
+        except Exception as exc:  # anything else is the store, not the event
             raise s3_outage(exc, "get") from exc
         if len(data) > max_bytes:
             raise BadInput(ErrorCode.image_too_large, f"image is over {max_bytes} bytes")

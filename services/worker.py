@@ -62,7 +62,7 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202
     return faust.SSLCredentials(ssl_context)
 
 
-def raw_message(event: Any) -> RawMessage:
+def raw_message(event: Any) -> RawMessage:  # a Faust event
     m = event.message
     return RawMessage(m.topic, m.partition, m.offset, m.key, m.value or b"")
 
@@ -201,7 +201,7 @@ async def _crashed(agent, exc: BaseException) -> None:  # noqa: ANN001
 
 
 class _Worker(faust.Worker):
-    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:  # mode's hook for SIGTERM/SIGINT
         STOPPER.arm(signal.name)
         super()._schedule_shutdown(signal)
 
