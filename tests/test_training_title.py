@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-pytest.importorskip("tensorflow")
-
-from training.calibration import accept_stats, choose_class_thresholds  # noqa: E402
-from training.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors  # noqa: E402
-from training.title import TitleModel, fit_title_model, fused_probs  # noqa: E402
+from training.calibration import accept_stats, choose_class_thresholds
+from training.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors
+from training.title import TitleModel, fit_title_model, fused_probs
 
 TITLES = ["Puma Men Blue Track Pants", "Wrangler Women Navy Jacket", "", "日本語のシャツ", "Nike Men Black Sports Shoes!!",
           "United Colors of Benetton Women Solid Grey Stockings", "men men MEN"]
