@@ -1,8 +1,9 @@
-"""The three ways to get the three labels (`autolabel bench serving`), and their drivers.
+"""The ways to get the three labels (`autolabel bench serving`), and their drivers.
 
 (a) :class:`TritonPaths` ``standalone``: the three task models through Triton; (b) the same
-class, ``shared``: the ``autolabel`` model (one backbone pass); (c) :class:`InProcess`: the
-backbone + head SavedModels in this process. :func:`run_clients` drives one at a given
+class, ``shared``: the ``autolabel`` model (one backbone pass), photo only; (c) :class:`InProcess`:
+the backbone + head SavedModels in this process; (d) ``shared`` with each photo's title (the
+text branch's cost beside (b)). :func:`run_clients` drives one at a given
 client concurrency, :func:`run_batched` in fixed batches; :func:`load_images` makes inputs.
 """
 
@@ -82,8 +83,25 @@ class TritonPaths:
         i.set_data_from_numpy(x)
         return i
 
-    def shared(self, x: np.ndarray) -> Outputs:
-        r = self._client().infer("autolabel", [self._input(x)], outputs=[self._g.InferRequestedOutput(t) for t in self.tasks])
+    @property
+    def takes_title(self) -> bool:
+        """Whether the ``autolabel`` model has a ``title`` input (heads trained with `autolabel train-title`)."""
+        if not hasattr(self, "_takes_title"):
+            meta = self._client().get_model_metadata("autolabel")
+            self._takes_title = any(i.name == "title" for i in meta.inputs)
+        return self._takes_title
+
+    def _titles(self, titles: Sequence[str]):  # noqa: ANN202
+        t = self._g.InferInput("title", [len(titles), 1], "BYTES")
+        t.set_data_from_numpy(np.array([[v.encode()] for v in titles], dtype=object))
+        return t
+
+    def shared(self, x: np.ndarray, titles: Sequence[str] | None = None) -> Outputs:
+        """(b) the ``autolabel`` model; with ``titles`` (d) each image's title too (else an empty one where it takes one)."""
+        inputs = [self._input(x)]
+        if self.takes_title:
+            inputs.append(self._titles(titles if titles is not None else [""] * len(x)))
+        r = self._client().infer("autolabel", inputs, outputs=[self._g.InferRequestedOutput(t) for t in self.tasks])
         return {t: r.as_numpy(t) for t in self.tasks}
 
     def standalone(self, x: np.ndarray) -> Outputs:
@@ -130,7 +148,21 @@ class InProcess:
 
     def __call__(self, x: np.ndarray) -> Outputs:
         f = self.backbone(image=self._tf.constant(x))["features"]
-        return {t: h(features=f)["probs"].numpy() for t, h in self.heads.items()}
+        out = {}
+        for t, h in self.heads.items():
+            reads_title = "title" in h.structured_input_signature[1]
+            out[t] = (h(features=f, title=self._tf.constant([[""]] * len(x))) if reads_title else h(features=f))["probs"].numpy()
+        return out
+
+
+def sample_titles(n: int) -> list[str]:
+    """``n`` product titles for the title path: the samples' catalog titles, cycled."""
+    import csv
+
+    path = Path(__file__).resolve().parent.parent / "samples" / "labels.csv"
+    with path.open(newline="") as f:
+        titles = [row["productDisplayName"] for row in csv.DictReader(f) if row.get("productDisplayName")]
+    return [titles[i % len(titles)] for i in range(n)]
 
 
 def run_clients(call: Callable[[np.ndarray], Outputs], images: np.ndarray, concurrency: int, request_batch: int) -> tuple[PathResult, Outputs]:

@@ -29,10 +29,19 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.inference_paths import InProcess, Outputs, PathResult, TritonPaths, load_images, run_batched, run_clients
+from benchmarks.inference_paths import (
+    InProcess,
+    Outputs,
+    PathResult,
+    TritonPaths,
+    load_images,
+    run_batched,
+    run_clients,
+    sample_titles,
+)
 from services.settings import TASKS
 
-PATHS = {"a": "standalone", "b": "shared", "c": "inprocess"}
+PATHS = {"a": "standalone", "b": "shared", "c": "inprocess", "d": "shared+title"}
 
 
 # --- repository and server --------------------------------------------------------------------
@@ -112,6 +121,11 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
         calls["b"] = lambda im: run_clients(triton.shared, im, concurrency, request_batch)  # type: ignore[union-attr]
     if "c" in paths:
         calls["c"] = lambda im: run_batched(inprocess, im, concurrency * request_batch)  # type: ignore[arg-type]
+    if "d" in paths:
+        if triton is None or not triton.takes_title:
+            raise click.ClickException("path d needs an `autolabel` model with a title input (autolabel train-title, models build)")
+        titled = lambda x: triton.shared(x, sample_titles(len(x)))  # noqa: E731
+        calls["d"] = lambda im: run_clients(titled, im, concurrency, request_batch)
     for call in calls.values():  # warm-up: first calls pay for graph set-up, connections
         call(images[: max(warmup, 1)])
     totals = {p: PathResult(PATHS[p]) for p in calls}
@@ -127,7 +141,7 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
             bar.update(1)
     bar.close()
     diffs = {}
-    keys = list(outputs)
+    keys = [k for k in outputs if k != "d"]  # d reads titles: its labels differ on purpose
     for i, p in enumerate(keys):
         for q in keys[i + 1:]:
             diffs[f"{p}-{q}"] = _max_diff(outputs[p], outputs[q])
@@ -155,7 +169,8 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 @click.option("--request-batch", type=click.IntRange(1, 256), default=1, show_default=True, help="Images per request.")
 @click.option("--rounds", type=click.IntRange(1), default=2, show_default=True, help="Interleaved passes per path.")
 @click.option("--warmup", type=click.IntRange(0), default=4, show_default=True, help="Warm-up images per path.")
-@click.option("--paths", default="a,b,c", show_default=True, help="Which paths: a=standalone, b=shared, c=inprocess.")
+@click.option("--paths", default="a,b,c", show_default=True,
+              help="Which paths: a=standalone, b=shared, c=inprocess, d=shared with each photo's title (needs title heads).")
 @click.option("--serving", type=click.Choice(["ensemble", "fused"]), default="ensemble", show_default=True, help="How `autolabel` is built.")
 @click.option("--target", type=click.Choice(["cpu", "gpu-tf", "gpu-onnx"]), default="cpu", show_default=True,
               help="Repository target to build; gpu-* need --tritonserver (a Triton with that backend).")
@@ -170,7 +185,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
     """Standalone vs shared-backbone through Triton vs in-process TensorFlow (images/s, p50/p99)."""
     chosen = [p.strip() for p in paths.split(",") if p.strip()]
     if not chosen or any(p not in PATHS for p in chosen):
-        raise click.BadParameter(f"choose from a, b, c (got {paths!r})", param_hint="--paths")
+        raise click.BadParameter(f"choose from a, b, c, d (got {paths!r})", param_hint="--paths")
     if triton_url and repository is None:
         raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
     if target != "cpu" and not (tritonserver_bin or triton_url):
@@ -202,7 +217,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
         images, origin = load_images(n_images, size, images_dir, info.get("resize", "pad"))  # type: ignore[arg-type]
         log(f"images: {origin}, {size[0]}x{size[1]} uint8; concurrency {concurrency}, {request_batch} image(s)/request, {rounds} round(s)")
         triton = inproc = None
-        if {"a", "b"} & set(chosen):
+        if {"a", "b", "d"} & set(chosen):
             if triton_url is None and tritonserver_bin is not None:
                 proc, triton_url = start_external_triton(tritonserver_bin, repository, work / "tritonserver.log", log)
             elif triton_url is None:
@@ -243,6 +258,8 @@ def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
         ratios["b/a"] = round(summary["b"]["images_per_s"] / summary["a"]["images_per_s"], 3)
     if "c" in summary and "b" in summary:
         ratios["b/c"] = round(summary["b"]["images_per_s"] / summary["c"]["images_per_s"], 3)
+    if "d" in summary and "b" in summary:  # < 1: what reading the title costs per photo
+        ratios["d/b"] = round(summary["d"]["images_per_s"] / summary["b"]["images_per_s"], 3)
     return ratios
 
 
