@@ -153,3 +153,45 @@ def test_the_onnx_build_computes_the_same_readout_and_probabilities(joint: dict[
     for task in ("style", "gender", "season"):
         p_onnx, p_tf = run_onnx(task, image=images), run_tf(task, "probs", image=images)
         assert np.abs(p_onnx - p_tf).max() <= 1e-4, task
+
+
+def test_train_title_adds_the_title_and_evaluate_scores_each_input(joint: dict[str, Path], tmp_path: Path) -> None:
+    """`autolabel train-title` on the trained heads, then evaluate --inputs image,title,image+title through the
+    built repository: the photo-only scores are the heads' own; the synthetic titles name the style."""
+    import shutil
+
+    from training import title_cli
+    from training.export import build_repository
+
+    models = tmp_path / "models"
+    shutil.copytree(joint["models"], models)
+    r = CliRunner().invoke(title_cli.train_title_command, ["--data", f"fpi:{joint['data']}", "--models-dir", str(models),
+                                                           "--cache-dir", str(joint["cache"]), "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "balanced accuracy on val: image / title / image+title" in r.output
+    title = _manifest(models)["title"]
+    assert title["file"] == "heads/title.npz" and (models / "heads" / "title.npz").is_file()
+    assert set(title["tasks"]) == {"style", "gender", "season"}
+    for entry in title["tasks"].values():
+        assert entry["threshold"]["chosen_on"] == "val" and len(entry["threshold"]["thresholds"]) >= 2
+    repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda _: None)
+    params = read_config_parameters(repo / "autolabel" / "config.pbtxt")
+    assert len(params["threshold_style_title"].split(",")) == 3
+    out = tmp_path / "inputs.json"
+    r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{joint['data']}", "--models", str(models), "--repository", str(repo),
+                                                   "--inputs", "image,title,image+title", "--json", str(out), "--quiet"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())["tasks"]
+    heads = tmp_path / "heads.json"
+    r = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{joint['data']}", "--models", str(models), "--from-heads",
+                                                   "--json", str(heads), "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    before = json.loads(heads.read_text())["tasks"]
+    for task in ("style", "gender", "season"):
+        assert got[task]["accuracy"] == pytest.approx(before[task]["accuracy"], abs=1e-9), "photo only: the image heads' scores"
+        assert got[f"{task} [image+title]"]["n"] == got[f"{task} [title]"]["n"] == got[task]["n"]
+    assert got["style [title]"]["balanced_accuracy"] == pytest.approx(1.0)  # "Brand Casual Men Shirt" names the style
+    assert got["style [image+title]"]["balanced_accuracy"] >= got["style"]["balanced_accuracy"]
+    bad = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{joint['data']}", "--inputs", "text", "--quiet"])
+    assert bad.exit_code == 2 and "choose from image, title, image+title" in bad.output

@@ -41,6 +41,7 @@ from training.text import TextConfig, fit_idf, present_buckets, tfidf
 TITLE_FILE = "heads/title.npz"  # under the models folder
 STRENGTHS = (0.1, 0.3, 1.0, 3.0)  # logistic regression C, chosen on validation
 INPUTS = ("image", "title", "image+title")
+MIN_FUSION_ROWS = 30  # validation rows below which the fusion is not fitted (a = b = 1, c = 0)
 
 
 @dataclass
@@ -104,7 +105,8 @@ def _class_weights(y: np.ndarray, k: int) -> np.ndarray:
 
 
 def fit_fusion(image_logits: np.ndarray, title_logits: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, ...]:
-    """Per-class ``a``, ``b``, ``c`` minimising class-weighted cross-entropy of ``a*zi + b*zt + c`` (``c[0] = 0``)."""
+    """Per-class ``a``, ``b`` in [0, 10] and ``c`` minimising class-weighted cross-entropy of ``a*zi + b*zt + c``
+    (``c[0] = 0``); with fewer than :data:`MIN_FUSION_ROWS` rows or a class missing, ``a = b = 1``, ``c = 0``."""
     from scipy.optimize import minimize
     from scipy.special import log_softmax
 
@@ -120,7 +122,10 @@ def fit_fusion(image_logits: np.ndarray, title_logits: np.ndarray, y: np.ndarray
         lz = log_softmax(a * image_logits + b * title_logits + c, axis=1)
         return float(-(w * lz[rows, y]).sum() / w.sum() + l2 * (p**2).sum())
 
-    res = minimize(loss, np.r_[np.ones(2 * k), np.zeros(k - 1)], method="L-BFGS-B")
+    if len(y) < MIN_FUSION_ROWS or len(np.unique(y)) < k:  # too few rows to fit: the plain product of the two models
+        return np.ones(k), np.ones(k), np.zeros(k)
+    bounds = [(0.0, 10.0)] * (2 * k) + [(None, None)] * (k - 1)  # each signal counts for or not at all, never against
+    res = minimize(loss, np.r_[np.ones(2 * k), np.zeros(k - 1)], method="L-BFGS-B", bounds=bounds)
     return unpack(res.x)
 
 
