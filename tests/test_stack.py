@@ -97,7 +97,9 @@ def test_triton_inference(stack, protocol):
     images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     inp = tc.InferInput("image", list(images.shape), "UINT8")
     inp.set_data_from_numpy(images)
-    result = client.infer(env["AUTOLABEL_TRITON_MODEL"], [inp])
+    title = tc.InferInput("title", [4, 1], "BYTES")  # the served model reads titles; b"" = none
+    title.set_data_from_numpy(np.array([[b""]] * 4, dtype=object))
+    result = client.infer(env["AUTOLABEL_TRITON_MODEL"], [inp, title])
     for task, n in (("style", 3), ("gender", 2), ("season", 3)):
         probs = result.as_numpy(task)
         assert probs.shape == (4, n)

@@ -56,7 +56,7 @@ class FakeLabeler:
     async def discover(self) -> ServedModel:
         return self.served
 
-    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def infer(self, images: np.ndarray, titles: list[str] | None = None) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
