@@ -57,6 +57,9 @@ def test_the_manifest_ships_calibration_thresholds_and_only_the_tuned_block(join
         assert set(entry["metrics"]) == {"val", "test"}
     assert (joint["models"] / "split.json").is_file()
     assert "| style | test |" in joint["output"] and "coverage" in joint["output"]
+    # the synthetic rows have titles: train fits the title models beside the heads (--title, the default)
+    assert m["title"]["trained_with"] == m["trained_with"]["command"] and (joint["models"] / "heads" / "title.npz").is_file()
+    assert "train rows with a title" in joint["output"]
 
 
 def test_the_tuned_block_changed_and_the_lower_blocks_did_not(joint: dict[str, Path]) -> None:
@@ -168,7 +171,7 @@ def test_train_title_adds_the_title_and_evaluate_scores_each_input(joint: dict[s
     r = CliRunner().invoke(title_cli.train_title_command, ["--data", f"fpi:{joint['data']}", "--models-dir", str(models),
                                                            "--cache-dir", str(joint["cache"]), "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "balanced accuracy on val: image / title / image+title" in r.output
+    assert "| task | train rows with a title | val balanced acc.: image | title | image+title |" in r.output
     title = _manifest(models)["title"]
     assert title["file"] == "heads/title.npz" and (models / "heads" / "title.npz").is_file()
     assert set(title["tasks"]) == {"style", "gender", "season"}

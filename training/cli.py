@@ -113,8 +113,9 @@ def _with_readout(spec: Any, readout: str) -> Any:
 
 def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
                  tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
-                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool) -> None:
-    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.joint)."""
+                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True) -> None:
+    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.joint), then
+    (``title``, where the data has titles) the title models beside them (training.title)."""
     import shlex
     from dataclasses import replace
 
@@ -161,13 +162,19 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         "--input-size", str(h) if h == w else f"{h}x{w}", "--readout", str(spec.readout), *(["--tasks", tasks] if tasks else []),
         *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
         "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
-        "--target-precision", f"{cfg.target_precision:g}"])
+        "--target-precision", f"{cfg.target_precision:g}", *([] if title else ["--no-title"])])
     manifest = write_joint_models(result, cfg, out, source, command)
     if split_file is None or split_file.resolve() != (out / "split.json").resolve():
         split.save(out / "split.json")
     click.echo(joint_table(result))
     click.echo(f"wrote {manifest}, {len(result.outcomes)} calibrated head(s){' and the tuned top block' if result.base else ''}"
                f" ({result.seconds / 60:.1f} min)")
+    if title and any(s.title for s in ds.samples):
+        from training.report import title_table
+        from training.title import train_title
+
+        model, used = train_title(out, ds, split, cache_dir, command, target_precision=cfg.target_precision, progress=not quiet)
+        click.echo(title_table(model, used))
 
 
 def data_options(f):  # noqa: ANN001, ANN201
@@ -210,16 +217,19 @@ def model_options(f):  # noqa: ANN001, ANN201
                    f"{DEFAULT_READOUT} for vgg16 (docs/accuracy.md), none = the per-task heads on the output map.")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Auto-accept thresholds are chosen on validation for this precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
+@click.option("--title/--no-title", default=True, show_default=True,
+              help="With a readout: also fit the title models (photo + product title, docs/accuracy.md) where the data has titles.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
           resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
           out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, readout: str,
-          target_precision: float | None, quiet: bool) -> None:
+          target_precision: float | None, title: bool, quiet: bool) -> None:
     """Train the task heads on a dataset (features cached).
 
     With a readout (the default for vgg16): three calibrated heads on one feature vector, their
     thresholds chosen for the target precision, and with --fine-tune-blocks 1 the top block
-    fine-tuned for the three tasks together. With --readout none: the study's per-task heads,
+    fine-tuned for the three tasks together; then, where the data has product titles, the title
+    models that read them beside the photo (as `autolabel train-title`). With --readout none: the study's per-task heads,
     and --fine-tune-blocks N fine-tunes the top N blocks with each head.
     """
     from training.backbones import fine_tune_blocks_error
@@ -231,7 +241,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     spec = _with_readout(spec, readout)
     if spec.readout is not None:
         _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
-                     fine_tune_epochs, fine_tune_lr, target_precision, quiet)
+                     fine_tune_epochs, fine_tune_lr, target_precision, quiet, title)
         return
     why = fine_tune_blocks_error(spec.name, fine_tune_blocks)
     if why:

@@ -209,3 +209,15 @@ def joint_table(result: Any) -> str:
             lines.append(f"| {t} | {part} | {m['n']} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | {m['macro_f1']:.3f} |"
                          f" {m['ece']:.3f} | {fmt_threshold(a['threshold'])} | {a['coverage']:.3f} | {a['precision']:.3f} |")
     return "\n".join(lines)
+
+
+def title_table(model: Any, used: Mapping[str, int]) -> str:
+    """`autolabel train-title`: rows with a title, validation balanced accuracy per input, auto-accept with a title."""
+    lines = ["| task | train rows with a title | val balanced acc.: image | title | image+title | auto-accepted with a title (val) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for task, m in model.tasks.items():
+        val = {inputs: parts["val"]["balanced_accuracy"] for inputs, parts in m.metrics.items()}
+        aa = m.metrics["image+title"]["val"].get("auto_accept", {})
+        lines.append(f"| {task} | {used[task]} | {val['image']:.3f} | {val['title']:.3f} | {val['image+title']:.3f} |"
+                     f" {aa.get('coverage', 0):.0%} at precision {aa.get('precision', float('nan')):.3f} |")
+    return "\n".join(lines)

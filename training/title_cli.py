@@ -12,15 +12,6 @@ import click
 from training.cli import DEFAULT_MODELS, _csv, _load_dataset
 
 
-def _table(model: object, used: dict[str, int]) -> None:
-    click.echo(f"{'task':8s} {'train rows with a title':>24s}   balanced accuracy on val: image / title / image+title   auto-accepted")
-    for task, m in model.tasks.items():  # type: ignore[attr-defined]
-        val = {inputs: parts["val"]["balanced_accuracy"] for inputs, parts in m.metrics.items()}
-        aa = m.metrics["image+title"]["val"].get("auto_accept", {})
-        click.echo(f"{task:8s} {used[task]:>24d}   {val['image']:.3f} / {val['title']:.3f} / {val['image+title']:.3f}"
-                   f"{'':24s}{aa.get('coverage', 0):.0%} at {aa.get('precision', float('nan')):.3f}")
-
-
 @click.command("train-title")
 @click.option("--data", required=True, help="KIND:PATH (fpi: titles from productDisplayName; manifest: a `title` column).")
 @click.option("--categories", default=None, help="fpi only: keep these masterCategory values (comma-separated).")
@@ -41,6 +32,7 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
     from services.settings import load_settings
     from training.serving_models import ModelsError, read_models
     from training.split import Split
+    from training.report import title_table
     from training.title import train_title
 
     try:
@@ -58,6 +50,6 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
     started = time.perf_counter()
     model, used = train_title(models_dir, ds, Split.load(split_file), cache_dir, command, target_precision=precision,
                               progress=not quiet)
-    _table(model, used)
+    click.echo(title_table(model, used))
     click.echo(f"wrote {models_dir / 'heads' / 'title.npz'} and the manifest's 'title' entry ({time.perf_counter() - started:.0f}s); "
                "rebuild the repository: autolabel models build")
