@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "training.cli:evaluate",
     "models": "training.export:models",
     "bench": "services.bench:bench",
+    "review": "services.review.commands:review_command",
+    "relabel": "services.review.commands:relabel_command",
 }
 
 HELP = {
@@ -40,6 +42,8 @@ HELP = {
     "evaluate": "Evaluate the served models on a dataset.",
     "models": "Build the served model repository.",
     "bench": "Benchmarks: serving, pipeline, soak.",
+    "review": "Run the human review web app (flagged labels -> reviewed labels).",
+    "relabel": "Re-emit labeled products' uploads so the served model labels them again.",
 }
 
 

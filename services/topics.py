@@ -1,4 +1,4 @@
-"""Topic administration: create the four topics with explicit partition counts."""
+"""Topic administration: create the topics with explicit partition counts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from services.settings import Settings
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq]
+    return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq, settings.topic_reviewed]
 
 
 def isolated_env(suffix: str | None = None) -> dict[str, str]:
@@ -24,6 +24,8 @@ def isolated_env(suffix: str | None = None) -> dict[str, str]:
         "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
         "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
         "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
+        "AUTOLABEL_TOPIC_REVIEWED": f"reviewed-{suffix}",
+        "AUTOLABEL_REVIEW_CONSUMER_GROUP": f"review-group-{suffix}",
         "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
         "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
         "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",

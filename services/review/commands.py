@@ -1,0 +1,66 @@
+"""`autolabel review` (the web app) and `autolabel relabel`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from deploy.local.processes import ROOT, WorkerProcess
+from services.settings import load_settings
+
+
+@click.command("review")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")  # noqa: S104
+@click.option("--port", type=int, default=None, help="Port (default AUTOLABEL_REVIEW_PORT).")
+def review_command(host: str, port: int | None) -> None:
+    """Run the review web app: the page, the JSON API, /healthz and /metrics."""
+    import uvicorn
+
+    from services import observability as obs
+    from services.review.app import create_app
+
+    settings = load_settings()
+    obs.configure_logging(settings.log_level)
+    obs.quiet_libraries(settings.log_level)
+    if not settings.review_reviewers():
+        click.echo("warning: AUTOLABEL_REVIEW_TOKENS is empty: nobody can log in", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port or settings.review_port, log_level="warning",
+                proxy_headers=True, timeout_graceful_shutdown=10)
+
+
+@click.command("relabel")
+@click.option("--only", type=click.Choice(["all", "flagged", "other-version"]), default="other-version", show_default=True,
+              help="Which labeled products: all, those flagged for review, or those labeled by a model version other than the served one.")
+@click.option("--rate", type=float, default=None, help="Events per second at most (default AUTOLABEL_RELABEL_RATE).")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint of an interrupted run and start over.")
+@click.option("--limit", type=int, default=None, help="Send at most this many (the rest next time).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def relabel_command(only: str, rate: float | None, restart: bool, limit: int | None, quiet: bool) -> None:
+    """Re-emit the uploads of labeled products so the served model labels them again.
+
+    Human labels survive: the worker merges them into the new record of the same upload.
+    """
+    from services.review.relabel import relabel
+
+    settings = load_settings()
+    s = relabel(settings, only=only, rate=rate, restart=restart, limit=limit, progress=not quiet)
+    version = f" (served model version {s.served_version})" if s.served_version else ""
+    click.echo(f"{s.considered} labeled products, {s.selected} selected{version}; "
+               f"sent {s.sent} upload event(s) to {settings.topic_images}"
+               + (f"; {s.skipped_done} sent before the interruption" if s.skipped_done else ""))
+
+
+class ReviewProcess(WorkerProcess):
+    """`autolabel review` as a child process (tests, demo)."""
+
+    def start(self) -> "ReviewProcess":
+        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent))
+        cmd = [exe, "review"] if exe else [sys.executable, "-m", "services.cli", "review"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                         stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+        return self
