@@ -212,3 +212,32 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
     assert "sent 0 upload event(s)" in again.stdout
     assert alice.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 409
     app.stop()
+
+
+def test_demo_keep_running_starts_the_review_app_with_the_stack(stack, monkeypatch):
+    """`autolabel demo --keep-running` ends with the review app up, a URL and a token that
+    works; the stack's state lists it, so `autolabel stack down` stops it too."""
+    from deploy.local.processes import free_ports, pid_alive, stop_pid
+    from deploy.local.stack import Stack
+    from services.review.commands import start_for_demo
+    from services.settings import load_settings
+
+    for k, v in stack["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AUTOLABEL_REVIEW_PORT", str(free_ports(1)[0]))
+    monkeypatch.delenv("AUTOLABEL_REVIEW_TOKENS", raising=False)
+    settings = load_settings()
+    url, token = start_for_demo(settings, log=lambda m: None)
+    st = Stack(settings)
+    review = st.read_state().components["review"]
+    try:
+        assert httpx.get(f"{url}/api/stats", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert httpx.get(f"{url}/api/stats", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert {r["component"]: r["healthy"] for r in st.status()}["review"] is True
+        assert start_for_demo(settings, log=lambda m: None) == (url, token)  # a second demo reuses it
+    finally:
+        stop_pid(review.pid)
+        state = st.read_state()
+        state.components.pop("review", None)
+        st._write_state(state)  # noqa: SLF001 - leave the session's stack as it was
+    assert not pid_alive(review.pid)

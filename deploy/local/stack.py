@@ -438,4 +438,6 @@ def _healthy(name: str, comp: ComponentState) -> bool:
         return http_ok(f"{comp.endpoint}/healthz")
     if name == "triton":
         return http_ok(f"{comp.endpoint}/v2/health/ready")
+    if name == "review":  # the review app `autolabel demo --keep-running` adds
+        return http_ok(f"{comp.endpoint}/healthz")
     return _broker_ready(comp.endpoint)

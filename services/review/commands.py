@@ -64,3 +64,45 @@ class ReviewProcess(WorkerProcess):
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                                          stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
         return self
+
+
+def start_for_demo(settings, log=click.echo) -> tuple[str, str]:  # noqa: ANN001
+    """Start the review app beside the embedded stack (`autolabel demo --keep-running`): a
+    detached process recorded in the stack's state, so `autolabel stack down` stops it too.
+    Returns (URL, a reviewer token): the first of AUTOLABEL_REVIEW_TOKENS, or a demo token
+    generated once and kept in the state dir."""
+    import secrets
+
+    from deploy.local.processes import free_ports, http_ok, port_is_free, wait_until
+    from deploy.local.stack import ComponentState, Stack
+
+    state_dir = Path(settings.state_dir).resolve()
+    reviewers = settings.review_reviewers()
+    env = {"AUTOLABEL_STATE_DIR": str(state_dir), "AUTOLABEL_METRICS_PORT": "0"}
+    if reviewers:
+        token, name = next(iter(reviewers.items()))
+    else:
+        token_file = state_dir / "review-token"
+        if not token_file.is_file():
+            token_file.write_text(f"demo:{secrets.token_urlsafe(18)}")
+            token_file.chmod(0o600)
+        name, _, token = token_file.read_text().strip().partition(":")
+        env["AUTOLABEL_REVIEW_TOKENS"] = f"{name}:{token}"
+    port = settings.review_port if port_is_free(settings.review_port) else free_ports(1)[0]
+    env["AUTOLABEL_REVIEW_PORT"] = str(port)
+    url = f"http://127.0.0.1:{port}"
+    stack = Stack(settings)
+    state = stack.read_state()
+    old = state.components.get("review") if state else None
+    if old is not None and http_ok(f"{old.endpoint}/healthz"):
+        return old.endpoint, token
+    log_path = state_dir / "logs" / "review.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = ReviewProcess(env, log_path, "review").start()
+    if not wait_until(lambda: http_ok(f"{url}/healthz"), 60, alive=proc.alive):
+        raise click.ClickException(f"the review app did not start; see {log_path}")
+    if state is not None:
+        state.components["review"] = ComponentState("review", proc.pid, "autolabel review", {"http": port}, str(log_path), url)
+        stack._write_state(state)  # noqa: SLF001 - `stack down` stops what the state lists
+    log(f"review  ready  {url} (pid {proc.pid}, log {log_path})")
+    return url, token
