@@ -161,6 +161,9 @@ def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, tmp_path):
     record = Storage(settings).get_label(pid)
     assert record.human_labels["style"].label == "formal" and record.human_labels["style"].reviewer == "alice"
     assert app.stats()["done"] == 1
+    again = c.post(f"/review/{pid}", data={"csrf_token": csrf})  # reviewed already: back to the page, with a notice
+    assert again.status_code == 303 and again.headers["location"] == "/?notice=conflict"
+    assert "reviewed by someone else" in c.get(again.headers["location"]).text
     app.stop()
 
 

@@ -39,6 +39,12 @@ REVIEW_LATENCY = Histogram("autolabel_review_decision_seconds", "Handling one re
 REQUESTS_REFUSED = Counter("autolabel_review_refused_total", "Requests refused", ["status"])
 
 
+NOTICES = {  # fixed texts: nothing from the query string is shown
+    "conflict": "That product was reviewed by someone else, or has a newer photo since: your decision was not stored.",
+    "gone": "That product is no longer in the queue.",
+}
+
+
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str] = Field(default_factory=dict, description="task -> class; tasks left out are accepted as predicted")
@@ -225,7 +231,7 @@ def create_app(settings: Settings, start_consumer: bool = True) -> FastAPI:
         return RedirectResponse("/login", status_code=303)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(request: Request, message: str | None = None) -> Response:
+    def page(request: Request, notice: str | None = None) -> Response:
         reviewer = auth.session_reviewer(request)
         if reviewer is None:
             return RedirectResponse("/login", status_code=303)
@@ -239,7 +245,7 @@ def create_app(settings: Settings, start_consumer: bool = True) -> FastAPI:
             item["order"] = sorted(item["labels"], key=lambda t: (not item["labels"][t]["needs_review"], TASKS.index(t)))
         return templates.TemplateResponse(request, "review.html", {
             "reviewer": reviewer, "item": item, "csrf": auth.csrf_token(request), "waiting": stats.waiting,
-            "done": stats.done, "reviewed": n, "per_minute": per_min, "message": message,
+            "done": stats.done, "reviewed": n, "per_minute": per_min, "message": NOTICES.get(notice or ""),
         })
 
     @app.post("/review/{product_id}")
@@ -252,7 +258,14 @@ def create_app(settings: Settings, start_consumer: bool = True) -> FastAPI:
         labels = {t: str(form[f"label_{t}"]) for t in TASKS if form.get(f"label_{t}")}
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(request.app.state.reviewing.decide, reviewer, product_id, labels)
+        try:
+            await run_in_threadpool(request.app.state.reviewing.decide, reviewer, product_id, labels)
+        except HTTPException as exc:
+            if exc.status_code not in (404, 409):
+                raise
+            # someone else got there first, or a newer photo needs no review: on to the next one
+            REQUESTS_REFUSED.labels(str(exc.status_code)).inc()
+            return RedirectResponse(f"/?notice={'gone' if exc.status_code == 404 else 'conflict'}", status_code=303)
         return RedirectResponse("/", status_code=303)
 
     @app.post("/skip/{product_id}")
