@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from kafka import KafkaProducer
 
 from conftest import wait_for
@@ -42,6 +44,7 @@ class ReviewApp:
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
+            self.proc.proc.wait(10)  # type: ignore[union-attr]
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -70,6 +73,22 @@ class ReviewApp:
         r = c.post("/login", data={"token": TOKENS[who], "csrf_token": csrf})
         assert r.status_code == 303, r.text
         return c
+
+
+@pytest.fixture()
+def review_app(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
+    """make() -> a started ReviewApp on this test's topics; every one is killed afterwards."""
+    _, env = stack_settings
+    apps: list[ReviewApp] = []
+
+    def make() -> ReviewApp:
+        app = ReviewApp(env, tmp_path).start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.kill()
 
 
 def csrf_of(html: str) -> str:

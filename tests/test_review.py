@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 
 from conftest import ROOT, SAMPLES, wait_for
-from review_helpers import ReviewApp, csrf_of, flagged_event, send_flagged
+from review_helpers import csrf_of, flagged_event, review_app, send_flagged  # noqa: F401 - review_app: a fixture
 from services.events import ProductLabeled, ProductLabelsReviewed
 from services.labels import read_labels
 from services.publisher import collect, publish_files
@@ -42,10 +42,10 @@ def _other_class(label) -> str:  # noqa: ANN001
     return next(c for c in label["probabilities"] if c != label["label"])
 
 
-def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts(stack_settings, worker_factory, tmp_path):
-    settings, env = stack_settings
+def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts(stack_settings, worker_factory, review_app):
+    settings, _ = stack_settings
     worker_factory(**ALL_FLAGGED)
-    app = ReviewApp(env, tmp_path).start()
+    app = review_app()
     files = collect([SAMPLES])[:8]
     summary = publish_files(settings, files, progress=False)
     events = _wait_labels(settings, {e.product_id for e in summary.published})
@@ -55,7 +55,7 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
 
     # a re-delivery of the review topic changes nothing: each product is in the queue once
     producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all")
-    for r in read_topic(settings, settings.topic_review, idle_s=1.0):
+    for r in list(read_topic(settings, settings.topic_review, idle_s=1.0)):  # all read before any is sent again
         producer.send(settings.topic_review, key=r.key, value=r.value)
     producer.flush(30)
     wait_for(lambda: False, 4)  # give the consumer time to read them
@@ -133,11 +133,11 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     app.stop()
 
 
-def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, tmp_path):
-    settings, env = stack_settings
+def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, review_app):
+    settings, _ = stack_settings
     photo = sorted(SAMPLES.glob("*.jpg"))[0].read_bytes()
     send_flagged(settings, [flagged_event(settings, "form-1", photo), flagged_event(settings, "form-2", photo)])
-    app = ReviewApp(env, tmp_path).start()
+    app = review_app()
     app.wait_waiting(2)
 
     # login: a wrong CSRF token is refused, a wrong reviewer token too
@@ -167,7 +167,7 @@ def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, tmp_path):
     app.stop()
 
 
-def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, worker_factory, tmp_path):
+def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, worker_factory, review_app):
     settings, env = stack_settings
     if stack["model"] == "trivial":
         pytest.skip("needs a second served model (training.export not importable)")
@@ -177,7 +177,7 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
     ids = {e.product_id for e in summary.published}
     events = _wait_labels(settings, ids)
     old_version = events[0].model.version
-    app = ReviewApp(env, tmp_path).start()
+    app = review_app()
     app.wait_waiting(len(ids))
     alice = app.api("alice")
     item = alice.get("/api/queue", params={"limit": 1}).json()[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, wait_for
-from review_helpers import TOKENS, ReviewApp, flagged_event, send_flagged
+from review_helpers import TOKENS, flagged_event, review_app, send_flagged  # noqa: F401 - review_app: a fixture
 from services.events import ProductLabelsReviewed
 from services.storage import Storage
 from services.topics import read_topic
@@ -28,16 +28,16 @@ def chromium() -> str | None:
     return os.environ.get("AUTOLABEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, tmp_path):
+def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_app, tmp_path):
     exe = chromium()
     if exe is None:
         pytest.skip("no chromium executable (make test installs Debian's chromium)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    settings, env = stack_settings
+    settings, _ = stack_settings
     photos = sorted(SAMPLES.glob("*.jpg"))[:3]
     events = [flagged_event(settings, f"shirt-{i}", p.read_bytes()) for i, p in enumerate(photos)]
     send_flagged(settings, events)
-    app = ReviewApp(env, tmp_path).start()
+    app = review_app()
     app.wait_waiting(3)
 
     with sync_playwright() as pw:

@@ -165,7 +165,8 @@ class Stack:
         timeout = timeout or self.settings.stack_timeout_s
         existing = self.read_state()
         if existing is not None:
-            alive = self.running(existing)
+            # the core components; the review app `demo --keep-running` adds is not one of them
+            alive = {n: a for n, a in self.running(existing).items() if n in COMPONENTS}
             if alive and all(alive.values()):
                 raise StackAlreadyRunning(existing)
             if any(alive.values()):
