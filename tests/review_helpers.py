@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from kafka import KafkaProducer
 
 from conftest import wait_for
@@ -75,9 +74,9 @@ class ReviewApp:
         return c
 
 
-@pytest.fixture()
-def review_app(stack_settings, tmp_path: Path) -> Iterator:  # noqa: ANN001
-    """make() -> a started ReviewApp on this test's topics; every one is killed afterwards."""
+def review_apps(stack_settings, tmp_path: Path) -> Iterator:
+    """The body of a test module's ``review_app`` fixture: make() -> a started ReviewApp on
+    this test's topics; every one is killed afterwards."""
     _, env = stack_settings
     apps: list[ReviewApp] = []
 
@@ -97,11 +96,11 @@ def csrf_of(html: str) -> str:
     return m.group(1)
 
 
-def flagged_event(settings, product_id: str, photo: bytes, style=(0.40, 0.35, 0.25), version: str = "test-1") -> ProductLabeled:  # noqa: ANN001
+def flagged_event(settings, product_id: str, photo: bytes, style=(0.40, 0.35, 0.25), version: str = "test-1") -> ProductLabeled:
     """A flagged label event of a real photo put in the stack's S3 (what a worker would publish)."""
     location = Storage(settings).put_image(photo)
 
-    def task(classes, probs, threshold=0.6) -> TaskLabel:  # noqa: ANN001
+    def task(classes, probs, threshold=0.6) -> TaskLabel:
         best = max(range(len(classes)), key=lambda i: probs[i])
         return TaskLabel(label=classes[best], confidence=probs[best], probabilities=dict(zip(classes, probs, strict=True)),
                          threshold=threshold, needs_review=probs[best] < threshold)
@@ -114,7 +113,7 @@ def flagged_event(settings, product_id: str, photo: bytes, style=(0.40, 0.35, 0.
                           metadata={"title": f"Test shirt {product_id}"})
 
 
-def send_flagged(settings, events: list[ProductLabeled], store: bool = True) -> None:  # noqa: ANN001
+def send_flagged(settings, events: list[ProductLabeled], store: bool = True) -> None:
     """Put them where a worker would: the S3 record, then topic_labels and topic_review."""
     import asyncio
 

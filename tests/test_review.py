@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 
 from conftest import ROOT, SAMPLES, wait_for
-from review_helpers import csrf_of, flagged_event, review_app, send_flagged  # noqa: F401 - review_app: a fixture
+from review_helpers import csrf_of, flagged_event, review_apps, send_flagged
 from services.events import ProductLabeled, ProductLabelsReviewed
 from services.labels import read_labels
 from services.publisher import collect, publish_files
@@ -21,11 +21,16 @@ from services.topics import read_topic
 
 pytestmark = pytest.mark.stack
 
+
+@pytest.fixture()
+def review_app(stack_settings, tmp_path):
+    yield from review_apps(stack_settings, tmp_path)
+
 ALL_FLAGGED = {"AUTOLABEL_THRESHOLD_STYLE": "1.0", "AUTOLABEL_THRESHOLD_GENDER": "1.0", "AUTOLABEL_THRESHOLD_SEASON": "1.0"}
 
 
-def _wait_labels(settings, expected: set[str], timeout: float = 180) -> list[ProductLabeled]:  # noqa: ANN001
-    def done():  # noqa: ANN202
+def _wait_labels(settings, expected: set[str], timeout: float = 180) -> list[ProductLabeled]:
+    def done():
         events = list(read_labels(settings, idle_s=1.0))
         return events if {e.product_id for e in events} >= expected else None
 
@@ -34,11 +39,11 @@ def _wait_labels(settings, expected: set[str], timeout: float = 180) -> list[Pro
     return events
 
 
-def _reviewed(settings) -> list[ProductLabelsReviewed]:  # noqa: ANN001
+def _reviewed(settings) -> list[ProductLabelsReviewed]:
     return [ProductLabelsReviewed.model_validate_json(r.value) for r in read_topic(settings, settings.topic_reviewed, idle_s=1.0)]
 
 
-def _other_class(label) -> str:  # noqa: ANN001
+def _other_class(label) -> str:
     return next(c for c in label["probabilities"] if c != label["label"])
 
 
@@ -188,7 +193,7 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
 
     worker_factory("new")  # serves stack["model"]: another model version
     cli_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "services.cli", "relabel", "--quiet", *args],  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "services.review.commands", "relabel", "--quiet", *args],  # noqa: E731
                                        env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     first = run("--limit", "2", "--rate", "20")  # interrupted after two ...
     assert first.returncode == 0, first.stderr
@@ -242,5 +247,5 @@ def test_demo_keep_running_starts_the_review_app_with_the_stack(stack, monkeypat
         stop_pid(review.pid)
         state = st.read_state()
         state.components.pop("review", None)
-        st._write_state(state)  # noqa: SLF001 - leave the session's stack as it was
+        st._write_state(state)  # leave the session's stack as it was
     assert not pid_alive(review.pid)

@@ -13,12 +13,17 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, wait_for
-from review_helpers import TOKENS, flagged_event, review_app, send_flagged  # noqa: F401 - review_app: a fixture
+from review_helpers import TOKENS, flagged_event, review_apps, send_flagged
 from services.events import ProductLabelsReviewed
 from services.storage import Storage
 from services.topics import read_topic
 
 pytestmark = pytest.mark.stack
+
+
+@pytest.fixture()
+def review_app(stack_settings, tmp_path):
+    yield from review_apps(stack_settings, tmp_path)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -12,7 +12,7 @@ from services.storage import keep_human_labels
 
 
 def _event(pid: str, event_id: str = "e1", at: datetime | None = None, version: str = "v1", flagged: bool = True) -> ProductLabeled:
-    def t(label, classes, conf) -> TaskLabel:  # noqa: ANN001
+    def t(label, classes, conf) -> TaskLabel:
         probs = {c: (conf if c == label else (1 - conf) / (len(classes) - 1)) for c in classes}
         return TaskLabel(label=label, confidence=conf, probabilities=probs, threshold=0.6, needs_review=conf < 0.6)
 

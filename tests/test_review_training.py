@@ -16,7 +16,7 @@ from services.storage import Storage
 pytestmark = pytest.mark.stack
 
 
-def _review(settings, event, labels: dict[str, str]) -> None:  # noqa: ANN001
+def _review(settings, event, labels: dict[str, str]) -> None:
     now = datetime.now(UTC)
     Storage(settings).put_human_labels(event, {t: HumanLabel(label=lab, reviewer="alice", reviewed_at=now,
                                                              model_label=event.labels[t].label) for t, lab in labels.items()})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from kafka.errors import KafkaError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.sessions import SessionMiddleware
 
 from services import observability as obs
+from services.errors import TransientError
 from services.events import HumanLabel, ProductLabelsReviewed
 from services.review import auth
 from services.review.queue import Conflict, Item, NotFound, ReviewQueue
@@ -110,6 +112,8 @@ class Reviewing:
         human = {t: HumanLabel(label=final[t], reviewer=reviewer, reviewed_at=now, model_label=model_labels[t]) for t in final}
         try:
             self.storage.put_human_labels(ev, human)
+        except TransientError as exc:
+            raise HTTPException(503, f"the store is unavailable, nothing was recorded; try again ({exc})") from None
         except ReviewConflict as exc:
             self.queue.mark_stale(item)
             REVIEWS.labels("stale").inc()
@@ -119,7 +123,10 @@ class Reviewing:
             image=ev.image, labels=final, model_labels=model_labels, corrected=corrected, model=ev.model,
             reviewer=reviewer, reviewed_at=now,
         )
-        self.producer().send(self.settings.topic_reviewed, key=ev.product_id.encode(), value=reviewed.to_bytes()).get(timeout=30)
+        try:
+            self.producer().send(self.settings.topic_reviewed, key=ev.product_id.encode(), value=reviewed.to_bytes()).get(timeout=30)
+        except KafkaError as exc:  # the labels are stored; the item stays claimed: saving again sends the event
+            raise HTTPException(503, f"the broker is unavailable; save again to publish the decision ({type(exc).__name__})") from None
         self.queue.complete(item, reviewer, final, len(corrected), now)
         REVIEWS.labels("corrected" if corrected else "accepted").inc()
         for t in corrected:
@@ -155,7 +162,7 @@ def create_app(settings: Settings, start_consumer: bool = True) -> FastAPI:
     templates = Jinja2Templates(directory=HERE / "templates")
 
     @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> Response:
+    async def _http_error(_request: Request, exc: HTTPException) -> Response:
         REQUESTS_REFUSED.labels(str(exc.status_code)).inc()
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -191,7 +198,7 @@ def create_app(settings: Settings, start_consumer: bool = True) -> FastAPI:
 
     # --- photos (bucket stays private: proxied for reviewers only) ----------------------
     @app.get("/photos/{product_id}", name="photo")
-    def photo(request: Request, product_id: str, reviewer: str = Depends(auth.any_reviewer)) -> Response:
+    def photo(request: Request, product_id: str, _reviewer: str = Depends(auth.any_reviewer)) -> Response:
         item = request.app.state.queue.get(product_id)
         if item is None:
             raise HTTPException(404, f"no product {product_id!r} in the review queue")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +57,8 @@ class ReviewProcess(WorkerProcess):
     """`autolabel review` as a child process (tests, demo)."""
 
     def start(self) -> "ReviewProcess":
-        exe = shutil.which("autolabel", path=str(Path(sys.executable).parent))
-        cmd = [exe, "review"] if exe else [sys.executable, "-m", "services.cli", "review"]
+        # this module's own entry point: the same code as `autolabel review`, wherever the CLI lives
+        cmd = [sys.executable, "-m", "services.review.commands", "review"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                                          stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
@@ -102,7 +101,19 @@ def start_for_demo(settings, log=click.echo) -> tuple[str, str]:  # noqa: ANN001
     if not wait_until(lambda: http_ok(f"{url}/healthz"), 60, alive=proc.alive):
         raise click.ClickException(f"the review app did not start; see {log_path}")
     if state is not None:
-        state.components["review"] = ComponentState("review", proc.pid, "autolabel review", {"http": port}, str(log_path), url)
+        state.components["review"] = ComponentState("review", proc.pid, "services.review.commands review", {"http": port}, str(log_path), url)
         stack._write_state(state)  # noqa: SLF001 - `stack down` stops what the state lists
     log(f"review  ready  {url} (pid {proc.pid}, log {log_path})")
     return url, token
+
+
+@click.group()
+def main() -> None:
+    """`python -m services.review.commands review|relabel`: the same as `autolabel review|relabel`."""
+
+
+main.add_command(review_command)
+main.add_command(relabel_command)
+
+if __name__ == "__main__":
+    main()
