@@ -76,3 +76,19 @@ def test_a_model_relabel_keeps_human_labels_a_new_upload_does_not():
 def test_reviewer_tokens_parse():
     s = Settings(review_tokens="alice:t1, bob:t2,broken,:t3,carol:")
     assert s.review_reviewers() == {"t1": "alice", "t2": "bob"}
+
+
+def test_relabel_re_emits_the_same_upload_and_selects_by_version():
+    from services.events import supersedes
+    from services.review.relabel import upload_again, wanted
+
+    record = _event("a", "e7", at=datetime(2026, 3, 1, 12, tzinfo=UTC), version="v1").model_copy(update={"metadata": {"title": "Shirt"}})
+    again = upload_again(record)
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert (again.event_id, again.uploaded_at, again.image, again.metadata) == ("e7", at, record.image, {"title": "Shirt"})
+    # labeled again by the same version: no change; by another: it replaces the record
+    assert not supersedes(_event("a", "e7", at=again.uploaded_at, version="v1"), record)
+    assert supersedes(_event("a", "e7", at=again.uploaded_at, version="v2"), record)
+    assert wanted(record, "other-version", "v2") and not wanted(record, "other-version", "v1")
+    assert wanted(record, "flagged", None) and not wanted(_event("b", flagged=False), "flagged", None)
+    assert wanted(_event("b", flagged=False), "all", None)
