@@ -149,9 +149,9 @@ class Settings(BaseSettings):
     review_tokens: SecretStr = Field(
         SecretStr(""), description="Reviewers allowed in, comma-separated name:token pairs (secret); empty = nobody."
     )
-    review_database_url: str = Field(
-        "", description="SQLAlchemy URL of the review queue (e.g. postgresql+psycopg://...); empty = SQLite "
-        "<state_dir>/review.db.",
+    review_database_url: SecretStr = Field(
+        SecretStr(""), description="SQLAlchemy URL of the review queue (e.g. postgresql+psycopg://...; secret: it may hold "
+        "a password); empty = SQLite <state_dir>/review.db.",
     )
     review_claim_timeout_s: float = Field(
         600.0, gt=0, description="A claimed item nobody reviewed goes back to the queue after this many seconds."

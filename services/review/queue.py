@@ -103,8 +103,8 @@ class Conflict(RuntimeError):
 
 
 def database_url(settings: Settings) -> str:
-    if settings.review_database_url:
-        return settings.review_database_url
+    if settings.review_database_url.get_secret_value():
+        return settings.review_database_url.get_secret_value()
     path = Path(settings.state_dir).resolve() / "review.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
