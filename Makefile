@@ -14,13 +14,19 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[ml,stack,dev]'
+	$(PY) -m pip install --quiet -e '.[ml,stack,review,dev]'
 	@touch $@
 
 demo: install
 	$(AUTOLABEL) demo
 
-test: install
+# The browser test drives Debian's chromium (browsers cannot be downloaded by Playwright here).
+$(VENV)/.browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver) \
+		|| (sudo apt-get update && sudo apt-get install -y chromium chromium-driver)
+	@touch $@
+
+test: install $(VENV)/.browser
 	$(PY) -m pytest -m "not faults" tests
 
 test-faults: install

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "training.evaluate_cli:evaluate",
     "models": "training.export:models",
     "bench": "autolabel.cli:bench",
+    "review": "autolabel.review:review_command",
+    "relabel": "autolabel.review:relabel_command",
 }
 
 HELP = {
@@ -47,6 +49,8 @@ HELP = {
     "evaluate": "Evaluate the served models on a dataset.",
     "models": "Build the served model repository.",
     "bench": "Benchmarks: serving, pipeline, soak, training.",
+    "review": "Run the human review web app (flagged labels -> reviewed labels).",
+    "relabel": "Re-emit labeled products' uploads so the served model labels them again.",
 }
 
 BENCHES = {

@@ -85,6 +85,11 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
         missing = set(wanted) - set(got)
         if missing:
             raise click.ClickException(f"{len(missing)} label(s) did not arrive within {timeout:.0f}s; see {log_path}")
+        if keep_running:
+            from autolabel.review import start_for_demo
+
+            url, token = start_for_demo(settings)
+            click.secho(f"\nreview the flagged labels: {url}  (token: {token})", bold=True)
     finally:
         if worker is not None:
             worker.stop()

@@ -35,6 +35,8 @@ def isolated_env(suffix: str | None = None) -> dict[str, str]:
         "AUTOLABEL_TOPIC_LABELS": f"labels-{suffix}",
         "AUTOLABEL_TOPIC_REVIEW": f"review-{suffix}",
         "AUTOLABEL_TOPIC_DLQ": f"dlq-{suffix}",
+        "AUTOLABEL_TOPIC_REVIEWED": f"reviewed-{suffix}",
+        "AUTOLABEL_REVIEW_CONSUMER_GROUP": f"review-group-{suffix}",
         "AUTOLABEL_CONSUMER_GROUP": f"group-{suffix}",
         "AUTOLABEL_S3_LABELS_PREFIX": f"labels-{suffix}/",
         "AUTOLABEL_KAFKA_SESSION_TIMEOUT_S": "6",

@@ -1,7 +1,8 @@
 """Versioned event schemas: what goes on the topics and into S3.
 
 ``ProductImageUploaded`` (topic_images) -> ``ProductLabeled`` (topic_labels, and
-topic_review when ``needs_review``) or ``DeadLetter`` (topic_dlq). Keys are product ids.
+topic_review when ``needs_review``) or ``DeadLetter`` (topic_dlq); a reviewer's decision on a
+flagged one -> ``ProductLabelsReviewed`` (topic_reviewed). Keys are product ids.
 Every schema carries ``schema_version``; readers accept the versions they know.
 """
 
@@ -145,6 +146,11 @@ class ProductLabeled(_Event):
     inputs: list[Literal["image", "title"]] = Field(
         default_factory=lambda: ["image"], min_length=1, max_length=2,
         description="What the labels were read from: the photo, and the upload's metadata.title where the model read it.")
+    # optional, newer fields: absent in older records
+    metadata: dict[str, str] | None = Field(None, description="The upload event's catalog metadata, if it had any.")
+    human_labels: dict[Literal["style", "gender", "season"], "HumanLabel"] | None = Field(
+        None, description="In the stored record only: what a reviewer decided for this upload (source: human)."
+    )
 
     def upload_order(self) -> tuple[datetime, str]:
         """Which upload this labels, in upload order: (uploaded_at, then event id).
@@ -162,6 +168,38 @@ class ProductLabeled(_Event):
         if self.needs_review != any(t.needs_review for t in self.labels.values()):
             raise ValueError("needs_review must be true exactly when a task needs review")
         return self
+
+
+class HumanLabel(BaseModel):
+    """A reviewer's decision on one task of one upload, kept in the label record."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str
+    source: Literal["human"] = "human"
+    reviewer: str = Field(min_length=1, max_length=128)
+    reviewed_at: datetime
+    model_label: str | None = Field(None, description="The model's label the reviewer saw (equal to label: accepted).")
+
+
+ProductLabeled.model_rebuild()
+
+
+class ProductLabelsReviewed(_Event):
+    """A reviewer's decision on a flagged product (topic_reviewed): the labels as a person set them."""
+
+    schema_version: Literal[1] = 1
+    type: Literal["product.labels.reviewed"] = "product.labels.reviewed"
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
+    product_id: ProductId
+    source_event_id: str = Field(description="The upload event whose labels were reviewed.")
+    uploaded_at: datetime | None = None
+    image: ImageLocation
+    labels: dict[Literal["style", "gender", "season"], str] = Field(description="Every task's label as decided.")
+    model_labels: dict[Literal["style", "gender", "season"], str] = Field(description="What the model said.")
+    corrected: list[Literal["style", "gender", "season"]] = Field(description="Tasks where the reviewer changed the label.")
+    model: ModelInfo
+    reviewer: str = Field(min_length=1, max_length=128)
+    reviewed_at: datetime = Field(default_factory=_now)
 
 
 class ErrorCode(StrEnum):

@@ -208,7 +208,7 @@ class Pipeline:
                 product_id=event.product_id, source_event_id=event.event_id, image=event.image,
                 labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
-                uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]),
+                uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]), metadata=dict(event.metadata) or None,
             )
             self.retry.attempts.pop(messages[i].ref, None)
         assert all(o is not None for o in outcomes)

@@ -144,6 +144,32 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port of the worker; 0 = off.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
+    # --- Human review (`autolabel review`, `autolabel relabel`) -----------------------
+    review_port: int = Field(8088, ge=1, le=65535, description="Port of the review web app (page, JSON API, /metrics).")
+    review_tokens: SecretStr = Field(
+        SecretStr(""), description="Reviewers allowed in, comma-separated name:token pairs (secret); empty = nobody."
+    )
+    review_database_url: SecretStr = Field(
+        SecretStr(""), description="SQLAlchemy URL of the review queue (e.g. postgresql+psycopg://...; secret: it may hold "
+        "a password); empty = SQLite <state_dir>/review.db.",
+    )
+    review_claim_timeout_s: float = Field(
+        600.0, gt=0, description="A claimed item nobody reviewed goes back to the queue after this many seconds."
+    )
+    review_consumer_group: str = Field(
+        "autolabel-review", description="Consumer group of the review app reading topic_review."
+    )
+    review_session_secret: SecretStr = Field(
+        SecretStr(""), description="Key signing the review page's session cookies (secret); empty = derived from "
+        "the review tokens.",
+    )
+    topic_reviewed: str = Field(
+        "product-labels-reviewed", description="ProductLabelsReviewed: each human review decision."
+    )
+    relabel_rate: float = Field(
+        50.0, gt=0, description="`autolabel relabel`: upload events re-emitted per second at most."
+    )
+
     # --- Embedded stack ----------------------------------------------------------
     state_dir: Path = Field(Path(".autolabel"), description="Data, logs, PIDs of the embedded stack.")
     stack_timeout_s: float = Field(90.0, gt=0, description="How long `stack up` waits for health.")
@@ -177,6 +203,15 @@ class Settings(BaseSettings):
         if value.startswith("/") or ".." in value or not value.endswith("/"):
             raise ValueError("must be relative, end with '/' and contain no '..'")
         return value
+
+    def review_reviewers(self) -> dict[str, str]:
+        """token -> reviewer name, from ``review_tokens`` (``name:token,...``)."""
+        out: dict[str, str] = {}
+        for pair in self.review_tokens.get_secret_value().split(","):
+            name, sep, token = pair.strip().partition(":")
+            if sep and name.strip() and token.strip():
+                out[token.strip()] = name.strip()
+        return out
 
     def threshold(self, task: str) -> float | None:
         """The operator's override of ``task``'s auto-accept threshold, or None (use the model's)."""

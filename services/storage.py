@@ -54,6 +54,19 @@ def image_key(prefix: str, data: bytes, suffix: str = ".jpg") -> str:
     return f"{prefix}{hashlib.sha256(data).hexdigest()}{suffix}"
 
 
+def keep_human_labels(new: ProductLabeled, stored: ProductLabeled, body: bytes) -> bytes:
+    """The body to write over ``stored``: a model relabel of the same upload keeps the
+    reviewers' labels (a person's decision is never overwritten by a model); a new upload
+    starts fresh."""
+    if stored.human_labels and not new.human_labels and new.upload_order() == stored.upload_order():
+        return new.model_copy(update={"human_labels": stored.human_labels}).to_bytes()
+    return body
+
+
+class ReviewConflict(Exception):
+    """The label record is not of the reviewed upload (a newer photo came), or it is gone."""
+
+
 class Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
@@ -74,6 +87,52 @@ class Storage:
                 return None
             raise
         return ProductLabeled.model_validate(json.loads(resp["Body"].read()))
+
+    def get_label_with_etag(self, product_id: str) -> tuple[ProductLabeled | None, str | None]:
+        key = label_key(self.settings.s3_labels_prefix, product_id)
+        try:
+            resp = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None, None
+            raise
+        return ProductLabeled.model_validate_json(resp["Body"].read()), resp.get("ETag")
+
+    def put_human_labels(self, reviewed: ProductLabeled, human: dict[str, Any]) -> ProductLabeled:
+        """Add reviewers' labels (``task -> HumanLabel``) to the record of the upload
+        ``reviewed`` labels, with a PUT conditional on the ETag read (``If-Match``; a new
+        record ``If-None-Match: *``), read again on a 412. ReviewConflict when the record
+        is of another upload now; the record written otherwise."""
+        key = label_key(self.settings.s3_labels_prefix, reviewed.product_id)
+        for _ in range(LABEL_WRITE_TRIES):
+            stored, etag = self.get_label_with_etag(reviewed.product_id)
+            base = stored if stored is not None else reviewed
+            if base.upload_order() != reviewed.upload_order():
+                raise ReviewConflict(f"the record of {reviewed.product_id} is of another upload now")
+            record = base.model_copy(update={"human_labels": {**(base.human_labels or {}), **human}})
+            cond = {"IfMatch": etag} if stored is not None else {"IfNoneMatch": "*"}
+            try:
+                self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=record.to_bytes(),
+                           ContentType="application/json", **cond)
+                return record
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+                    obs.LABEL_WRITE_CONFLICTS.inc()
+                    continue
+                raise
+        raise TransientError(f"S3 {key} changed under the review app {LABEL_WRITE_TRIES} times in a row")
+
+    def get_object_bytes(self, location: S3Location) -> tuple[bytes, str]:
+        """An object of the configured bucket (bytes, content type); FileNotFoundError if absent."""
+        if location.bucket != self.bucket:
+            raise FileNotFoundError(f"bucket {location.bucket!r} is not the configured bucket")
+        try:
+            resp = self._call(self.client.get_object, Bucket=self.bucket, Key=location.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(location.key) from None
+            raise
+        return resp["Body"].read(), resp.get("ContentType") or "application/octet-stream"
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
@@ -260,6 +319,7 @@ class LabelStore:
         import obstore
         from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
+        original = body
         for _ in range(LABEL_WRITE_TRIES):
             try:
                 got = await obstore.get_async(self.store, key)
@@ -270,10 +330,13 @@ class LabelStore:
                 raise s3_outage(exc, "get") from exc
             if raw is not None:
                 try:
-                    if not supersedes(event, ProductLabeled.model_validate_json(raw)):
-                        return False
+                    stored = ProductLabeled.model_validate_json(raw)
                 except ValueError:
-                    pass  # an unreadable record is replaced
+                    stored = None  # an unreadable record is replaced
+                if stored is not None:
+                    if not supersedes(event, stored):
+                        return False
+                    body = keep_human_labels(event, stored, original)
             mode = "create" if raw is None else ({"e_tag": etag} if etag else "overwrite")
             try:
                 await obstore.put_async(self.store, key, body, mode=mode, attributes=attrs)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from services.settings import Settings
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq]
+    return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq, settings.topic_reviewed]
 
 
 def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:

@@ -195,7 +195,7 @@ def test_topic_init_uses_project_topic_code(services: dict) -> None:
         assert hasattr(topics, name.strip()), f"services.topics has no {name.strip()}"
     # Every topic the settings name is one topic-init creates.
     s = Settings(_env_file=None)
-    assert set(topics.topic_names(s)) == {s.topic_images, s.topic_labels, s.topic_review, s.topic_dlq}
+    assert set(topics.topic_names(s)) == {s.topic_images, s.topic_labels, s.topic_review, s.topic_dlq, s.topic_reviewed}
 
 
 def test_bucket_init_creates_the_settings_bucket(services: dict) -> None:

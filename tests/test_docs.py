@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled
+from services.events import DeadLetter, ErrorCode, ProductImageUploaded, ProductLabeled, ProductLabelsReviewed
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -16,7 +16,7 @@ def _json_blocks(text: str) -> list[dict]:
 def test_event_examples_validate():
     blocks = _json_blocks((DOCS / "events.md").read_text())
     schemas = {"product.image.uploaded": ProductImageUploaded, "product.labeled": ProductLabeled,
-               "product.image.dead_letter": DeadLetter}
+               "product.image.dead_letter": DeadLetter, "product.labels.reviewed": ProductLabelsReviewed}
     for block in blocks:
         schemas[block["type"]].model_validate(block)
     assert {b["type"] for b in blocks} == set(schemas), "an example of every schema"

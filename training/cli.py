@@ -64,7 +64,9 @@ def _head_overrides(sets: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _load_dataset(data: str, categories: str | None, per_class: int | None, seed: int):  # noqa: ANN202
+def _load_dataset(data: str, categories: str | None, per_class: int | None, seed: int,  # noqa: ANN202
+                  reviewed_cache: Path | None = None):
+    """The dataset; with ``reviewed_cache``, plus the reviewers' labels from the store (training.reviewed)."""
     from training.datasets import DatasetError, cap_per_class, load
 
     try:
@@ -75,6 +77,12 @@ def _load_dataset(data: str, categories: str | None, per_class: int | None, seed
         raise click.ClickException(str(exc)) from None
     for line in ds.report.lines():
         click.echo(line, err=True)
+    if reviewed_cache is not None:
+        from services.settings import load_settings
+        from training.reviewed import add_reviewed
+
+        ds, used = add_reviewed(ds, load_settings(), reviewed_cache)
+        click.echo(used.line(), err=True)
     for task in ds.tasks:
         counts = ds.counts(task)
         click.echo(f"  {task}: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in ds.classes[task]), err=True)
@@ -113,7 +121,8 @@ def _with_readout(spec: Any, readout: str) -> Any:
 
 def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
                  tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
-                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True) -> None:
+                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True,
+                 reviewed: bool = False) -> None:
     """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.joint), then
     (``title``, where the data has titles) the title models beside them (training.title)."""
     import shlex
@@ -142,7 +151,7 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         except (ValueError, TypeError) as exc:
             raise click.ClickException(f"bad --set: {exc}") from None
         cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
-    ds = _load_dataset(data, categories, per_class, seed)
+    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
     if split_file is not None:
         if not split_file.is_file():
             raise click.ClickException(f"split file not found: {split_file}")
@@ -219,11 +228,14 @@ def model_options(f):  # noqa: ANN001, ANN201
               help="Auto-accept thresholds are chosen on validation for this precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
 @click.option("--title/--no-title", default=True, show_default=True,
               help="With a readout: also fit the title models (photo + product title, docs/accuracy.md) where the data has titles.")
+@click.option("--reviewed/--no-reviewed", default=False, show_default=True,
+              help="Add the reviewers' labels from the label records in S3 (`autolabel review`): they override the "
+                   "dataset's labels of the same photo; photos only the store has are added.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
           resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
           out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, readout: str,
-          target_precision: float | None, title: bool, quiet: bool) -> None:
+          target_precision: float | None, title: bool, reviewed: bool, quiet: bool) -> None:
     """Train the task heads on a dataset (features cached).
 
     With a readout (the default for vgg16): three calibrated heads on one feature vector, their
@@ -241,7 +253,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     spec = _with_readout(spec, readout)
     if spec.readout is not None:
         _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
-                     fine_tune_epochs, fine_tune_lr, target_precision, quiet, title)
+                     fine_tune_epochs, fine_tune_lr, target_precision, quiet, title, reviewed)
         return
     why = fine_tune_blocks_error(spec.name, fine_tune_blocks)
     if why:
@@ -254,7 +266,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
         raise click.ClickException(f"bad --set: {exc}") from None
     cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
                       seed=seed, cache_dir=cache_dir, progress=not quiet, fine_tune=fine)
-    ds = _load_dataset(data, categories, per_class, seed)
+    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
     split = None
     if split_file is not None:
         if not split_file.is_file():

@@ -103,7 +103,8 @@ class Stack:
         timeout = timeout or self.settings.stack_timeout_s
         existing = self.read_state()
         if existing is not None:
-            alive = self.running(existing)
+            # the core components; the review app `demo --keep-running` adds is not one of them
+            alive = {n: a for n, a in self.running(existing).items() if n in COMPONENTS}
             if alive and all(alive.values()):
                 raise StackAlreadyRunning(existing)
             if any(alive.values()):
@@ -376,4 +377,6 @@ def _healthy(name: str, comp: ComponentState) -> bool:
         return http_ok(f"{comp.endpoint}/healthz")
     if name == "triton":
         return http_ok(f"{comp.endpoint}/v2/health/ready")
+    if name == "review":  # the review app `autolabel demo --keep-running` adds
+        return http_ok(f"{comp.endpoint}/healthz")
     return _broker_ready(comp.endpoint)

@@ -1,0 +1,297 @@
+"""The review queue: one row per flagged product, in a real database (SQLAlchemy).
+
+SQLite file under the state dir by default, PostgreSQL (or any SQLAlchemy URL) through
+``AUTOLABEL_REVIEW_DATABASE_URL``. An item is ``pending`` -> ``claimed`` (by one reviewer,
+until ``claimed_until``; an expired claim is pending again) -> ``done``, or ``stale`` when
+the product got a newer photo that needs no review. Every state change is one conditional
+UPDATE, so two reviewers never hold the same product, whatever the database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import DateTime, Integer, String, Text, TypeDecorator, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from services.events import ProductLabeled
+from services.settings import Settings
+
+PENDING, CLAIMED, DONE, STALE = "pending", "claimed", "done", "stale"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone: store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "review_items"
+
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source_event_id: Mapped[str] = mapped_column(String(64))
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    model_version: Mapped[str] = mapped_column(String(128))
+    event_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    @property
+    def event(self) -> ProductLabeled:
+        return ProductLabeled.model_validate_json(self.event_json)
+
+
+class Decision(Base):
+    """Every review decision (the reviewer's rate, an audit trail)."""
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    product_id: Mapped[str] = mapped_column(String(128), index=True)
+    source_event_id: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(128), index=True)
+    labels_json: Mapped[str] = mapped_column(Text)
+    corrected: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+@dataclass(frozen=True)
+class Stats:
+    pending: int
+    claimed: int
+    done: int
+    stale: int
+
+    @property
+    def waiting(self) -> int:
+        """Not reviewed yet: pending, or claimed by someone."""
+        return self.pending + self.claimed
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+def database_url(settings: Settings) -> str:
+    if settings.review_database_url.get_secret_value():
+        return settings.review_database_url.get_secret_value()
+    path = Path(settings.state_dir).resolve() / "review.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:  # noqa: ANN001
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class ReviewQueue:
+    def __init__(self, url: str, claim_timeout_s: float = 600.0) -> None:
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.claim_timeout = timedelta(seconds=claim_timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ReviewQueue":
+        return cls(database_url(settings), settings.review_claim_timeout_s)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.sessions() as s:
+            s.execute(select(1))
+
+    # --- filled from topic_review ------------------------------------------------------
+    def offer(self, events: list[ProductLabeled]) -> dict[str, int]:
+        """Add flagged label events, in one transaction; idempotent by product and upload.
+
+        A product has one row: the first flagged label of an upload adds it; a re-delivery
+        changes nothing; a newer upload replaces it and queues it again (a new photo starts
+        fresh, even after a review); an older upload is ignored; the same upload relabeled by
+        another model version refreshes the labels shown, unless it was reviewed already.
+        """
+        counts = {"added": 0, "updated": 0, "ignored": 0}
+        now = _now()
+        with self.sessions.begin() as s:
+            for ev in events:
+                if not ev.needs_review:
+                    counts["ignored"] += 1
+                    continue
+                at = ev.upload_order()[0]
+                item = s.get(Item, ev.product_id)
+                if item is None:
+                    s.add(Item(product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=at,
+                               model_version=ev.model.version, event_json=ev.model_dump_json(), status=PENDING, queued_at=now))
+                    s.flush()
+                    counts["added"] += 1
+                    continue
+                mine, theirs = (at, ev.source_event_id), (item.uploaded_at, item.source_event_id)
+                if mine > theirs:
+                    item.source_event_id, item.uploaded_at = ev.source_event_id, at
+                    item.model_version, item.event_json = ev.model.version, ev.model_dump_json()
+                    item.status, item.queued_at, item.claimed_by, item.claimed_until = PENDING, now, None, None
+                    item.reviewed_by = item.reviewed_at = None
+                    counts["updated"] += 1
+                elif mine == theirs and ev.model.version != item.model_version and item.status in (PENDING, CLAIMED):
+                    item.model_version, item.event_json = ev.model.version, ev.model_dump_json()
+                    counts["updated"] += 1
+                else:
+                    counts["ignored"] += 1
+        return counts
+
+    # --- reviewers --------------------------------------------------------------------
+    def _claimable(self, reviewer: str, now: datetime):  # noqa: ANN202
+        return or_(
+            Item.status == PENDING,
+            (Item.status == CLAIMED) & ((Item.claimed_until < now) | (Item.claimed_by == reviewer)),
+        )
+
+    def claim(self, reviewer: str, limit: int) -> list[Item]:
+        """Up to ``limit`` items for ``reviewer``: the ones it holds already, then the oldest
+        claimable ones; each taken by a conditional UPDATE (another reviewer's win is skipped)."""
+        now = _now()
+        until = now + self.claim_timeout
+        out: list[Item] = []
+        with self.sessions() as s:
+            held = s.scalars(
+                select(Item).where(Item.status == CLAIMED, Item.claimed_by == reviewer, Item.claimed_until >= now)
+                .order_by(Item.queued_at, Item.product_id).limit(limit)
+            ).all()
+            for item in held:  # extend the claim of what is shown again
+                s.execute(update(Item).where(Item.product_id == item.product_id, Item.claimed_by == reviewer)
+                          .values(claimed_until=until))
+                item.claimed_until = until
+            s.commit()
+            out.extend(held)
+            tried: set[str] = {i.product_id for i in held}
+            while len(out) < limit:
+                candidates = s.scalars(
+                    select(Item.product_id).where(self._claimable(reviewer, now), Item.product_id.not_in(tried))
+                    .order_by(Item.queued_at, Item.product_id).limit(limit - len(out) + 8)
+                ).all()
+                if not candidates:
+                    break
+                for pid in candidates:
+                    tried.add(pid)
+                    if self._take(s, pid, reviewer, now, until):
+                        got = s.get(Item, pid, populate_existing=True)
+                        if got is not None:
+                            out.append(got)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def _take(self, s: Session, product_id: str, reviewer: str, now: datetime, until: datetime) -> bool:
+        res = s.execute(
+            update(Item).where(Item.product_id == product_id, self._claimable(reviewer, now))
+            .values(status=CLAIMED, claimed_by=reviewer, claimed_until=until)
+        )
+        s.commit()
+        return res.rowcount == 1
+
+    def claim_one(self, product_id: str, reviewer: str) -> Item:
+        """Hold ``product_id`` for ``reviewer`` before deciding on it. NotFound, or Conflict
+        when it is done, stale, or claimed by another reviewer."""
+        now = _now()
+        with self.sessions() as s:
+            if self._take(s, product_id, reviewer, now, now + self.claim_timeout):
+                return s.get(Item, product_id, populate_existing=True)  # type: ignore[return-value]
+            item = s.get(Item, product_id, populate_existing=True)
+        if item is None:
+            raise NotFound(f"no product {product_id!r} in the review queue")
+        if item.status == DONE:
+            raise Conflict(f"{product_id} was reviewed already by {item.reviewed_by}")
+        if item.status == STALE:
+            raise Conflict(f"{product_id} has a newer photo that needs no review")
+        raise Conflict(f"{product_id} is claimed by another reviewer ({item.claimed_by})")
+
+    def get(self, product_id: str) -> Item | None:
+        with self.sessions() as s:
+            return s.get(Item, product_id)
+
+    def complete(self, item: Item, reviewer: str, labels: dict[str, str], corrected: int, at: datetime) -> bool:
+        """Mark the reviewed upload done and record the decision, in one transaction. False
+        when the row moved on meanwhile (a newer upload replaced it): the decision is still logged."""
+        with self.sessions.begin() as s:
+            res = s.execute(
+                update(Item).where(Item.product_id == item.product_id, Item.source_event_id == item.source_event_id,
+                                   Item.status == CLAIMED, Item.claimed_by == reviewer)
+                .values(status=DONE, reviewed_by=reviewer, reviewed_at=at, claimed_until=None)
+            )
+            s.add(Decision(product_id=item.product_id, source_event_id=item.source_event_id, reviewer=reviewer,
+                           labels_json=json.dumps(labels, sort_keys=True), corrected=corrected, decided_at=at))
+            return res.rowcount == 1
+
+    def mark_stale(self, item: Item) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Item).where(Item.product_id == item.product_id, Item.source_event_id == item.source_event_id,
+                                         Item.status != DONE).values(status=STALE, claimed_by=None, claimed_until=None))
+
+    def skip(self, product_id: str, reviewer: str) -> bool:
+        """Give a claimed item back, to the end of the queue."""
+        with self.sessions.begin() as s:
+            res = s.execute(update(Item).where(Item.product_id == product_id, Item.status == CLAIMED, Item.claimed_by == reviewer)
+                            .values(status=PENDING, claimed_by=None, claimed_until=None, queued_at=_now()))
+            return res.rowcount == 1
+
+    def stats(self) -> Stats:
+        now = _now()
+        with self.sessions() as s:
+            rows = dict(s.execute(select(Item.status, func.count()).group_by(Item.status)).all())
+            expired = s.scalar(select(func.count()).where(Item.status == CLAIMED, Item.claimed_until < now)) or 0
+        return Stats(pending=rows.get(PENDING, 0) + expired, claimed=rows.get(CLAIMED, 0) - expired,
+                     done=rows.get(DONE, 0), stale=rows.get(STALE, 0))
+
+    def rate(self, reviewer: str, window: timedelta = timedelta(hours=1)) -> tuple[int, float]:
+        """(decisions by ``reviewer`` in the last ``window``, per minute over the span they took)."""
+        since = _now() - window
+        with self.sessions() as s:
+            n, first = s.execute(select(func.count(), func.min(Decision.decided_at))
+                                 .where(Decision.reviewer == reviewer, Decision.decided_at >= since)).one()
+        if not n:
+            return 0, 0.0
+        first_at = UTCDateTime().process_result_value(first, None) if isinstance(first, datetime) else None
+        minutes = max(1.0, (_now() - first_at).total_seconds() / 60) if first_at else 1.0
+        return int(n), n / minutes
