@@ -26,7 +26,15 @@ $(VENV)/.browser:
 		|| (sudo apt-get update && sudo apt-get install -y chromium chromium-driver)
 	@touch $@
 
-test: install $(VENV)/.browser
+# The review queue's tests start a throwaway PostgreSQL server (Debian's postgresql package:
+# initdb and postgres under /usr/lib/postgresql/<N>/bin); without it they fail, not skip.
+$(VENV)/.postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
+		|| (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+	@touch $@
+
+test: install $(VENV)/.browser $(VENV)/.postgres
 	$(PY) -m pytest -m "not faults" tests
 
 test-faults: install

@@ -4,24 +4,30 @@ SQLite file under the state dir by default, PostgreSQL (or any SQLAlchemy URL) t
 ``AUTOLABEL_REVIEW_DATABASE_URL``. An item is ``pending`` -> ``claimed`` (by one reviewer,
 until ``claimed_until``; an expired claim is pending again) -> ``done``, or ``stale`` when
 the product got a newer photo that needs no review. Every state change is one conditional
-UPDATE, so two reviewers never hold the same product, whatever the database.
+UPDATE, so two reviewers never hold the same product, whatever the database. Tested on SQLite
+and on a real PostgreSQL server (tests/test_review_queue.py), with concurrent reviewers,
+consumers and replicas starting together.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, String, Text, TypeDecorator, create_engine, event, func, or_, select, update
+from sqlalchemy import DateTime, Integer, String, Text, TypeDecorator, create_engine, event, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.events import ProductLabeled
 from services.settings import Settings
 
 PENDING, CLAIMED, DONE, STALE = "pending", "claimed", "done", "stale"
+_DDL_LOCK = 0x6175746F6C616265  # PostgreSQL advisory lock key held while creating the tables ("autolabe")
 
 
 def _now() -> datetime:
@@ -51,9 +57,11 @@ class Item(Base):
     __tablename__ = "review_items"
 
     product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    source_event_id: Mapped[str] = mapped_column(String(64))
+    # Text: the event schema does not bound them, and a value PostgreSQL refused would fail
+    # its whole batch again on every re-read of the topic
+    source_event_id: Mapped[str] = mapped_column(Text)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    model_version: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(Text)
     event_json: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
@@ -74,7 +82,7 @@ class Decision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     product_id: Mapped[str] = mapped_column(String(128), index=True)
-    source_event_id: Mapped[str] = mapped_column(String(64))
+    source_event_id: Mapped[str] = mapped_column(Text)
     reviewer: Mapped[str] = mapped_column(String(128), index=True)
     labels_json: Mapped[str] = mapped_column(Text)
     corrected: Mapped[int] = mapped_column(Integer)
@@ -125,10 +133,27 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """The tables, where missing. Replicas starting together race to create them: on
+    PostgreSQL one at a time under an advisory lock; elsewhere a loser tries again (and then
+    finds them)."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+                Base.metadata.create_all(conn)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 class ReviewQueue:
     def __init__(self, url: str, claim_timeout_s: float = 600.0) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_tables(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.claim_timeout = timedelta(seconds=claim_timeout_s)
 
@@ -155,17 +180,22 @@ class ReviewQueue:
         counts = {"added": 0, "updated": 0, "ignored": 0}
         now = _now()
         with self.sessions.begin() as s:
-            for ev in events:
+            # Two consumers may offer the same records at once (a rebalance re-delivers them):
+            # the rows are locked in product order (no deadlock), a product's events keep theirs.
+            for ev in sorted(events, key=lambda e: e.product_id):
                 if not ev.needs_review:
                     counts["ignored"] += 1
                     continue
                 at = ev.upload_order()[0]
-                item = s.get(Item, ev.product_id)
-                if item is None:
-                    s.add(Item(product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=at,
-                               model_version=ev.model.version, event_json=ev.model_dump_json(), status=PENDING, queued_at=now))
-                    s.flush()
+                if self._insert_new(s, Item(product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=at,
+                                            model_version=ev.model.version, event_json=ev.model_dump_json(),
+                                            status=PENDING, queued_at=now)):
                     counts["added"] += 1
+                    continue
+                # the row exists: read its newest version and hold it until the commit
+                item = s.get(Item, ev.product_id, with_for_update=True, populate_existing=True)
+                if item is None:  # removed meanwhile (not done by this code): nothing to compare with
+                    counts["ignored"] += 1
                     continue
                 mine, theirs = (at, ev.source_event_id), (item.uploaded_at, item.source_event_id)
                 if mine > theirs:
@@ -180,6 +210,27 @@ class ReviewQueue:
                 else:
                     counts["ignored"] += 1
         return counts
+
+    @staticmethod
+    def _insert_new(s: Session, item: Item) -> bool:
+        """Insert ``item`` unless its product has a row already (True: inserted). An
+        ``INSERT ... ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite, so a concurrent insert of
+        the same product waits for the other transaction and then does nothing, instead of
+        failing the batch on the primary key. (On SQLite it also takes the write lock first,
+        so the reads that follow are of the newest data.)"""
+        values = {c.key: getattr(item, c.key) for c in Item.__table__.columns}
+        name = s.get_bind().dialect.name
+        if name == "postgresql":  # (its rowcount here is -1: ask for the row back)
+            stmt = postgresql.insert(Item.__table__).values(**values).on_conflict_do_nothing(index_elements=[Item.product_id])
+            return s.execute(stmt.returning(Item.__table__.c.product_id)).first() is not None
+        if name == "sqlite":
+            stmt = sqlite.insert(Item.__table__).values(**values).on_conflict_do_nothing(index_elements=[Item.product_id])
+            return s.execute(stmt).rowcount == 1
+        if s.get(Item, item.product_id, with_for_update=True) is not None:
+            return False
+        s.add(item)
+        s.flush()
+        return True
 
     # --- reviewers --------------------------------------------------------------------
     def _claimable(self, reviewer: str, now: datetime):  # noqa: ANN202
