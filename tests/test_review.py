@@ -89,6 +89,7 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     pid = item["product_id"]
     assert set(item["labels"]) == {"style", "gender", "season"}
     assert all(abs(sum(t["probabilities"].values()) - 1) < 1e-3 for t in item["labels"].values())
+    assert item["inputs"] == next(e for e in events if e.product_id == item["product_id"]).inputs  # what the model read
 
     # the photo comes through the app, for a reviewer only
     photo = alice.get(item["photo_url"])

@@ -63,6 +63,7 @@ def _item_json(request: Request, item: Item) -> dict[str, Any]:
                        "threshold": lab.threshold, "needs_review": lab.needs_review} for t, lab in ev.labels.items()},
         "metadata": ev.metadata or {},
         "model": ev.model.model_dump(),
+        "inputs": list(ev.inputs),  # what the model read: the photo, and the title where it had one
         "claimed_until": item.claimed_until.isoformat() if item.claimed_until else None,
     }
 
