@@ -154,11 +154,8 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     tasks = manifest.get("tasks", {})
     click.echo("\nauto-accept thresholds (labels below them are flagged for review):")
-    first = next((e for e in got.values() if e.inputs == ["image"]), None)
-    for task in next(iter(got.values())).labels:
-        if first is None:
-            break
-        label = first.labels[task]
+    photo_only = next((e for e in got.values() if e.inputs == ["image"]), None)  # its thresholds are the photo's
+    for task, label in (photo_only.labels.items() if photo_only else ()):
         shipped = tasks.get(task, {}).get("threshold")
         line = f"  {task:<7} photo only: threshold {label.threshold:.3f}"
         test = tasks.get(task, {}).get("metrics", {}).get("test", {}).get("auto_accept")
