@@ -22,7 +22,8 @@ from collections.abc import Mapping
 TITLE_KEY = "title"
 TITLE_MAX_CHARS = 256
 _SPACES = re.compile(r"\s+")
-_WORD = re.compile(r"[A-Za-z0-9]")  # the served graph keeps a-z and 0-9 after lower-casing (training/text.py)
+WORD_CHARS = "a-z0-9"  # what the served graph keeps of a title after ASCII lower-casing (training/text.py)
+_WORD = re.compile(f"[{WORD_CHARS}]", re.ASCII | re.IGNORECASE)
 
 
 def clean_title(metadata: Mapping[str, str] | None) -> str:

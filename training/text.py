@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.titles import TITLE_MAX_CHARS  # what the worker sends (services.titles.clean_title)
+from services.titles import TITLE_MAX_CHARS, WORD_CHARS  # what the worker sends and counts as a word (services.titles)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def hashed_ids(titles: Any, cfg: TextConfig) -> Any:
     # bytes that are not UTF-8 (from a client other than the worker) become U+FFFD, dropped below
     t = tf.strings.unicode_transcode(t, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
     t = tf.strings.lower(t)  # ASCII only
-    t = tf.strings.regex_replace(t, "[^a-z0-9]+", " ")
+    t = tf.strings.regex_replace(t, f"[^{WORD_CHARS}]+", " ")
     words = tf.strings.split(tf.strings.strip(t))
     grams = tf.strings.ngrams(words, ngram_width=list(cfg.ngrams), separator=" ")
     return tf.strings.to_hash_bucket_fast(grams, cfg.buckets)
