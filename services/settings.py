@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         600.0, gt=0, description="A claimed item nobody reviewed goes back to the queue after this many seconds."
     )
     review_consumer_group: str = Field(
-        "autolabel-review", description="Consumer group of the review app reading topic_review."
+        "autolabel-review", description="Consumer group of the review app reading topic_labels."
     )
     review_session_secret: SecretStr = Field(
         SecretStr(""), description="Key signing the review page's session cookies (secret); empty = derived from "

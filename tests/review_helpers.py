@@ -114,7 +114,7 @@ def flagged_event(settings, product_id: str, photo: bytes, style=(0.40, 0.35, 0.
 
 
 def send_flagged(settings, events: list[ProductLabeled], store: bool = True) -> None:
-    """Put them where a worker would: the S3 record, then topic_labels and topic_review."""
+    """Put them where a worker would: the S3 record, then topic_labels (and topic_review if flagged)."""
     import asyncio
 
     from services.storage import LabelStore
@@ -124,6 +124,7 @@ def send_flagged(settings, events: list[ProductLabeled], store: bool = True) -> 
     producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=5)
     for e in events:
         producer.send(settings.topic_labels, key=e.product_id.encode(), value=e.to_bytes())
-        producer.send(settings.topic_review, key=e.product_id.encode(), value=e.to_bytes())
+        if e.needs_review:
+            producer.send(settings.topic_review, key=e.product_id.encode(), value=e.to_bytes())
     producer.flush(30)
     producer.close()

@@ -1,4 +1,4 @@
-"""The review app on the real embedded stack: worker -> topic_review -> queue -> reviewers ->
+"""The review app on the real embedded stack: worker -> topic_labels -> queue -> reviewers ->
 ProductLabelsReviewed + human labels in the S3 record; restarts; access control; relabel."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -58,10 +59,10 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     assert len(flagged) >= 4, "the 1.0 thresholds flag (nearly) everything"
     app.wait_waiting(len(flagged))
 
-    # a re-delivery of the review topic changes nothing: each product is in the queue once
+    # a re-delivery of the label topic changes nothing: each product is in the queue once
     producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all")
-    for r in list(read_topic(settings, settings.topic_review, idle_s=1.0)):  # all read before any is sent again
-        producer.send(settings.topic_review, key=r.key, value=r.value)
+    for r in list(read_topic(settings, settings.topic_labels, idle_s=1.0)):  # all read before any is sent again
+        producer.send(settings.topic_labels, key=r.key, value=r.value)
     producer.flush(30)
     wait_for(lambda: False, 4)  # give the consumer time to read them
     assert app.stats()["waiting"] == len(flagged)
@@ -170,6 +171,32 @@ def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, review_app
     again = c.post(f"/review/{pid}", data={"csrf_token": csrf})  # reviewed already: back to the page, with a notice
     assert again.status_code == 303 and again.headers["location"] == "/?notice=conflict"
     assert "reviewed by someone else" in c.get(again.headers["location"]).text
+    app.stop()
+
+
+def test_a_newer_photo_that_needs_no_review_retires_the_waiting_item(stack_settings, review_app):
+    """The product's photo changed and the new one is labeled surely: its old item leaves the
+    queue as soon as that label arrives, and a review of the old photo is refused."""
+    settings, _ = stack_settings
+    photos = [p.read_bytes() for p in sorted(SAMPLES.glob("*.jpg"))[:2]]
+    old = flagged_event(settings, "swap-1", photos[0])
+    keep = flagged_event(settings, "swap-2", photos[0])
+    send_flagged(settings, [old, keep])
+    app = review_app()
+    app.wait_waiting(2)
+    alice = app.api("alice")
+    assert alice.get("/api/queue", params={"limit": 2}).status_code == 200  # alice holds both
+
+    newer = flagged_event(settings, "swap-1", photos[1], style=(0.9, 0.05, 0.05)).model_copy(
+        update={"source_event_id": "up-swap-1-b", "uploaded_at": old.upload_order()[0] + timedelta(minutes=5)})
+    assert not newer.needs_review
+    send_flagged(settings, [newer])
+    assert wait_for(lambda: app.stats()["stale"] == 1, 30), app.stats()
+    assert app.stats()["waiting"] == 1
+    refused = alice.post("/api/products/swap-1/review", json={"labels": {"style": "formal"}})
+    assert refused.status_code == 409 and "no review any more" in refused.json()["detail"]
+    assert Storage(settings).get_label("swap-1").human_labels is None  # nothing stored on the new photo's record
+    assert alice.post("/api/products/swap-2/review", json={"labels": {}}).status_code == 200
     app.stop()
 
 

@@ -232,7 +232,7 @@ def _event(pid: str, event_id: str = "e1", at: datetime | None = None, version: 
 
 def test_offer_is_idempotent_by_product_and_upload(open_queue):
     q = open_queue()
-    assert q.offer([_event("a"), _event("b"), _event("a")]) == {"added": 2, "updated": 0, "ignored": 1}
+    assert q.offer([_event("a"), _event("b"), _event("a")]) == {"added": 2, "updated": 0, "retired": 0, "ignored": 1}
     assert q.offer([_event("a"), _event("c", flagged=False)])["ignored"] == 2
     assert q.stats().waiting == 2
     later = datetime(2026, 1, 2, tzinfo=UTC)
@@ -342,6 +342,35 @@ def test_done_stale_and_skip(open_queue):
     assert q.get("a").queued_at > a2.queued_at  # to the back of the queue
     s = q.stats()
     assert (s.pending, s.claimed, s.done, s.stale) == (1, 0, 1, 1)
+
+
+def test_a_label_that_needs_no_review_retires_the_item_it_supersedes(open_queue):
+    q = open_queue()
+    t0, t1, t2 = (datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3))
+    q.offer([_event(p, "e1", at=t1) for p in "abcdef"])
+    alice = q.claim_one("b", "alice")
+    done = q.claim_one("c", "carol")
+    assert q.complete(done, "carol", {}, 0, datetime.now(UTC))
+    counts = q.offer([
+        _event("a", "e2", at=t2, flagged=False),  # a newer photo, sure of itself: retires the waiting item
+        _event("b", "e2", at=t2, flagged=False),  # ... and the one alice holds
+        _event("c", "e2", at=t2, flagged=False),  # a reviewed item stays done
+        _event("d", "e0", at=t0, flagged=False),  # an older upload changes nothing
+        _event("e", "e1", at=t1, flagged=False),  # the same upload by the same model: a re-delivery, nothing
+        _event("f", "e1", at=t1, version="v2", flagged=False),  # relabeled by another model, now sure: retired
+        _event("g", "e1", at=t1, flagged=False),  # no item at all
+    ])
+    assert counts == {"added": 0, "updated": 0, "retired": 3, "ignored": 4}
+    assert {p: q.get(p).status for p in "abcdef"} == {"a": "stale", "b": "stale", "c": "done", "d": "pending", "e": "pending",
+                                                    "f": "stale"}
+    assert q.get("g") is None
+    assert not q.complete(alice, "alice", {"style": "formal"}, 1, datetime.now(UTC))  # her save is refused (409 in the app)
+    with pytest.raises(Conflict, match="newer photo"):
+        q.claim_one("a", "bob")
+    assert {i.product_id for i in q.claim("bob", 10)} == {"d", "e"}
+    # a later flagged photo queues the product again
+    assert q.offer([_event("a", "e3", at=datetime(2026, 1, 4, tzinfo=UTC))])["updated"] == 1
+    assert q.get("a").status == "pending"
 
 
 def test_long_identifiers_do_not_wedge_the_queue(open_queue):

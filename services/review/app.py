@@ -1,6 +1,6 @@
 """The review web app (FastAPI, server-rendered Jinja2 page + JSON API).
 
-Flagged labels come from ``topic_review`` into the queue (:mod:`services.review.consumer`);
+Flagged labels come from ``topic_labels`` into the queue (:mod:`services.review.consumer`);
 a reviewer's decision becomes a ``ProductLabelsReviewed`` event on ``topic_reviewed`` and
 human labels (``source: human``) in the product's S3 label record. Class names come from
 the reviewed label event (the served model's classes), never from a list kept here.

@@ -1,6 +1,9 @@
-"""topic_review -> the review queue: a consumer group of its own, offsets committed only
+"""topic_labels -> the review queue: a consumer group of its own, offsets committed only
 after the database commit (a crash in between re-reads records the queue absorbs: it is
-idempotent by product and upload)."""
+idempotent by product and upload).
+
+It reads every label event, not only the flagged ones of topic_review: a product's newer photo
+(or relabel) that needs no review must retire the item still waiting for its older one."""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class ReviewConsumer:
 
         timeout_ms = int(self.settings.kafka_session_timeout_s * 1000)
         return KafkaConsumer(
-            self.settings.topic_review, **self.settings.kafka_client_kwargs(), group_id=self.settings.review_consumer_group,
+            self.settings.topic_labels, **self.settings.kafka_client_kwargs(), group_id=self.settings.review_consumer_group,
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=timeout_ms,
             heartbeat_interval_ms=max(1000, timeout_ms // 3), max_poll_records=200,
         )

@@ -3,7 +3,7 @@
 SQLite file under the state dir by default, PostgreSQL (or any SQLAlchemy URL) through
 ``AUTOLABEL_REVIEW_DATABASE_URL``. An item is ``pending`` -> ``claimed`` (by one reviewer,
 until ``claimed_until``; an expired claim is pending again) -> ``done``, or ``stale`` when
-the product got a newer photo that needs no review. Every state change is one conditional
+the product got a newer photo (or a relabel) that needs no review. Every state change is one conditional
 UPDATE, so two reviewers never hold the same product, whatever the database. Tested on SQLite
 and on a real PostgreSQL server (tests/test_review_queue.py), with concurrent reviewers,
 consumers and replicas starting together.
@@ -168,25 +168,26 @@ class ReviewQueue:
         with self.sessions() as s:
             s.execute(select(1))
 
-    # --- filled from topic_review ------------------------------------------------------
+    # --- filled from topic_labels ------------------------------------------------------
     def offer(self, events: list[ProductLabeled]) -> dict[str, int]:
-        """Add flagged label events, in one transaction; idempotent by product and upload.
+        """Apply label events to the queue, in one transaction; idempotent by product and upload.
 
         A product has one row: the first flagged label of an upload adds it; a re-delivery
         changes nothing; a newer upload replaces it and queues it again (a new photo starts
         fresh, even after a review); an older upload is ignored; the same upload relabeled by
-        another model version refreshes the labels shown, unless it was reviewed already.
+        another model version refreshes the labels shown, unless it was reviewed already. A
+        label that needs no review retires the waiting item it supersedes (:meth:`_retire`).
         """
-        counts = {"added": 0, "updated": 0, "ignored": 0}
+        counts = {"added": 0, "updated": 0, "retired": 0, "ignored": 0}
         now = _now()
         with self.sessions.begin() as s:
             # Two consumers may offer the same records at once (a rebalance re-delivers them):
             # the rows are locked in product order (no deadlock), a product's events keep theirs.
             for ev in sorted(events, key=lambda e: e.product_id):
-                if not ev.needs_review:
-                    counts["ignored"] += 1
-                    continue
                 at = ev.upload_order()[0]
+                if not ev.needs_review:
+                    counts["retired" if self._retire(s, ev, at) else "ignored"] += 1
+                    continue
                 if self._insert_new(s, Item(product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=at,
                                             model_version=ev.model.version, event_json=ev.model_dump_json(),
                                             status=PENDING, queued_at=now)):
@@ -210,6 +211,17 @@ class ReviewQueue:
                 else:
                     counts["ignored"] += 1
         return counts
+
+    @staticmethod
+    def _retire(s: Session, ev: ProductLabeled, at: datetime) -> bool:
+        """A label that needs no review makes the product's waiting item stale when it is of a
+        newer upload, or of the same upload by another model version (a relabel that is now
+        sure). A reviewed item stays done; an older upload changes nothing."""
+        newer = (Item.uploaded_at < at) | ((Item.uploaded_at == at) & (Item.source_event_id < ev.source_event_id))
+        relabel = (Item.uploaded_at == at) & (Item.source_event_id == ev.source_event_id) & (Item.model_version != ev.model.version)
+        res = s.execute(update(Item).where(Item.product_id == ev.product_id, Item.status.in_((PENDING, CLAIMED)), newer | relabel)
+                        .values(status=STALE, claimed_by=None, claimed_until=None))
+        return res.rowcount == 1
 
     @staticmethod
     def _insert_new(s: Session, item: Item) -> bool:
@@ -295,7 +307,7 @@ class ReviewQueue:
         if item.status == DONE:
             raise Conflict(f"{product_id} was reviewed already by {item.reviewed_by}")
         if item.status == STALE:
-            raise Conflict(f"{product_id} has a newer photo that needs no review")
+            raise Conflict(f"{product_id} needs no review any more: a newer photo, or a relabel, is sure of its labels")
         raise Conflict(f"{product_id} is claimed by another reviewer ({item.claimed_by})")
 
     def get(self, product_id: str) -> Item | None:
