@@ -78,3 +78,25 @@ def test_class_thresholds_keep_a_rare_class_from_vetoing_the_rest() -> None:
     assert t.thresholds[1] > probs[n0:, 1].max()  # no confidence makes class 1 right 95 % of the time: none accepted
     stats = accept_stats(probs, y, t.thresholds)
     assert stats["precision"] >= 0.95 and stats["coverage"] >= 0.7
+
+
+def test_season_study_helpers_measure_what_they_say() -> None:
+    """training.season_study: the cross-validated stacker, nearest-title votes, the year table."""
+    from scipy.sparse import csr_matrix
+
+    from training.season_study import nearest_title_votes, stacked_balanced_accuracy, year_table
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    telling, noise = np.eye(3)[y] * 4 + rng.normal(0, 0.3, (300, 3)), rng.normal(0, 1, (300, 3))
+    assert stacked_balanced_accuracy([telling], y, seeds=1) > 0.95
+    assert stacked_balanced_accuracy([noise], y, seeds=1) < 0.5
+    assert stacked_balanced_accuracy([noise, telling], y, seeds=1) > 0.95  # a useful signal is found beside noise
+
+    # training titles 0-5: a word per class; a query with class 2's word is voted class 2
+    x = csr_matrix(np.array([[1, 0, 0, 1], [1, 0, 0, 1], [0, 1, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 0.5]]))
+    votes = nearest_title_votes(x, np.arange(6), np.array([6]), np.array([0, 0, 1, 1, 2, 2]), k=2, n_classes=3)
+    assert votes.shape == (1, 3) and votes[0].argmax() == 2
+
+    table = year_table(["2011"] * 25 + ["2015"] * 5, np.array([0] * 20 + [1] * 5 + [2] * 5), ("a", "b", "c"))
+    assert table[2] == "| 2011 | 20 | 5 | 0 | 25 |" and len(table) == 3  # years under 20 rows left out
