@@ -58,3 +58,17 @@ def test_train_uses_reviewed_labels_human_over_catalog(stack_settings, tmp_path,
     assert result.exit_code == 0, result.output
     assert "reviewed labels: 6 task label(s) from 2 reviewed record(s) used (1 overriding catalog labels" in result.output
     assert (out / "manifest.json").is_file()
+
+    # with a saved split made before the review, the reviewers' new photo joins train
+    from training.split import Split, make_split
+
+    make_split(load(f"fpi:{data}", progress=False), 0, progress=False).save(tmp_path / "before.json")
+    again = CliRunner().invoke(cli.train, ["--data", f"fpi:{data}", "--reviewed", "--backbone", "tiny", "--weights", "random",
+                                           "--input-size", "32", "--quiet", "--cache-dir", str(tmp_path / "cache"),
+                                           "--out", str(tmp_path / "models2"), "--split", str(tmp_path / "before.json"),
+                                           "--run-dir", str(tmp_path / "run2"), "--set", "all.epochs=2", "--balance", "none"],
+                               catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "split: 1 row(s) the saved split did not have added to train" in again.output
+    used = Split.load(tmp_path / "models2" / "split.json")
+    assert all("reviewed:shop-77" in used.keys(t, "train") for t in ("style", "gender", "season"))

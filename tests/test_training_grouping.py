@@ -139,3 +139,31 @@ def test_no_group_straddles_two_parts_and_every_task_shares_one_assignment(catal
     assert {p for p in part_of.values()} == set(PARTS)
     split.save(tmp_path / "split.json")
     assert Split.load(tmp_path / "split.json") == split
+
+
+def test_extend_split_adds_new_rows_to_train_unless_they_copy_a_held_out_row(catalog: Path) -> None:
+    """Photos only reviewers labeled join a saved split: in train, except a copy or a colour
+    variant of a validation or test product, which is left out (validation and test stay unseen)."""
+    from dataclasses import replace
+
+    from training.split import extend_split
+
+    full = load(f"fpi:{catalog}", progress=False)
+    originals = {r["id"] for r in _sample_rows()}
+    saved = make_split(replace(full, samples=[s for s in full.samples if s.key in originals]), seed=0,
+                       fractions=(0.5, 0.25, 0.25), progress=False)
+    part_of = {k: p for parts in saved.tasks.values() for p, keys in parts.items() for k in keys}
+    assert set(part_of) == originals and len(set(part_of.values())) == 3
+
+    extended, ext = extend_split(saved, full, progress=False)
+    in_train = sum(p == "train" for p in part_of.values())
+    assert (ext.added, ext.held_out) == (2 * in_train, 2 * (len(originals) - in_train))
+    assert "left out (near-duplicates of validation or test rows)" in ext.line()
+    for task, parts in extended.tasks.items():
+        assert parts["val"] == saved.tasks[task]["val"] and parts["test"] == saved.tasks[task]["test"]
+        for k in set(parts["train"]) - set(saved.tasks[task]["train"]):
+            assert part_of[str(int(k) // 10)] == "train"  # a copy of a training product
+        labeled = {s.key for s in full.labeled(task)}
+        want = {k for k in labeled if k not in originals and part_of[str(int(k) // 10)] == "train"}
+        assert set(parts["train"]) - set(saved.tasks[task]["train"]) == want
+    assert extend_split(extended, replace(full, samples=[s for s in full.samples if s.key in originals]), progress=False)[1].added == 0

@@ -89,6 +89,19 @@ def _load_dataset(data: str, categories: str | None, per_class: int | None, seed
     return ds
 
 
+def _saved_split(split_file: Path, ds: Any, reviewed: bool, quiet: bool) -> Any:
+    """The saved split; with --reviewed, plus the photos only reviewers labeled (training.split.extend_split)."""
+    from training.split import Split, extend_split
+
+    if not split_file.is_file():
+        raise click.ClickException(f"split file not found: {split_file}")
+    split = Split.load(split_file)
+    if reviewed:
+        split, ext = extend_split(split, ds, progress=not quiet)
+        click.echo(ext.line(), err=True)
+    return split
+
+
 def _backbone(name: str, weights: str, input_size: str):  # noqa: ANN202
     from training.backbones import BACKBONES, BackboneSpec
 
@@ -133,7 +146,7 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     from training.heads import HeadConfig
     from training.joint import JointConfig, train_joint, write_joint_models
     from training.report import joint_table
-    from training.split import Split, make_split
+    from training.split import make_split
 
     if resize != "pad":
         raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
@@ -153,9 +166,7 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
     ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
     if split_file is not None:
-        if not split_file.is_file():
-            raise click.ClickException(f"split file not found: {split_file}")
-        split = Split.load(split_file)
+        split = _saved_split(split_file, ds, reviewed, quiet)
     else:
         split = make_split(ds, seed, progress=not quiet)
         click.echo(f"split: {split.grouping}", err=True)
@@ -246,7 +257,6 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     """
     from training.backbones import fine_tune_blocks_error
     from training.heads import STUDY_CHAMPIONS, HeadConfig
-    from training.split import Split
     from training.train import FineTuneConfig, TrainConfig, prepare, train_task, write_models
 
     spec = _backbone(backbone, weights, input_size)
@@ -267,11 +277,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
                       seed=seed, cache_dir=cache_dir, progress=not quiet, fine_tune=fine)
     ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
-    split = None
-    if split_file is not None:
-        if not split_file.is_file():
-            raise click.ClickException(f"split file not found: {split_file}")
-        split = Split.load(split_file)
+    split = _saved_split(split_file, ds, reviewed, quiet) if split_file is not None else None
     from training.features import BackboneError
 
     try:

@@ -114,3 +114,36 @@ def make_split(
         tasks[task] = {p: tuple(sorted(s.key for s in rows if part_of[s.key] == p)) for p in PARTS}
     info = Grouping(max_distance, groups.n_groups, len(samples), groups.largest)
     return Split(seed, fractions, tasks, info)
+
+
+@dataclass(frozen=True)
+class Extension:
+    """What :func:`extend_split` did with the rows a saved split did not have."""
+
+    added: int  # new rows put in train
+    held_out: int  # new rows left out: a near-duplicate of a validation or test row
+
+    def line(self) -> str:
+        return (f"split: {self.added} row(s) the saved split did not have added to train"
+                + (f", {self.held_out} left out (near-duplicates of validation or test rows)" if self.held_out else ""))
+
+
+def extend_split(split: Split, dataset: Dataset, max_distance: int = DEFAULT_MAX_DISTANCE,
+                 progress: bool = True) -> tuple[Split, Extension]:
+    """``split`` with the dataset's rows it does not have (photos reviewers labeled, say) put
+    in **train**, unless one is a near-duplicate of a validation or test row (grouped as in
+    :func:`make_split`): then it is left out, so validation and test stay unseen. The parts of
+    the saved rows do not change."""
+    samples = dataset.samples
+    part_of = {k: p for parts in split.tasks.values() for p, keys in parts.items() for k in keys}
+    new = [i for i, s in enumerate(samples) if s.key not in part_of]
+    if not new:
+        return split, Extension(0, 0)
+    groups = group_rows(hash_photos([s.path for s in samples], progress), [s.title for s in samples], max_distance).group
+    held = {int(groups[i]) for i, s in enumerate(samples) if part_of.get(s.key) in ("val", "test")}
+    keep = {samples[i].key for i in new if int(groups[i]) not in held}
+    tasks = {}
+    for task, parts in split.tasks.items():
+        extra = [s.key for s in (dataset.labeled(task) if task in dataset.tasks else []) if s.key in keep]
+        tasks[task] = {**parts, "train": tuple(sorted({*parts["train"], *extra}))}
+    return Split(split.seed, split.fractions, tasks, split.grouping), Extension(len(keep), len(new) - len(keep))
