@@ -129,6 +129,16 @@ class ModelInfo(BaseModel):
     weights_source: str
 
 
+class ScopeCheck(BaseModel):
+    """The scope gate's verdict on the photo: is it a product the model was trained for?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_scope: bool = Field(description="False: every label of this photo needs review, whatever its confidence.")
+    probability: float = Field(ge=0, le=1, description="P(out of scope): not a product of the categories the model was trained for.")
+    threshold: float = Field(ge=0, le=1, description="Out of scope above this probability.")
+
+
 class ProductLabeled(_Event):
     schema_version: Literal[1] = 1
     type: Literal["product.labeled"] = "product.labeled"
@@ -148,6 +158,8 @@ class ProductLabeled(_Event):
         description="What the labels were read from: the photo, and the upload's metadata.title where the model read it.")
     # optional, newer fields: absent in older records
     metadata: dict[str, str] | None = Field(None, description="The upload event's catalog metadata, if it had any.")
+    scope: ScopeCheck | None = Field(
+        None, description="The scope gate's verdict, where the model has one: out of scope sends every label to review.")
     human_labels: dict[Literal["style", "gender", "season"], "HumanLabel"] | None = Field(
         None, description="In the stored record only: what a reviewer decided for this upload (source: human)."
     )

@@ -15,7 +15,7 @@ import numpy as np
 from services.errors import InferenceError, ModelMissing, classify_triton_error
 from services.events import ModelInfo
 from services.images import ResizeMode
-from services.settings import TASKS, Settings
+from services.settings import SCOPE_OUTPUT, TASKS, Settings
 from services.titles import title_bytes
 
 __all__ = ["Call", "InferenceError", "ServedModel", "TritonLabeler", "describe", "parse_class_thresholds", "parse_threshold"]
@@ -40,6 +40,7 @@ class ServedModel:
     max_batch: int = 0
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold shipped with the model
     title_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> per class, when a title was read
+    scope_threshold: float | None = None  # the scope gate's (output ``scope``), None: the model has no gate
 
     @property
     def reads_title(self) -> bool:
@@ -81,8 +82,10 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
     if model_name in configs:
         cfg = configs[model_name]
         params = _params(cfg)
-        outputs = {o["name"]: o["name"] for o in cfg["output"] if o["name"] in TASKS}
+        outputs = {o["name"]: o["name"] for o in cfg["output"] if o["name"] in (*TASKS, SCOPE_OUTPUT)}
         missing = set(TASKS) - set(outputs)
+        if SCOPE_OUTPUT in outputs and parse_threshold(params.get("scope_threshold")) is None:
+            raise InferenceError(f"model {model_name!r} has a {SCOPE_OUTPUT} output but no scope_threshold parameter in [0, 1]")
         if missing:
             raise InferenceError(f"model {model_name!r} has no output for {sorted(missing)}")
         classes = {t: params.get(f"labels_{t}", "").split(",") for t in TASKS}
@@ -127,6 +130,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         max_batch=int(main.get("max_batch_size", 0) or 0),
         thresholds=thresholds,
         title_thresholds=title_thresholds,
+        scope_threshold=parse_threshold(params.get("scope_threshold")) if any(SCOPE_OUTPUT in c.outputs for c in calls) else None,
     )
 
 
@@ -196,8 +200,8 @@ class TritonLabeler:
 
     async def infer(self, images: np.ndarray, titles: list[str] | None = None) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) and the N titles ('' for none; services.titles.clean_title) -> {task: (N, C)
-        probabilities}, in requests of at most the served model's max_batch_size. A model without a
-        ``title`` input gets the photos alone."""
+        probabilities} (and ``scope``: (N, 2) where the model has the scope gate), in requests of at most
+        the served model's max_batch_size. A model without a ``title`` input gets the photos alone."""
         if self.served is None:
             await self.discover()
         assert self.served is not None

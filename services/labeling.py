@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from services.events import TaskLabel
+from services.events import ScopeCheck, TaskLabel
 
 FALLBACK_THRESHOLD = 0.5  # a model that ships no threshold (older builds, test models), no override set
 
@@ -60,6 +60,23 @@ def task_label(probs: np.ndarray, classes: Sequence[str], threshold: float) -> T
     if probs.ndim != 1:
         raise ValueError(f"expected {len(classes)} probabilities, got shape {probs.shape}")
     return _rows(probs[None, :], classes, threshold)[0]
+
+
+def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int) -> list[ScopeCheck | None]:
+    """Per image, the scope gate's verdict from its (N, 2) ``[P(in), P(out)]`` output; None where the model has no gate."""
+    if p_out is None or threshold is None:
+        return [None] * n
+    p = np.clip(np.asarray(p_out, np.float64), 0.0, 1.0)
+    if p.shape != (n, 2):
+        raise ValueError(f"expected {n} x 2 scope probabilities, got shape {p.shape}")
+    return [ScopeCheck(in_scope=bool(v <= threshold), probability=round(float(v), 6), threshold=threshold) for v in p[:, 1]]
+
+
+def with_scope(labels: dict[str, TaskLabel], check: ScopeCheck | None) -> dict[str, TaskLabel]:
+    """Out of scope: every label needs review, whatever its confidence (the labels themselves are kept)."""
+    if check is None or check.in_scope:
+        return labels
+    return {t: lab.model_copy(update={"needs_review": True}) for t, lab in labels.items()}
 
 
 def label_batch(

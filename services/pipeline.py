@@ -26,12 +26,12 @@ from pydantic import ValidationError
 
 from services import observability as obs
 from services.errors import BadInput, InferenceError
-from services.events import DeadLetter, ErrorCode, Outcome, ProductImageUploaded, ProductLabeled, RawMessage, TaskLabel
+from services.events import DeadLetter, ErrorCode, Outcome, ProductImageUploaded, ProductLabeled, RawMessage, ScopeCheck, TaskLabel
 from services.images import ImageLimits, prepare
 from services.inference import TritonLabeler
-from services.labeling import label_batch, resolve_thresholds, resolve_title_thresholds
+from services.labeling import label_batch, resolve_thresholds, resolve_title_thresholds, scope_checks, with_scope
 from services.retry import Retry
-from services.settings import TASKS, Settings
+from services.settings import SCOPE_OUTPUT, TASKS, Settings
 from services.sources import fetch
 from services.storage import LabelStore
 from services.titles import clean_title, has_words
@@ -75,6 +75,14 @@ class Pipeline:
         """Per-class thresholds for labels read with a title (none where the operator set a task's threshold)."""
         served = self.labeler.served
         return resolve_title_thresholds({t: self.settings.threshold(t) for t in TASKS}, served.title_thresholds if served else {})
+
+    @property
+    def scope_threshold(self) -> float | None:
+        """The operator's AUTOLABEL_SCOPE_THRESHOLD over the served gate's; None where the model has no gate."""
+        served = self.labeler.served
+        if served is None or served.scope_threshold is None:
+            return None
+        return self.settings.scope_threshold if self.settings.scope_threshold is not None else served.scope_threshold
 
     def crashed(self, msg: RawMessage, failed: int) -> DeadLetter:
         """The dead letter of a record the worker process died handling ``failed`` times
@@ -184,7 +192,7 @@ class Pipeline:
         obs.BATCH_SIZE.observe(len(arrays))
         try:
             probs = await self._infer(arrays, [titles[i] for i in good])
-            rows = {t: np.asarray(probs[t]) for t in TASKS}
+            rows = {t: np.asarray(probs[t]) for t in (*TASKS, SCOPE_OUTPUT) if t in probs}
             if any(len(r) != len(good) for r in rows.values()):
                 raise ValueError(f"the model returned {[len(r) for r in rows.values()]} rows for {len(good)} images")
             labeled = dict(zip(good, self._label(rows, [titles[i] for i in good]), strict=True))
@@ -202,10 +210,10 @@ class Pipeline:
         served = self.labeler.served
         assert served is not None
         now = datetime.now(UTC)
-        for i, labels in labeled.items():
+        for i, (labels, scope) in labeled.items():
             event = loaded[i][0]  # type: ignore[index]
             outcomes[i] = ProductLabeled(
-                product_id=event.product_id, source_event_id=event.event_id, image=event.image,
+                product_id=event.product_id, source_event_id=event.event_id, image=event.image, scope=scope,
                 labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
                 uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]), metadata=dict(event.metadata) or None,
@@ -222,10 +230,14 @@ class Pipeline:
         """What the labels were read from: the photo, and the title where the model read one."""
         return ["image", "title"] if self._read_title(title) else ["image"]
 
-    def _label(self, probs: dict[str, np.ndarray], titles: list[str]) -> list[dict[str, TaskLabel]]:
+    def _label(self, probs: dict[str, np.ndarray], titles: list[str]) -> list[tuple[dict[str, TaskLabel], ScopeCheck | None]]:
+        """Per image: the task labels, and the scope gate's verdict (out of scope: every label flagged)."""
         served = self.labeler.served
         assert served is not None
-        return label_batch(probs, served.classes, self.thresholds, self.title_thresholds, [self._read_title(t) for t in titles])
+        labels = label_batch({t: probs[t] for t in TASKS}, served.classes, self.thresholds, self.title_thresholds,
+                             [self._read_title(t) for t in titles])
+        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels))
+        return [(with_scope(lab, check), check) for lab, check in zip(labels, checks, strict=True)]
 
     async def close(self) -> None:
         """At shutdown: stop the pools and close the Triton client."""

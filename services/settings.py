@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "AUTOLABEL_"
 TASKS: tuple[str, ...] = ("style", "gender", "season")
+SCOPE_OUTPUT = "scope"  # the served scope gate: [P(in scope), P(out of scope)] (docs/model-repository.md)
+SCOPE_CLASSES: tuple[str, str] = ("in-scope", "out-of-scope")
 
 
 class TritonProtocol(StrEnum):
@@ -106,6 +108,11 @@ class Settings(BaseSettings):
     threshold_season: float | None = Field(
         None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
     )
+    scope_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Every label goes to review when the scope gate's P(out of scope) is above this; unset = the threshold "
+        "shipped with the model (no gate in the model: no check).",
+    )
     target_precision: float = Field(
         0.95, gt=0, le=1,
         description="`autolabel train`: auto-accept thresholds are chosen on validation for this precision of accepted labels.",
@@ -185,7 +192,7 @@ class Settings(BaseSettings):
     stack_triton_grpc_port: int = Field(0, ge=0, le=65535, description="Embedded Triton gRPC port; 0 = free.")
     stack_triton_metrics_port: int = Field(0, ge=0, le=65535, description="Embedded Triton metrics; 0 = free.")
 
-    @field_validator("threshold_style", "threshold_gender", "threshold_season", mode="before")
+    @field_validator("threshold_style", "threshold_gender", "threshold_season", "scope_threshold", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

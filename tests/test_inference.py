@@ -84,3 +84,15 @@ def test_thresholds_shipped_with_the_model_are_read_and_bad_ones_ignored():
     served = describe("autolabel", {"autolabel": cfg})
     assert served.thresholds == {"style": pytest.approx(0.871234)}
     assert describe("autolabel", {"autolabel": _ensemble()}).thresholds == {}
+
+
+def test_the_scope_gate_is_read_with_its_threshold_or_refused_without_one():
+    cfg = _ensemble()
+    cfg["output"].append({"name": "scope", "data_type": "TYPE_FP32", "dims": ["2"]})
+    cfg["parameters"] = {**PARAMS, "scope_threshold": {"string_value": "0.812500"}}
+    served = describe("autolabel", {"autolabel": cfg})
+    assert served.calls[0].outputs["scope"] == "scope" and served.scope_threshold == pytest.approx(0.8125)
+    assert describe("autolabel", {"autolabel": _ensemble()}).scope_threshold is None  # no gate, no check
+    cfg["parameters"] = PARAMS
+    with pytest.raises(InferenceError, match="scope_threshold"):
+        describe("autolabel", {"autolabel": cfg})

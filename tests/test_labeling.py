@@ -54,3 +54,23 @@ def test_an_override_beats_the_shipped_threshold_which_beats_the_fallback() -> N
 
     got = resolve_thresholds(["style", "gender", "season"], {"style": 0.7, "gender": None, "season": None}, {"style": 0.9, "gender": 0.8})
     assert got == {"style": 0.7, "gender": 0.8, "season": FALLBACK_THRESHOLD}
+
+
+def test_out_of_scope_sends_every_label_to_review_and_keeps_the_labels() -> None:
+    from services.labeling import scope_checks, with_scope
+
+    classes = {"gender": ("men", "women"), "style": ("casual", "formal", "sports")}
+    probs = {"gender": np.array([[0.99, 0.01], [0.98, 0.02]]), "style": np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]])}
+    labels = label_batch(probs, classes, {"gender": 0.5, "style": 0.5})
+    checks = scope_checks(np.array([[0.7, 0.3], [0.1, 0.9]]), 0.5, 2)
+    assert [c.in_scope for c in checks] == [True, False]
+    assert checks[1].probability == pytest.approx(0.9) and checks[1].threshold == 0.5
+    kept, flagged = (with_scope(lab, c) for lab, c in zip(labels, checks, strict=True))
+    assert kept == labels[0] and not any(t.needs_review for t in kept.values())
+    assert all(t.needs_review for t in flagged.values())
+    assert {t: lab.label for t, lab in flagged.items()} == {"gender": "men", "style": "casual"}  # the labels stay
+    assert flagged["gender"].confidence == labels[1]["gender"].confidence
+    assert scope_checks(None, 0.5, 2) == [None, None] and scope_checks(np.ones((2, 2)) / 2, None, 2) == [None, None]
+    assert scope_checks(np.array([[0.5, 0.5]]), 0.5, 1)[0].in_scope  # at the threshold: in scope
+    with pytest.raises(ValueError, match="scope"):
+        scope_checks(np.ones((2, 3)), 0.5, 2)

@@ -313,3 +313,22 @@ def test_a_title_in_the_upload_is_read_with_the_photo(stack_settings, worker_fac
     assert any(got["titled"].labels[t].probabilities != got["untitled"].labels[t].probabilities for t in got["titled"].labels)
     stored = _stored_labels(settings)
     assert stored["titled"].inputs == ["image", "title"]
+
+
+def test_the_scope_gate_sends_a_photo_it_calls_out_of_scope_to_review(stack_settings, worker_factory):
+    """Through Triton: the served gate's P(out of scope) is in every label event; above the
+    threshold (here the operator's 0.0: every photo) every label goes to review."""
+    settings, env = stack_settings
+    if env["AUTOLABEL_TRITON_MODEL"] == "trivial":
+        pytest.skip("the trivial model has no scope gate")
+    files = collect([SAMPLES])[:3]
+    worker = worker_factory(AUTOLABEL_SCOPE_THRESHOLD="0", AUTOLABEL_THRESHOLD_STYLE="0", AUTOLABEL_THRESHOLD_GENDER="0",
+                            AUTOLABEL_THRESHOLD_SEASON="0")
+    summary = publish_files(settings, files, progress=False)
+    events = _wait_for_products(settings, {e.product_id for e in summary.published}, timeout=180)
+    for e in events:
+        assert e.scope is not None and not e.scope.in_scope and 0 < e.scope.probability <= 1 and e.scope.threshold == 0
+        assert e.needs_review and all(t.needs_review for t in e.labels.values())  # though every task threshold is 0
+    review = _labels(settings, topic=settings.topic_review)
+    assert sorted(r.product_id for r in review) == sorted(e.product_id for e in events)
+    worker.stop()

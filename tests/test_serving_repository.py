@@ -68,7 +68,7 @@ def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], targe
     repo = repos[target]
     assert check_repository(repo) == []
     names = {p.name for p in repo.iterdir() if p.is_dir()}
-    assert names == {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)}
+    assert names == {"autolabel", "backbone", "scope_head", *TASKS, *(f"{t}_head" for t in TASKS)}
     top = parse_config(repo / "autolabel" / "config.pbtxt")
     assert top.platform == "ensemble"
     # the title needs TensorFlow's string ops: served on cpu and gpu-tf, left out of the ONNX build
@@ -77,8 +77,9 @@ def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], targe
     if target != "gpu-onnx":
         assert list(top.input[1].dims) == [1] and model_config_pb2.DataType.Name(top.input[1].data_type) == "TYPE_STRING"
         assert params_of(top)["threshold_style_title"] == "0.500000,0.500000,0.500000"
-    assert [o.name for o in top.output] == list(TASKS)
+    assert [o.name for o in top.output] == [*TASKS, "scope"]  # the scope gate's [P(in scope), P(out of scope)]
     params = {k: v.string_value for k, v in top.parameters.items()}
+    assert params["scope_threshold"] == "1.000000" and params["labels_scope"] == "in-scope,out-of-scope"
     assert params["labels_gender"] == "men,women" and params["backbone"] == "tiny" and params["weights_source"] == "random"
     backbone = parse_config(repo / "backbone" / "config.pbtxt")
     want = {"cpu": ("", "python", "KIND_CPU"), "gpu-tf": ("tensorflow_savedmodel", "", "KIND_GPU"),
@@ -194,7 +195,7 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
     repo = build_repository(tiny, tmp_path / "fused", "cpu", serving="fused", progress=False, log=lambda m: None)
     assert check_repository(repo) == []
     cfg = parse_config(repo / "autolabel" / "config.pbtxt")
-    assert cfg.backend == "python" and [o.name for o in cfg.output] == list(TASKS)
+    assert cfg.backend == "python" and [o.name for o in cfg.output] == [*TASKS, "scope"]
     assert [i.name for i in cfg.input] == ["image", "title"]
     out = _savedmodel(repo / "autolabel" / "1" / "model.savedmodel")(image=test_images, title=np.array([[b""]] * len(test_images), dtype=object))
     import onnxruntime as ort
@@ -207,6 +208,11 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
         alone = _savedmodel(repos["cpu"] / task / "1" / "model.savedmodel")(image=test_images)["probs"]
         assert np.abs(out[task] - alone).max() <= TOL
         assert np.abs(out_onnx[task] - alone).max() <= TOL, f"fused ONNX output {task} is not the {task} model's"
+    # the scope gate: the same function fused and as the ensemble's step on the backbone's features
+    features = _savedmodel(repos["cpu"] / "backbone" / "1" / "model.savedmodel")(image=test_images)["features"]
+    gate = _savedmodel(repos["cpu"] / "scope_head" / "1" / "model.savedmodel")(features=features)["probs"]
+    assert gate.shape == (len(test_images), 2) and np.allclose(gate.sum(1), 1, atol=1e-5)
+    assert np.abs(out["scope"] - gate).max() <= TOL and np.abs(out_onnx["scope"] - gate).max() <= TOL
 
 
 def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_path: Path) -> None:

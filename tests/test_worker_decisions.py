@@ -46,9 +46,12 @@ PHOTO = _photo()
 class FakeLabeler:
     """Triton: serves a 8x8 model; ``failures`` are raised by the next infer calls, in order."""
 
-    def __init__(self, failures: list[Exception] | None = None) -> None:
+    def __init__(self, failures: list[Exception] | None = None, p_out: list[float] | None = None) -> None:
+        """``p_out``: the scope gate's P(out of scope) per image of each call (threshold 0.5); None: no gate."""
         self.served = ServedModel(calls=(), input_size=(8, 8), resize="pad", classes=CLASSES,
-                                  info=ModelInfo(name="fake", version="v1", backbone="none", weights_source="none"))
+                                  info=ModelInfo(name="fake", version="v1", backbone="none", weights_source="none"),
+                                  scope_threshold=None if p_out is None else 0.5)
+        self.p_out = p_out
         self.failures = list(failures or [])
         self.calls = 0
         self.closed = False
@@ -61,8 +64,12 @@ class FakeLabeler:
         if self.failures:
             raise self.failures.pop(0)
         n = len(images)
-        return {"style": np.tile([0.8, 0.1, 0.1], (n, 1)), "gender": np.tile([0.3, 0.7], (n, 1)),
-                "season": np.tile([0.2, 0.6, 0.2], (n, 1))}
+        out = {"style": np.tile([0.8, 0.1, 0.1], (n, 1)), "gender": np.tile([0.3, 0.7], (n, 1)),
+               "season": np.tile([0.2, 0.6, 0.2], (n, 1))}
+        if self.p_out is not None:
+            p = np.array(self.p_out[:n])
+            out["scope"] = np.stack([1 - p, p], axis=1)
+        return out
 
     async def close(self) -> None:
         self.closed = True
@@ -226,3 +233,22 @@ def test_the_triton_client_is_closed_at_shutdown() -> None:
     w = Worker()
     w.run([_event("p0", "images/0.jpg")])
     assert w.labeler.closed
+
+
+def test_a_photo_out_of_scope_has_every_label_flagged_and_says_why() -> None:
+    w = Worker(FakeLabeler(p_out=[0.1, 0.9]), threshold_style=0.5, threshold_gender=0.5, threshold_season=0.5)
+    assert w.run([_event("shirt", "images/0.jpg"), _event("shoe", "images/1.jpg")]) == [0, 1]
+    shirt, shoe = (ProductLabeled.model_validate_json(v) for v in w.on("labels"))
+    assert shirt.scope is not None and shirt.scope.in_scope and not shirt.needs_review  # confident, in scope: accepted
+    assert shoe.scope is not None and not shoe.scope.in_scope and shoe.scope.probability == pytest.approx(0.9)
+    assert shoe.needs_review and all(t.needs_review for t in shoe.labels.values())
+    assert shoe.labels["style"].label == "casual" and shoe.labels["style"].confidence == pytest.approx(0.8)  # labels kept
+    assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("review")] == ["shoe"]
+    # the operator's threshold over the model's; a model without a gate: no check at all
+    lenient = Worker(FakeLabeler(p_out=[0.1, 0.9]), scope_threshold=0.95, threshold_style=0.5, threshold_gender=0.5,
+                     threshold_season=0.5)
+    lenient.run([_event("shirt", "images/0.jpg"), _event("shoe", "images/1.jpg")])
+    assert [ProductLabeled.model_validate_json(v).scope.in_scope for v in lenient.on("labels")] == [True, True]
+    plain = Worker()
+    plain.run([_event("p0", "images/0.jpg")])
+    assert ProductLabeled.model_validate_json(plain.on("labels")[0]).scope is None

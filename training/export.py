@@ -26,7 +26,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from services.settings import TASKS
+from services.settings import SCOPE_CLASSES, SCOPE_OUTPUT, TASKS
 from training.repository_check import check_repository
 from training.serving_models import (
     ModelsError,
@@ -34,7 +34,6 @@ from training.serving_models import (
     Servable,
     build_graphs,
     describe_weights,
-    export_savedmodel,
     read_models,
     servables,
     weights_source,
@@ -52,7 +51,7 @@ PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 def managed_names(tasks: list[str] | tuple[str, ...] = TASKS) -> set[str]:
     """Model folders this build owns (others in the repository are left alone)."""
-    return {"autolabel", "backbone", *tasks, *(f"{t}_head" for t in tasks)}
+    return {"autolabel", "backbone", "scope_head", *tasks, *(f"{t}_head" for t in tasks)}
 
 
 def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str, str]:
@@ -71,6 +70,9 @@ def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str,
     for t, e in models.tasks.items():
         if e.threshold is not None and (task is None or t == task):
             params[f"threshold_{t}"] = f"{e.threshold:.6f}"
+    if models.scope is not None and task is None:  # the scope gate: P(out of scope) above it flags every label
+        params["scope_threshold"] = f"{models.scope.threshold:.6f}"
+        params["scope_in"] = ",".join(models.scope.in_scope)
     if models.title is not None and task is None:  # with a title: one threshold per class (class order)
         params["title"] = title_description(models.title.text)
         for t, values in models.title.thresholds.items():
@@ -95,10 +97,14 @@ def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, lis
         outputs = []
         params = _contract_parameters(models)
         for task, dims in s.outputs.items():
-            labels[f"{task}_labels.txt"] = list(models.tasks[task].classes)
+            classes = list(SCOPE_CLASSES) if task == SCOPE_OUTPUT else list(models.tasks[task].classes)
+            labels[f"{task}_labels.txt"] = classes
             outputs.append(Tensor(task, "float32", dims, f"{task}_labels.txt"))
-            params[f"labels_{task}"] = ",".join(models.tasks[task].classes)
+            params[f"labels_{task}"] = ",".join(classes)
         return ModelSpec(s.name, inputs, outputs, params), labels
+    if s.name == "scope_head":
+        labels["labels.txt"] = list(SCOPE_CLASSES)
+        return ModelSpec(s.name, inputs, [Tensor("probs", "float32", (2,), "labels.txt")], {"labels": ",".join(SCOPE_CLASSES)}), labels
     task = s.name.removesuffix("_head")
     classes = list(models.tasks[task].classes)
     labels["labels.txt"] = classes
@@ -111,7 +117,7 @@ def _model_spec(s: Servable, models: ModelSet) -> tuple[ModelSpec, dict[str, lis
 
 def _ensemble_spec(models: ModelSet, image: tuple[int, ...]) -> tuple[ModelSpec, dict[str, list[str]]]:
     steps: list[Step] = []
-    if models.shared_tasks:
+    if models.shared_tasks or models.scope is not None:
         steps.append(Step("backbone", {"image": "image"}, {"features": "features"}))
     outputs, labels = [], {}
     params = _contract_parameters(models)
@@ -124,6 +130,11 @@ def _ensemble_spec(models: ModelSet, image: tuple[int, ...]) -> tuple[ModelSpec,
         labels[f"{task}_labels.txt"] = list(entry.classes)
         outputs.append(Tensor(task, "float32", (len(entry.classes),), f"{task}_labels.txt"))
         params[f"labels_{task}"] = ",".join(entry.classes)
+    if models.scope is not None:
+        steps.append(Step("scope_head", {"features": "features"}, {"probs": SCOPE_OUTPUT}))
+        labels[f"{SCOPE_OUTPUT}_labels.txt"] = list(SCOPE_CLASSES)
+        outputs.append(Tensor(SCOPE_OUTPUT, "float32", (2,), f"{SCOPE_OUTPUT}_labels.txt"))
+        params[f"labels_{SCOPE_OUTPUT}"] = ",".join(SCOPE_CLASSES)
     inputs = [Tensor("image", "uint8", image)] + ([Tensor("title", "string", (1,))] if title else [])
     return ModelSpec("autolabel", inputs, outputs, params, steps=steps), labels
 
@@ -133,6 +144,26 @@ def _write_model(folder: Path, spec: ModelSpec, labels: dict[str, list[str]], ta
     (folder / "config.pbtxt").write_text(config_pbtxt(spec, target, tuning, tensorrt))
     for name, lines in labels.items():
         (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def export_savedmodel(servable: Servable, path: Path) -> Path:
+    """Write ``servable`` as a SavedModel with one ``serving_default`` signature.
+
+    A plain ``tf.Module`` holding each TensorFlow variable once (Keras' ExportArchive
+    stores the VGG16 weights twice: 113 MB instead of 57 MB per model).
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    seen: dict[int, Any] = {}
+    for obj in servable.tracked:
+        for v in obj.weights:
+            tv = getattr(v, "value", v)
+            seen.setdefault(id(tv), tv)
+    module.model_variables = list(seen.values())
+    module.serve = tf.function(servable.named_fn(), input_signature=servable.tf_signature())
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
+    return path
 
 
 def _export(s: Servable, version_dir: Path, target: str) -> None:
@@ -220,7 +251,8 @@ def build_repository(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    layout = "ensemble: backbone -> " + ", ".join(f"{t}_head" if e.shared else t for t, e in models.tasks.items())
+    layout = "ensemble: backbone -> " + ", ".join([*(f"{t}_head" if e.shared else t for t, e in models.tasks.items()),
+                                                   *(["scope_head"] if models.scope is not None else [])])
     if serving == "fused":
         layout = "one multi-output model"
     log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "

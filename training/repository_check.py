@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.settings import TASKS
+from services.settings import SCOPE_OUTPUT, TASKS
 
 IO = dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, dims without batch)
 TRITON_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_STRING": "string"}
@@ -150,8 +150,13 @@ def _check_contract(models: dict[str, ParsedModel], tasks: Sequence[str]) -> lis
     title_ok = [name for name, io in rest if name == "title" and io == ("string", (1,))]
     if in_name != "image" or dtype != "uint8" or len(dims) != 3 or dims[-1] != 3 or len(rest) != len(title_ok):
         problems.append(f"autolabel: inputs must be `image` UINT8 [-1, H, W, 3] and optionally `title` BYTES [-1, 1], got {top.inputs}")
-    if set(top.outputs) != set(tasks):
-        problems.append(f"autolabel: outputs {sorted(top.outputs)}, the contract says {sorted(tasks)}")
+    if set(top.outputs) - {SCOPE_OUTPUT} != set(tasks):
+        problems.append(f"autolabel: outputs {sorted(top.outputs)}, the contract says {sorted(tasks)} (and optionally {SCOPE_OUTPUT})")
+    if SCOPE_OUTPUT in top.outputs:
+        threshold = top.parameters.get("scope_threshold", "")
+        if top.outputs[SCOPE_OUTPUT][1][-1:] != (2,) or not threshold.replace(".", "", 1).isdigit() or not 0 <= float(threshold) <= 1:
+            problems.append(f"autolabel: the {SCOPE_OUTPUT} output must be 2 probabilities with a scope_threshold parameter in [0, 1] "
+                            f"(got {top.outputs[SCOPE_OUTPUT]}, {threshold!r})")
     params = top.parameters
     for key in (*CONTRACT_PARAMETERS, *(f"labels_{t}" for t in tasks)):
         if not params.get(key):

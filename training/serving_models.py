@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.settings import TASKS
+from services.settings import SCOPE_OUTPUT, TASKS
 from training.backbones import BackboneSpec
 from training.errors import ModelsError
 
@@ -93,6 +93,15 @@ class TitleEntry:
 
 
 @dataclass(frozen=True)
+class ScopeEntry:
+    """The manifest's ``scope`` record (training/scope.py): a head on the readout, P(out of scope) above ``threshold`` flags."""
+
+    head: Path
+    threshold: float
+    in_scope: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """What ``models/manifest.json`` says, validated, with absolute paths."""
 
@@ -102,6 +111,7 @@ class ModelSet:
     resize: str
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     title: TitleEntry | None = None  # the title as a second signal (manifest "title"), for shared tasks
+    scope: ScopeEntry | None = None  # the scope gate (manifest "scope"), on the shared readout
 
     @property
     def shared_tasks(self) -> list[str]:
@@ -145,8 +155,23 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
             raise ModelsError(f"{path}: task {task}'s backbone takes {e.backbone.input_size}, the shared one {spec.input_size}: "
                               "one served input size is needed")
     title = _title_entry(models_dir, data["title"], out) if isinstance(data.get("title"), dict) else None
+    scope = _scope_entry(models_dir, data["scope"]) if isinstance(data.get("scope"), dict) else None
     return ModelSet(models_dir.resolve(), str(data.get("model_version", "unversioned")), spec, str(data.get("resize", "pad")), out,
-                    title)
+                    title, scope)
+
+
+def _scope_entry(models_dir: Path, entry: Mapping[str, Any]) -> ScopeEntry:
+    path = models_dir / str(entry.get("head", ""))
+    if not path.is_file():
+        raise ModelsError(f"{models_dir}/{MANIFEST}: the scope gate {path} is missing; rebuild it with:\n  "
+                          f"{entry.get('trained_with') or 'autolabel train-scope --data KIND:PATH'}")
+    try:
+        threshold = float(entry["threshold"])
+    except (KeyError, TypeError, ValueError):
+        threshold = -1.0
+    if not 0 <= threshold <= 1:
+        raise ModelsError(f"{models_dir}/{MANIFEST}: the scope threshold {entry.get('threshold')!r} is not a probability")
+    return ScopeEntry(path.resolve(), threshold, tuple(str(c) for c in entry.get("in_scope", ())))
 
 
 def _title_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str, TaskEntry]) -> TitleEntry:
@@ -224,6 +249,7 @@ class ServingGraphs:
     standalone: dict[str, Any]  # task -> callable image -> probs
     tracked: dict[str, list[Any]]  # model name -> keras objects its SavedModel must track
     title: Any = None  # training.title.TitleModel: the shared heads also take the title
+    scope: Any = None  # keras.Model: features -> [P(in scope), P(out of scope)]
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -278,7 +304,12 @@ def build_graphs(models: ModelSet) -> ServingGraphs:
         standalone[task] = lambda image, b=base, h=head: h(b(image, training=False), training=False)
         tracked[task] = [base, head]
     title = models.title.load({t: e.classes for t, e in models.tasks.items() if e.shared}) if models.title else None
-    return ServingGraphs(models, backbone, heads, standalone, tracked, title)
+    scope = None
+    if models.scope is not None:
+        scope = _load_keras(models.scope.head)
+        _check_head(scope, tuple(int(d) for d in backbone.output.shape[1:]), 2, models.scope.head)
+        tracked["scope_head"] = [scope]
+    return ServingGraphs(models, backbone, heads, standalone, tracked, title, scope)
 
 
 def _check_head(head: Any, features: tuple[int, ...], n_classes: int, path: Path) -> None:
@@ -343,6 +374,10 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
             continue
         out.append(Servable(f"{task}_head", lambda f, h=head: {"probs": h(f, training=False)}, "features", feats, "float32",
                             {"probs": classes[task]}, [head]))
+    scope = graphs.scope
+    if scope is not None:
+        out.append(Servable("scope_head", lambda f: {"probs": scope(f, training=False)}, "features", feats, "float32", {"probs": (2,)},
+                            [scope]))
     for task, fn in graphs.standalone.items():
         out.append(Servable(task, lambda x, f=fn: {"probs": f(x)}, "image", image, "uint8", {"probs": classes[task]},
                             graphs.tracked[task]))
@@ -356,28 +391,9 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
             f = bb(x, training=False)
             res = {t: (with_title[t](f, titles)["probs"] if t in with_title else h(f, training=False)) for t, h in shared.items()}
             res.update({t: g(x) for t, g in own.items()})
-            return {t: res[t] for t in graphs.models.tasks}
+            return {t: res[t] for t in graphs.models.tasks} | ({SCOPE_OUTPUT: scope(f, training=False)} if scope is not None else {})
 
-        keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t])]
-        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", classes, keep, title=bool(with_title)))
+        keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t]), *([scope] if scope is not None else [])]
+        outputs = classes | ({SCOPE_OUTPUT: (2,)} if scope is not None else {})
+        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", outputs, keep, title=bool(with_title)))
     return out
-
-
-def export_savedmodel(servable: Servable, path: Path) -> Path:
-    """Write ``servable`` as a SavedModel with one ``serving_default`` signature.
-
-    A plain ``tf.Module`` holding each TensorFlow variable once (Keras' ExportArchive
-    stores the VGG16 weights twice: 113 MB instead of 57 MB per model).
-    """
-    import tensorflow as tf
-
-    module = tf.Module()
-    seen: dict[int, Any] = {}
-    for obj in servable.tracked:
-        for v in obj.weights:
-            tv = getattr(v, "value", v)
-            seen.setdefault(id(tv), tv)
-    module.model_variables = list(seen.values())
-    module.serve = tf.function(servable.named_fn(), input_signature=servable.tf_signature())
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
-    return path

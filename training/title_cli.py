@@ -53,3 +53,44 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
     click.echo(title_table(model, used))
     click.echo(f"wrote {models_dir / 'heads' / 'title.npz'} and the manifest's 'title' entry ({time.perf_counter() - started:.0f}s); "
                "rebuild the repository: autolabel models build")
+
+
+@click.command("train-scope")
+@click.option("--data", required=True, help="KIND:PATH with every category (fpi: masterCategory; manifest: a `category` column).")
+@click.option("--in-scope", default="Apparel", show_default=True, help="The categories the heads were trained for (comma-separated).")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
+              help="The trained models; the gate is added here (heads/scope.keras, manifest 'scope').")
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
+              help="The split the models were trained on, made over every category (default: MODELS/split.json).")
+@click.option("--max-false-flags", type=click.FloatRange(0, 0.5, min_open=True), default=0.01, show_default=True,
+              help="Share of in-scope validation photos the threshold may send to review.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: Path | None, max_false_flags: float, cache_dir: Path,
+                        quiet: bool) -> None:
+    """Fit the scope gate on the models' readout (training part), its threshold on validation.
+
+    Photos the gate calls out of scope (shoes, bags, ... for apparel heads) get every label
+    flagged for review, with the reason in the label event (docs/accuracy.md, "Out of scope")."""
+    from training.scope import metrics_table, train_scope
+    from training.serving_models import ModelsError, read_models
+    from training.split import Split
+
+    try:
+        read_models(models_dir)
+    except ModelsError as exc:
+        raise click.ClickException(str(exc)) from None
+    split_file = split_file or models_dir / "split.json"
+    if not split_file.is_file():
+        raise click.ClickException(f"split file not found: {split_file} (the split the models were trained on)")
+    ds = _load_dataset(data, None, None, 0)
+    command = "autolabel train-scope " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    started = time.perf_counter()
+    try:
+        _, metrics = train_scope(models_dir, ds, Split.load(split_file), cache_dir, command, _csv(in_scope), max_false_flags,
+                                 progress=not quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(metrics_table(metrics))
+    click.echo(f"wrote {models_dir / 'heads' / 'scope.keras'} and the manifest's 'scope' entry ({time.perf_counter() - started:.0f}s); "
+               "rebuild the repository: autolabel models build")

@@ -66,10 +66,26 @@ def _random_title(models_dir: Path, seed: int) -> dict[str, object]:
     return manifest_entry(model, "untrained random title model (tests and benchmarks only)")
 
 
+def _random_scope(models_dir: Path, features: tuple[int, ...], seed: int) -> dict[str, object]:
+    """A seeded random scope gate and its manifest entry, threshold 1.0: it never flags (tests lower
+    ``AUTOLABEL_SCOPE_THRESHOLD`` to make it)."""
+    import keras
+
+    from training.scope import SCOPE_HEAD
+
+    inputs = keras.Input(shape=features, name="features")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(inputs) if len(features) == 3 else inputs
+    outputs = keras.layers.Dense(2, activation="softmax", name="probs",
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed + 7))(x)
+    keras.Model(inputs, outputs, name="scope").save(models_dir / SCOPE_HEAD)
+    return {"head": SCOPE_HEAD, "classes": ["in-scope", "out-of-scope"], "in_scope": ["Apparel"], "threshold": 1.0,
+            "note": "untrained random scope gate (tests and benchmarks only)"}
+
+
 def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "pad", seed: int = 0, hidden: int = 32,
-                           title: bool = False) -> Path:
+                           title: bool = False, scope: bool = False) -> Path:
     """Write ``manifest.json`` + ``heads/<task>.keras`` (random, seeded), with ``title`` a random title
-    model too (heads/title.npz); return ``models_dir``."""
+    model too (heads/title.npz) and ``scope`` a random scope gate (heads/scope.keras); return ``models_dir``."""
     models_dir = Path(models_dir)
     (models_dir / "heads").mkdir(parents=True, exist_ok=True)
     features = _feature_shape(spec)
@@ -87,17 +103,20 @@ def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "
     }
     if title:
         manifest["title"] = _random_title(models_dir, seed)
+    if scope:
+        manifest["scope"] = _random_scope(models_dir, features, seed)
     (models_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return models_dir
 
 
-def make_tiny_models(models_dir: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0, title: bool = True) -> Path:
-    """The tiny backbone (weights ``random``) with random heads and (``title``) a random title model;
-    returns ``models_dir``.
+def make_tiny_models(models_dir: Path, input_size: tuple[int, int] = (32, 32), seed: int = 0, title: bool = True,
+                     scope: bool = True) -> Path:
+    """The tiny backbone (weights ``random``) with random heads, (``title``) a random title model and
+    (``scope``) a random scope gate that never flags; returns ``models_dir``.
 
     ``build_repository(make_tiny_models(tmp / "models"), tmp / "repo")`` gives a repository
     with the full contract (``autolabel`` ensemble with ``image`` and ``title`` inputs,
     standalone task models) in seconds.
     """
     return write_untrained_models(Path(models_dir), BackboneSpec("tiny", "random", tuple(input_size)), seed=seed,  # type: ignore[arg-type]
-                                  title=title)
+                                  title=title, scope=scope)
