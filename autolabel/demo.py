@@ -130,7 +130,7 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         return
     first = next(iter(got.values()))
     click.echo(f"\nmodel {first.model.name} version {first.model.version}: {first.model.backbone} with {first.model.weights_source} weights")
-    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6} {'read':<11}  catalog says"
+    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6} {'scope':<6} {'read':<11}  catalog says"
     click.echo(head)
     click.echo("-" * len(head) + "-" * 30)
     for event in sorted(got.values(), key=lambda e: e.product_id):
@@ -139,9 +139,14 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         says = " / ".join(x for x in (row.get("usage"), row.get("gender"), row.get("season")) if x)
         review = "yes" if event.needs_review else "no"
         read = "+".join(event.inputs)
-        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6} {read:<11}  {says}")
+        scope = "-" if event.scope is None else "in" if event.scope.in_scope else "OUT"
+        says = " / ".join(x for x in (row.get("masterCategory"), says) if x)
+        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6} {scope:<6} "
+                   f"{read:<11}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
-    click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review")
+    outside = sum(e.scope is not None and not e.scope.in_scope for e in got.values())
+    click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review"
+               + (f"; {outside} out of scope (not a product the heads were trained for: every label to review)" if outside else ""))
 
 
 def _print_thresholds(got: dict, models_dir: Path) -> None:
