@@ -96,12 +96,20 @@ class TritonPaths:
         t.set_data_from_numpy(np.array([[v.encode()] for v in titles], dtype=object))
         return t
 
-    def shared(self, x: np.ndarray, titles: Sequence[str] | None = None) -> Outputs:
-        """(b) the ``autolabel`` model; with ``titles`` (d) each image's title too (else an empty one where it takes one)."""
+    def outputs_of(self, model: str) -> list[str]:
+        """Every output ``model`` has (the tasks, and ``scope`` with a scope gate): asked for, as the worker does."""
+        cache = self.__dict__.setdefault("_outputs", {})
+        if model not in cache:
+            cache[model] = [o.name for o in self._client().get_model_metadata(model).outputs]
+        return cache[model]
+
+    def shared(self, x: np.ndarray, titles: Sequence[str] | None = None, model: str = "autolabel") -> Outputs:
+        """(b) the ``autolabel`` model; with ``titles`` (d) each image's title too (else an empty one where it takes one);
+        ``model``: another ensemble of the same steps (e: without the scope gate)."""
         inputs = [self._input(x)]
         if self.takes_title:
             inputs.append(self._titles(titles if titles is not None else [""] * len(x)))
-        r = self._client().infer("autolabel", inputs, outputs=[self._g.InferRequestedOutput(t) for t in self.tasks])
+        r = self._client().infer(model, inputs, outputs=[self._g.InferRequestedOutput(t) for t in self.outputs_of(model)])
         return {t: r.as_numpy(t) for t in self.tasks}
 
     def standalone(self, x: np.ndarray) -> Outputs:

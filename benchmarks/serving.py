@@ -6,7 +6,9 @@ In one run, on the same images, at the same client concurrency:
     each image's three requests are sent together);
 (b) ``shared``: the ``autolabel`` model through Triton (one backbone pass, three heads);
 (c) ``inprocess``: the same backbone + head SavedModels called in this process with
-    TensorFlow, on batches of ``concurrency`` images (what dynamic batching can at best form).
+    TensorFlow, on batches of ``concurrency`` images (what dynamic batching can at best form);
+(d) ``shared+title``: (b) with each photo's title; (e) ``shared-no-scope``: (b) without the
+    scope gate's step (an ensemble of the same step models; ``b/e`` is what the gate costs).
 
 Paths run in interleaved rounds (a, b, c, a, b, c ...) so a neighbour's load on a shared
 machine hits all of them alike. Reported: images/s, per-request latency p50/p99, and the
@@ -41,7 +43,8 @@ from benchmarks.inference_paths import (
 )
 from services.settings import TASKS
 
-PATHS = {"a": "standalone", "b": "shared", "c": "inprocess", "d": "shared+title"}
+PATHS = {"a": "standalone", "b": "shared", "c": "inprocess", "d": "shared+title", "e": "shared-no-scope"}
+NO_SCOPE = "autolabel_noscope"  # path e: the `autolabel` ensemble without its scope_head step
 
 
 # --- repository and server --------------------------------------------------------------------
@@ -126,6 +129,9 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
             raise click.ClickException("path d needs an `autolabel` model with a title input (autolabel train-title, models build)")
         titled = lambda x: triton.shared(x, sample_titles(len(x)))  # noqa: E731
         calls["d"] = lambda im: run_clients(titled, im, concurrency, request_batch)
+    if "e" in paths:
+        plain = lambda x: triton.shared(x, model=NO_SCOPE)  # type: ignore[union-attr]  # noqa: E731
+        calls["e"] = lambda im: run_clients(plain, im, concurrency, request_batch)
     for call in calls.values():  # warm-up: first calls pay for graph set-up, connections
         call(images[: max(warmup, 1)])
     totals = {p: PathResult(PATHS[p]) for p in calls}
@@ -170,7 +176,8 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 @click.option("--rounds", type=click.IntRange(1), default=2, show_default=True, help="Interleaved passes per path.")
 @click.option("--warmup", type=click.IntRange(0), default=4, show_default=True, help="Warm-up images per path.")
 @click.option("--paths", default="a,b,c", show_default=True,
-              help="Which paths: a=standalone, b=shared, c=inprocess, d=shared with each photo's title (needs title heads).")
+              help="Which paths: a=standalone, b=shared, c=inprocess, d=shared with each photo's title (needs title heads), "
+                   "e=shared without the scope gate (needs one; b/e is what the gate costs).")
 @click.option("--serving", type=click.Choice(["ensemble", "fused"]), default="ensemble", show_default=True, help="How `autolabel` is built.")
 @click.option("--target", type=click.Choice(["cpu", "gpu-tf", "gpu-onnx"]), default="cpu", show_default=True,
               help="Repository target to build; gpu-* need --tritonserver (a Triton with that backend).")
@@ -185,7 +192,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
     """Standalone vs shared-backbone through Triton vs in-process TensorFlow (images/s, p50/p99)."""
     chosen = [p.strip() for p in paths.split(",") if p.strip()]
     if not chosen or any(p not in PATHS for p in chosen):
-        raise click.BadParameter(f"choose from a, b, c, d (got {paths!r})", param_hint="--paths")
+        raise click.BadParameter(f"choose from a, b, c, d, e (got {paths!r})", param_hint="--paths")
     if triton_url and repository is None:
         raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
     if target != "cpu" and not (tritonserver_bin or triton_url):
@@ -217,7 +224,11 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
         images, origin = load_images(n_images, size, images_dir, info.get("resize", "pad"))  # type: ignore[arg-type]
         log(f"images: {origin}, {size[0]}x{size[1]} uint8; concurrency {concurrency}, {request_batch} image(s)/request, {rounds} round(s)")
         triton = inproc = None
-        if {"a", "b", "d"} & set(chosen):
+        if "e" in chosen:
+            if heads == "prebuilt":
+                raise click.BadParameter("path e adds a model to the repository it builds: drop --repository", param_hint="--paths")
+            write_without_scope(repository)
+        if {"a", "b", "d", "e"} & set(chosen):
             if triton_url is None and tritonserver_bin is not None:
                 proc, triton_url = start_external_triton(tritonserver_bin, repository, work / "tritonserver.log", log)
             elif triton_url is None:
@@ -252,6 +263,31 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
         log(f"wrote {json_file}")
 
 
+def write_without_scope(repository: Path) -> Path:
+    """Path e: an ensemble ``autolabel_noscope`` with the `autolabel` ensemble's steps but the scope gate's,
+    in the same repository (the same step models serve both: measured side by side)."""
+    from training.repository_check import parse_config
+
+    from google.protobuf import text_format
+
+    cfg = parse_config(repository / "autolabel" / "config.pbtxt")
+    if cfg.platform != "ensemble" or not any(s.model_name == "scope_head" for s in cfg.ensemble_scheduling.step):
+        raise click.ClickException("path e needs the `autolabel` ensemble with a scope gate (autolabel train-scope; --serving ensemble)")
+    cfg.name = NO_SCOPE
+    steps = [s for s in cfg.ensemble_scheduling.step if s.model_name != "scope_head"]
+    del cfg.ensemble_scheduling.step[:]
+    cfg.ensemble_scheduling.step.extend(steps)
+    outputs = [o for o in cfg.output if o.name != "scope"]
+    del cfg.output[:]
+    cfg.output.extend(outputs)
+    (repository / NO_SCOPE / "1").mkdir(parents=True, exist_ok=True)
+    (repository / NO_SCOPE / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    for o in outputs:  # the label files the outputs name
+        if o.label_filename:
+            shutil.copyfile(repository / "autolabel" / o.label_filename, repository / NO_SCOPE / o.label_filename)
+    return repository / NO_SCOPE
+
+
 def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
     ratios = {}
     if "a" in summary and "b" in summary:
@@ -260,6 +296,8 @@ def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
         ratios["b/c"] = round(summary["b"]["images_per_s"] / summary["c"]["images_per_s"], 3)
     if "d" in summary and "b" in summary:  # < 1: what reading the title costs per photo
         ratios["d/b"] = round(summary["d"]["images_per_s"] / summary["b"]["images_per_s"], 3)
+    if "e" in summary and "b" in summary:  # < 1: what the scope gate costs per photo
+        ratios["b/e"] = round(summary["b"]["images_per_s"] / summary["e"]["images_per_s"], 3)
     return ratios
 
 

@@ -200,6 +200,23 @@ def test_a_newer_photo_that_needs_no_review_retires_the_waiting_item(stack_setti
     app.stop()
 
 
+def test_a_photo_out_of_scope_says_so_to_the_reviewer(stack_settings, review_app):
+    from services.events import ScopeCheck
+
+    settings, _ = stack_settings
+    photo = sorted(SAMPLES.glob("*.jpg"))[0].read_bytes()
+    shoe = flagged_event(settings, "shoe-1", photo).model_copy(
+        update={"scope": ScopeCheck(in_scope=False, probability=0.97, threshold=0.32)})
+    send_flagged(settings, [shoe])
+    app = review_app()
+    app.wait_waiting(1)
+    item = app.api("alice").get("/api/queue", params={"limit": 1}).json()[0]
+    assert item["scope"] == {"in_scope": False, "probability": 0.97, "threshold": 0.32}
+    page = app.login("alice").get("/")
+    assert page.status_code == 200 and 'id="out-of-scope"' in page.text and "P = 0.97" in page.text
+    app.stop()
+
+
 def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, worker_factory, review_app):
     settings, env = stack_settings
     if stack["model"] == "trivial":

@@ -271,3 +271,19 @@ def test_a_title_moves_the_labels_and_no_title_keeps_the_photos_exactly(repos: d
             assert np.abs(got[name]["probs"] - got["empty"]["probs"]).max() > 1e-3, f"{task}: the title {name!r} changed nothing"
             assert np.allclose(got[name]["probs"].sum(axis=1), 1, atol=1e-5)
         assert got["words"]["title_probs"].shape == (n, len((repo / task / "labels.txt").read_text().split()))
+
+
+def test_the_bench_path_without_the_scope_gate_is_the_same_ensemble_less_one_step(repos: dict[str, Path], tmp_path: Path) -> None:
+    """`bench serving --paths b,e`: path e's ensemble has every step and output of `autolabel` but the gate's."""
+    from benchmarks.serving import NO_SCOPE, write_without_scope
+    from training.repository_check import check_repository, parse_config
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["cpu"], repo)
+    write_without_scope(repo)
+    assert check_repository(repo) == []  # its steps read and write what the step models have
+    full, plain = parse_config(repo / "autolabel" / "config.pbtxt"), parse_config(repo / NO_SCOPE / "config.pbtxt")
+    assert plain.name == NO_SCOPE and [o.name for o in plain.output] == list(TASKS)
+    assert [s.model_name for s in plain.ensemble_scheduling.step] == [s.model_name for s in full.ensemble_scheduling.step
+                                                                      if s.model_name != "scope_head"]
+    assert [i.name for i in plain.input] == [i.name for i in full.input] and plain.max_batch_size == full.max_batch_size

@@ -55,11 +55,12 @@ def _infer(client, g, model: str, x: np.ndarray, outputs: list[str], titles: lis
 def test_the_repository_serves_the_contract(triton) -> None:
     client, _, _ = triton
     ready = {m.name for m in client.get_model_repository_index().models if m.state == "READY"}
-    assert {"autolabel", "backbone", *TASKS, *(f"{t}_head" for t in TASKS)} <= ready
+    assert {"autolabel", "backbone", "scope_head", *TASKS, *(f"{t}_head" for t in TASKS)} <= ready
     meta = client.get_model_metadata("autolabel")
     assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("image", "UINT8", [-1, 32, 32, 3]), ("title", "BYTES", [-1, 1])]
-    assert [(o.name, o.datatype) for o in meta.outputs] == [(t, "FP32") for t in TASKS]
+    assert [(o.name, o.datatype) for o in meta.outputs] == [(t, "FP32") for t in (*TASKS, "scope")]
     params = {k: v.string_value for k, v in client.get_model_config("autolabel").config.parameters.items()}
+    assert params["scope_threshold"] == "1.000000"  # the tiny models' random gate never flags
     assert params["labels_style"] == "casual,formal,sports" and params["weights_source"] == "random"
     for t in TASKS:
         p = {k: v.string_value for k, v in client.get_model_config(t).config.parameters.items()}

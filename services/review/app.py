@@ -64,6 +64,7 @@ def _item_json(request: Request, item: Item) -> dict[str, Any]:
         "metadata": ev.metadata or {},
         "model": ev.model.model_dump(),
         "inputs": list(ev.inputs),  # what the model read: the photo, and the title where it had one
+        "scope": ev.scope.model_dump() if ev.scope else None,  # out of scope: every label was sent to review for that
         "claimed_until": item.claimed_until.isoformat() if item.claimed_until else None,
     }
 
