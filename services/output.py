@@ -162,6 +162,7 @@ class Output:
             obs.E2E_LATENCY.observe(o.latency_ms / 1000)
         obs.EVENTS_OUT.inc(len(published))
         obs.REVIEW_OUT.inc(sum(o.needs_review for o in published))
+        obs.OUT_OF_SCOPE.inc(sum(o.scope is not None and not o.scope.in_scope for o in published))
         if self.log_each:
             for o in published:
                 obs.get_logger(product_id=o.product_id, event_id=o.source_event_id).info(

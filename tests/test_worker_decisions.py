@@ -236,6 +236,7 @@ def test_the_triton_client_is_closed_at_shutdown() -> None:
 
 
 def test_a_photo_out_of_scope_has_every_label_flagged_and_says_why() -> None:
+    before = REGISTRY.get_sample_value("autolabel_out_of_scope_total") or 0.0
     w = Worker(FakeLabeler(p_out=[0.1, 0.9]), threshold_style=0.5, threshold_gender=0.5, threshold_season=0.5)
     assert w.run([_event("shirt", "images/0.jpg"), _event("shoe", "images/1.jpg")]) == [0, 1]
     shirt, shoe = (ProductLabeled.model_validate_json(v) for v in w.on("labels"))
@@ -244,6 +245,7 @@ def test_a_photo_out_of_scope_has_every_label_flagged_and_says_why() -> None:
     assert shoe.needs_review and all(t.needs_review for t in shoe.labels.values())
     assert shoe.labels["style"].label == "casual" and shoe.labels["style"].confidence == pytest.approx(0.8)  # labels kept
     assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("review")] == ["shoe"]
+    assert REGISTRY.get_sample_value("autolabel_out_of_scope_total") == before + 1
     # the operator's threshold over the model's; a model without a gate: no check at all
     lenient = Worker(FakeLabeler(p_out=[0.1, 0.9]), scope_threshold=0.95, threshold_style=0.5, threshold_gender=0.5,
                      threshold_season=0.5)
