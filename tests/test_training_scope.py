@@ -46,3 +46,17 @@ def test_an_unseparable_gate_flags_no_more_than_its_budget() -> None:
     gate = fit_gate(x, out, parts, max_false_flags=0.01)
     assert isinstance(gate, ScopeGate)
     assert (gate.p_out(x[200:300])[~out[200:300]] > gate.threshold).mean() <= 0.01
+
+
+def test_a_retraining_says_how_to_refit_the_gate(tmp_path) -> None:
+    import json
+
+    from training.scope import previous_gate
+
+    assert previous_gate(tmp_path) is None  # no models yet
+    (tmp_path / "manifest.json").write_text(json.dumps({"tasks": {}}))
+    assert previous_gate(tmp_path) is None  # no gate
+    (tmp_path / "manifest.json").write_text(json.dumps({"scope": {"trained_with": "autolabel train-scope --data fpi:x"}}))
+    assert previous_gate(tmp_path) == "autolabel train-scope --data fpi:x"
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert previous_gate(tmp_path) is None

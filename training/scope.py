@@ -140,6 +140,17 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     return gate, metrics
 
 
+def previous_gate(models_dir: Path) -> str | None:
+    """Before a retraining replaces ``models_dir``'s manifest (and with it the gate, fitted on the old
+    readout): the command that refits its scope gate, or None where it has none."""
+    path = Path(models_dir) / "manifest.json"
+    try:
+        entry = json.loads(path.read_text()).get("scope") if path.is_file() else None
+    except (ValueError, AttributeError):
+        return None
+    return (entry.get("trained_with") or "autolabel train-scope --data KIND:PATH") if isinstance(entry, dict) else None
+
+
 def metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["part   in-scope flagged   out-of-scope caught   by category"]
     for p, m in metrics.items():
