@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,33 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
     return models
 
 
+@dataclass
+class Gate:
+    """The served scope gate (``scope_head`` on the backbone's features) and what it said per scored photo."""
+
+    run: Callable[[np.ndarray], np.ndarray]  # features -> [P(in scope), P(out of scope)]
+    threshold: float
+    p_out: dict[str, float] = field(default_factory=dict)  # sample key -> P(out of scope)
+
+    def by_category(self, samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+        """Per catalog category: photos scored and the share the gate sends to review whole."""
+        cats: dict[str, list[float]] = {}
+        for s in samples:
+            if s.key in self.p_out:
+                cats.setdefault(category_of(s), []).append(self.p_out[s.key])
+        return {c: {"photos": len(p), "flagged": round(float(np.mean(np.asarray(p) > self.threshold)), 4)} for c, p in sorted(cats.items())}
+
+
+def load_gate(repo: Path) -> Gate | None:
+    """The repository's scope gate, or None where it has none."""
+    head = _model_dir(Path(repo), "scope_head")
+    threshold = parse_threshold(read_config_parameters(Path(repo) / "autolabel" / "config.pbtxt").get("scope_threshold"))
+    if head is None or threshold is None:
+        return None
+    sig, i, o, _ = _savedmodel(head)
+    return Gate(_runner(sig, i, o), threshold)
+
+
 def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any]) -> list[TaskModel]:
     """The committed heads stacked on the manifest's backbone, in process."""
     import keras
@@ -268,8 +295,10 @@ def evaluate(
     keys: dict[str, set[str]] | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    gate: Gate | None = None,
 ) -> dict[str, TaskEvaluation]:
-    """Predict every labeled row of every task and score it.
+    """Predict every labeled row of every task and score it (and, with ``gate``, record its verdict
+    on every photo of the shared backbone pass).
 
     ``keys`` restricts a task to those sample keys (e.g. a split's test part). Rows whose
     class the model does not know are skipped and counted, as are unreadable images.
@@ -305,6 +334,8 @@ def evaluate(
             x = np.stack(arrays)
             if first.backbone is not None:
                 x = first.backbone(x)
+                if gate is not None:
+                    gate.p_out.update(zip([s.key for s in batch], np.asarray(gate.run(x))[:, 1].tolist(), strict=True))
             for m in group:
                 pick = [i for i, s in enumerate(batch) if s.key in wanted[m.key]]
                 if not pick:

@@ -34,7 +34,7 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
              json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
-    from training.evaluate import by_category, evaluate as run_eval, in_scope, product_summary, subset
+    from training.evaluate import by_category, evaluate as run_eval, in_scope, load_gate, product_summary, subset
 
     task_list = _tasks(tasks)
     inputs = _inputs(inputs_, from_heads)
@@ -46,8 +46,10 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     if not task_list:
         raise click.ClickException(f"{data} has labels for none of the requested tasks")
     keys, split_file = _rows(ds, task_list, models_dir, split_file, all_rows, part)
+    repository = repository or _default_repository()
     models = _models(task_list, manifest, models_dir, repository, from_heads, inputs)
-    every = run_eval(ds, models, keys, batch_size, progress=not quiet)
+    gate = None if from_heads else load_gate(repository)
+    every = run_eval(ds, models, keys, batch_size, progress=not quiet, gate=gate)
     for t, r in every.items():
         if any(r.skipped.values()):
             click.echo(f"  {t}: skipped " + ", ".join(f"{n} {why}" for why, n in r.skipped.items() if n), err=True)
@@ -58,10 +60,15 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     products = product_summary({m.task: results[m.key] for m in models if m.inputs == primary})
     by_cat = by_category(ds.samples, every, headline_keys)
     _print_tables(scope, metrics, products, by_cat)
+    gated = {"threshold": gate.threshold, "by_category": gate.by_category(ds.samples)} if gate and gate.p_out else None
+    if gated:
+        click.echo(f"\nScope gate (P(out of scope) > {gate.threshold:.3f}: every label to review), share of photos flagged:")  # type: ignore[union-attr]
+        for cat, g in gated["by_category"].items():
+            click.echo(f"  {cat:<22} {g['flagged']:>7.1%} of {g['photos']}")
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat},
-                                        indent=2) + "\n")
+        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat,
+                                         "scope_gate": gated}, indent=2) + "\n")
     if report_dir:
         rows = f"the {part} part of {split_file}" if keys is not None else "every labeled row"
         _write_report(report_dir, data, models_dir, models, results, metrics, f"Rows: {rows}; scope {scope}.")
@@ -101,7 +108,13 @@ def _inputs(value: str, from_heads: bool) -> list[str]:
     return inputs
 
 
-def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repository: Path | None, from_heads: bool,
+def _default_repository() -> Path:
+    from services.settings import load_settings
+
+    return Path(load_settings().model_repository)
+
+
+def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repository: Path, from_heads: bool,
             inputs: list[str]) -> list:
     """The models to score: the committed heads in process, or the served repository."""
     from training.errors import ModelsError
@@ -113,10 +126,7 @@ def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repos
                 raise ModelsError(f"no {models_dir}/manifest.json: run `autolabel train` first")
             models = load_heads(models_dir, task_list, manifest)
         else:
-            from services.settings import load_settings
-
-            repo = repository or load_settings().model_repository
-            models = load_repository(repo, task_list, manifest, inputs)
+            models = load_repository(repository, task_list, manifest, inputs)
     except ModelsError as exc:
         raise click.ClickException(str(exc)) from None
     for m in models:
