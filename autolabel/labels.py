@@ -15,7 +15,10 @@ def format_row(e: ProductLabeled) -> str:
     for task in ("style", "gender", "season"):
         lab = e.labels[task]
         cells.append(f"{lab.label + ' ' + format(lab.confidence, '.2f'):<18}")
-    cells.append("yes" if e.needs_review else "no")
+    review = "yes" if e.needs_review else "no"
+    if e.scope is not None and not e.scope.in_scope:
+        review += f" (out of scope, P {e.scope.probability:.2f})"  # every label flagged for that
+    cells.append(review)
     return " ".join(cells)
 
 
