@@ -85,7 +85,7 @@ def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
     labels = label_batch(probs, classes, {"style": 0.5, "gender": 0.5, "season": 0.5})[0]
 
     def event(scope: ScopeCheck | None) -> ProductLabeled:
-        return ProductLabeled(product_id="p1", source_event_id="e1", image=ImageLocation(s3=S3Location(bucket="b", key="images/x.jpg")),
+        return ProductLabeled(product_id="p1", source_event_id="e1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/x.jpg")),
                               labels=labels, model=ModelInfo(name="m", version="v", backbone="b", weights_source="w"),
                               needs_review=bool(scope and not scope.in_scope), latency_ms=1.0, scope=scope)
 
