@@ -179,6 +179,8 @@ class ProductLabeled(_Event):
             raise ValueError(f"labels missing for {sorted(missing)}")
         if self.needs_review != any(t.needs_review for t in self.labels.values()):
             raise ValueError("needs_review must be true exactly when a task needs review")
+        if self.scope is not None and not self.scope.in_scope and not all(t.needs_review for t in self.labels.values()):
+            raise ValueError("a photo out of scope has every task flagged needs_review")
         return self
 
 

@@ -78,17 +78,21 @@ def test_out_of_scope_sends_every_label_to_review_and_keeps_the_labels() -> None
 
 def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
     from autolabel.labels import format_row
+    from services.labeling import with_scope
     from services.events import ImageLocation, ModelInfo, ProductLabeled, S3Location, ScopeCheck
 
     classes = {"style": ("casual", "formal", "sports"), "gender": ("men", "women"), "season": ("spring-fall", "summer", "winter")}
     probs = {"style": np.array([[0.9, 0.05, 0.05]]), "gender": np.array([[0.99, 0.01]]), "season": np.array([[0.2, 0.7, 0.1]])}
     labels = label_batch(probs, classes, {"style": 0.5, "gender": 0.5, "season": 0.5})[0]
 
-    def event(scope: ScopeCheck | None) -> ProductLabeled:
+    def event(scope: ScopeCheck | None, flag: bool = True) -> ProductLabeled:
+        labs = with_scope(labels, scope) if flag else labels
         return ProductLabeled(product_id="p1", source_event_id="e1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/x.jpg")),
-                              labels=labels, model=ModelInfo(name="m", version="v", backbone="b", weights_source="w"),
-                              needs_review=bool(scope and not scope.in_scope), latency_ms=1.0, scope=scope)
+                              labels=labs, model=ModelInfo(name="m", version="v", backbone="b", weights_source="w"),
+                              needs_review=any(t.needs_review for t in labs.values()), latency_ms=1.0, scope=scope)
 
     assert format_row(event(None)).endswith(" no")
     assert format_row(event(ScopeCheck(in_scope=True, probability=0.01, threshold=0.3))).endswith(" no")
     assert format_row(event(ScopeCheck(in_scope=False, probability=0.97, threshold=0.3))).endswith("yes (out of scope, P 0.97)")
+    with pytest.raises(ValueError, match="out of scope"):  # the schema refuses an out-of-scope photo with a label accepted
+        event(ScopeCheck(in_scope=False, probability=0.97, threshold=0.3), flag=False)

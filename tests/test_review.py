@@ -205,8 +205,11 @@ def test_a_photo_out_of_scope_says_so_to_the_reviewer(stack_settings, review_app
 
     settings, _ = stack_settings
     photo = sorted(SAMPLES.glob("*.jpg"))[0].read_bytes()
-    shoe = flagged_event(settings, "shoe-1", photo).model_copy(
-        update={"scope": ScopeCheck(in_scope=False, probability=0.97, threshold=0.32)})
+    from services.labeling import with_scope
+
+    event = flagged_event(settings, "shoe-1", photo)
+    scope = ScopeCheck(in_scope=False, probability=0.97, threshold=0.32)
+    shoe = event.model_copy(update={"scope": scope, "labels": with_scope(event.labels, scope)})
     send_flagged(settings, [shoe])
     app = review_app()
     app.wait_waiting(1)
