@@ -1,4 +1,5 @@
-"""`autolabel train-title`: add the title as a second signal to trained image models (training/title.py)."""
+"""Add-ons fitted on trained image models: `autolabel train-title` (the title as a second signal, training/title.py)
+and `autolabel train-scope` (the scope gate, training/scope.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ from pathlib import Path
 import click
 
 from training.cli import DEFAULT_MODELS, _csv, _load_dataset
+
+
+def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.split.Split
+    """The trained models must be there; the split they were trained on (default: MODELS/split.json)."""
+    from training.serving_models import ModelsError, read_models
+    from training.split import Split
+
+    try:
+        read_models(models_dir)
+    except ModelsError as exc:
+        raise click.ClickException(str(exc)) from None
+    split_file = split_file or models_dir / "split.json"
+    if not split_file.is_file():
+        raise click.ClickException(f"split file not found: {split_file} (the split the models were trained on)")
+    return Split.load(split_file)
 
 
 @click.command("train-title")
@@ -30,25 +46,17 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
     The served heads then take the upload's title beside the photo (docs/accuracy.md); an upload
     without a title keeps the image model's labels exactly."""
     from services.settings import load_settings
-    from training.serving_models import ModelsError, read_models
-    from training.split import Split
     from training.report import title_table
     from training.title import train_title
 
-    try:
-        read_models(models_dir)
-    except ModelsError as exc:
-        raise click.ClickException(str(exc)) from None
-    split_file = split_file or models_dir / "split.json"
-    if not split_file.is_file():
-        raise click.ClickException(f"split file not found: {split_file} (the split the image models were trained on)")
+    split = _models_and_split(models_dir, split_file)
     ds = _load_dataset(data, ",".join(_csv(categories)) or None, None, 0)
     if not any(s.title for s in ds.samples):
         raise click.ClickException(f"{data}: no sample has a title (fpi: productDisplayName; manifest: a `title` column)")
     precision = target_precision or load_settings().target_precision
     command = "autolabel train-title " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
-    model, used = train_title(models_dir, ds, Split.load(split_file), cache_dir, command, target_precision=precision,
+    model, used = train_title(models_dir, ds, split, cache_dir, command, target_precision=precision,
                               progress=not quiet)
     click.echo(title_table(model, used))
     click.echo(f"wrote {models_dir / 'heads' / 'title.npz'} and the manifest's 'title' entry ({time.perf_counter() - started:.0f}s); "
@@ -73,21 +81,13 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
     Photos the gate calls out of scope (shoes, bags, ... for apparel heads) get every label
     flagged for review, with the reason in the label event (docs/accuracy.md, "Out of scope")."""
     from training.scope import metrics_table, train_scope
-    from training.serving_models import ModelsError, read_models
-    from training.split import Split
 
-    try:
-        read_models(models_dir)
-    except ModelsError as exc:
-        raise click.ClickException(str(exc)) from None
-    split_file = split_file or models_dir / "split.json"
-    if not split_file.is_file():
-        raise click.ClickException(f"split file not found: {split_file} (the split the models were trained on)")
+    split = _models_and_split(models_dir, split_file)
     ds = _load_dataset(data, None, None, 0)
     command = "autolabel train-scope " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
     try:
-        _, metrics = train_scope(models_dir, ds, Split.load(split_file), cache_dir, command, _csv(in_scope), max_false_flags,
+        _, metrics = train_scope(models_dir, ds, split, cache_dir, command, _csv(in_scope), max_false_flags,
                                  progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
