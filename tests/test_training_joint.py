@@ -198,3 +198,46 @@ def test_train_title_adds_the_title_and_evaluate_scores_each_input(joint: dict[s
     assert got["style [image+title]"]["balanced_accuracy"] >= got["style"]["balanced_accuracy"]
     bad = CliRunner().invoke(evaluate_cli.evaluate, ["--data", f"fpi:{joint['data']}", "--inputs", "text", "--quiet"])
     assert bad.exit_code == 2 and "choose from image, title, image+title" in bad.output
+
+
+def test_train_scope_adds_the_gate_and_the_repository_serves_it(joint: dict[str, Path], tmp_path: Path) -> None:
+    """`autolabel train-scope` on the trained heads: heads/scope.keras, the manifest's `scope`, a new model
+    version, and a repository whose `autolabel` also answers `scope`. (A third of the synthetic rows are
+    relabelled Footwear: the photos are already in the feature cache, and in every part of the split.)"""
+    import csv
+    import shutil
+
+    from training import title_cli
+    from training.export import build_repository
+    from training.repository_check import check_repository
+
+    data, models = tmp_path / "fpi", tmp_path / "models"
+    shutil.copytree(joint["data"], data)
+    shutil.copytree(joint["models"], models)
+    with (data / "styles.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["masterCategory"] = "Footwear"
+    with (data / "styles.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    before = _manifest(models)["model_version"]
+    args = ["--data", f"fpi:{data}", "--models-dir", str(models), "--cache-dir", str(joint["cache"]), "--max-false-flags", "0.2", "--quiet"]
+    r = CliRunner().invoke(title_cli.train_scope_command, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "out-of-scope caught" in r.output and "Footwear" in r.output
+    scope = _manifest(models)["scope"]
+    assert scope["head"] == "heads/scope.keras" and (models / "heads" / "scope.keras").is_file()
+    assert 0 <= scope["threshold"] <= 1 and scope["chosen_on"] == "val" and scope["in_scope"] == ["Apparel"]
+    assert set(scope["metrics"]) == {"train", "val", "test"}
+    assert _manifest(models)["model_version"].startswith(before[:10]) and _manifest(models)["model_version"] != before  # a new version
+    repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda _: None)
+    assert check_repository(repo) == []
+    assert read_config_parameters(repo / "autolabel" / "config.pbtxt")["scope_threshold"] == f"{scope['threshold']:.6f}"
+    # nothing to tell apart: a clear error, nothing written
+    only = CliRunner().invoke(title_cli.train_scope_command, ["--data", f"fpi:{joint['data']}", "--models-dir", str(models),
+                                                              "--cache-dir", str(joint["cache"]), "--in-scope", "Apparel,Footwear,Accessories",
+                                                              "--quiet"])
+    assert only.exit_code != 0 and "rows outside" in only.output

@@ -114,7 +114,7 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     from training.backbones import cut_layer
     from training.joint import cut_features
     from training.serving_models import read_models
-    from training.train import git_version
+    from training.train import addon_version
 
     wanted = {c.lower() for c in in_scope}
     chosen, part_of = _rows(dataset, split, wanted, seed)
@@ -135,7 +135,7 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     manifest["scope"] = {"head": SCOPE_HEAD, "classes": list(CLASSES), "in_scope": list(in_scope), "threshold": round(gate.threshold, 6),
                          "max_false_flags": max_false_flags, "strength": gate.strength, "chosen_on": "val",
                          "trained_with": command, "metrics": metrics}
-    manifest["model_version"] = git_version()
+    manifest["model_version"] = addon_version(models_dir / SCOPE_HEAD)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return gate, metrics
 

@@ -280,11 +280,11 @@ def train_title(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
                                    np.int64) for p in PARTS}
     thresholds = {t: (manifest["tasks"][t].get("threshold") or {}).get("threshold") for t in logits}
     model = fit_title_model(titles, logits, labels, parts, classes, text or TextConfig(), target_precision, thresholds)
-    from training.train import git_version
+    from training.train import addon_version
 
     model.save(models_dir / TITLE_FILE)
     manifest["title"] = manifest_entry(model, command)
-    manifest["model_version"] = git_version()  # the served model changed: label events and `relabel` tell them apart
+    manifest["model_version"] = addon_version(models_dir / TITLE_FILE)  # the served model changed: label events and `relabel` tell them apart
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return model, {t: len(p["train"]) for t, p in parts.items()}
 

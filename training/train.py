@@ -224,6 +224,14 @@ def git_version() -> str:
     return f"{datetime.now(timezone.utc):%Y.%m.%d}-{sha}"
 
 
+def addon_version(addon: Path) -> str:
+    """The model version after an add-on (title model, scope gate) was fitted beside trained heads:
+    :func:`git_version` and a digest of the add-on's file, so two fits at one commit differ."""
+    import hashlib
+
+    return f"{git_version()}-{hashlib.sha256(Path(addon).read_bytes()).hexdigest()[:6]}"
+
+
 def save_head(model: Any, path: Path) -> Path:
     """Save a head without its optimizer state (a third of the size; serving needs none)."""
     import keras
