@@ -60,3 +60,17 @@ def test_a_retraining_says_how_to_refit_the_gate(tmp_path) -> None:
     assert previous_gate(tmp_path) == "autolabel train-scope --data fpi:x"
     (tmp_path / "manifest.json").write_text("{not json")
     assert previous_gate(tmp_path) is None
+
+
+def test_a_part_without_both_kinds_of_photo_is_refused_and_an_empty_share_printed_as_a_dash() -> None:
+    import pytest
+
+    from training.scope import metrics_table
+
+    x, out, parts, _ = _data(3, n=300)
+    only_in = parts | {"val": np.array([i for i in parts["val"] if not out[i]])}
+    with pytest.raises(ValueError, match="validation part needs photos in scope and out of scope"):
+        fit_gate(x, out, only_in)
+    table = metrics_table({"test": {"in_scope": 0, "out_of_scope": 5, "in_scope_flagged": None, "out_of_scope_caught": 0.8,
+                                    "caught_by_category": {"Footwear": 0.8}}})
+    assert "-" in table.splitlines()[1] and "80.0%" in table

@@ -65,6 +65,9 @@ def fit_gate(x: np.ndarray, out: np.ndarray, parts: Mapping[str, np.ndarray], ma
     from sklearn.linear_model import LogisticRegression
 
     tr, va = parts["train"], parts["val"]
+    for name, idx in (("training", tr), ("validation", va)):
+        if not out[idx].any() or out[idx].all():
+            raise ValueError(f"the {name} part needs photos in scope and out of scope (has {int(out[idx].sum())} of {len(idx)} out)")
     mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
     z = (x - mean) / std
     best: tuple[float, ScopeGate] | None = None
@@ -152,9 +155,12 @@ def previous_gate(models_dir: Path) -> str | None:
 
 
 def metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    def share(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
     lines = ["part   in-scope flagged   out-of-scope caught   by category"]
     for p, m in metrics.items():
         per = ", ".join(f"{c} {v:.1%}" for c, v in m["caught_by_category"].items())
-        lines.append(f"{p:6s} {m['in_scope_flagged']:>8.1%} of {m['in_scope']:<6d} {m['out_of_scope_caught']:>8.1%} of {m['out_of_scope']:<6d}"
-                     f"  {per}")
+        lines.append(f"{p:6s} {share(m['in_scope_flagged']):>8} of {m['in_scope']:<6d} {share(m['out_of_scope_caught']):>8} of "
+                     f"{m['out_of_scope']:<6d}  {per}")
     return "\n".join(lines)
