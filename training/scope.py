@@ -97,7 +97,7 @@ def gate_metrics(gate: ScopeGate, x: np.ndarray, out: np.ndarray, categories: Se
 
 def _rows(dataset: Any, split: Any, in_scope: set[str], seed: int) -> tuple[list[Any], dict[str, str]]:
     """Every in-scope row of the split and a seeded sample of the others (:data:`OUT_ROWS` per part)."""
-    part_of = {k: p for parts in split.tasks.values() for p, keys in parts.items() for k in keys}
+    part_of = split.part_of()
     chosen, rng = [], random.Random(seed)
     outside: dict[str, list[Any]] = {p: [] for p in OUT_ROWS}
     for s in dataset.samples:

@@ -32,6 +32,10 @@ class Split:
             raise KeyError(f"the split has no task {task!r} (has {', '.join(self.tasks)})")
         return self.tasks[task][part]
 
+    def part_of(self) -> dict[str, str]:
+        """Key -> part, over every task (one assignment serves them all)."""
+        return {k: p for parts in self.tasks.values() for p, keys in parts.items() for k in keys}
+
     def to_dict(self) -> dict[str, object]:
         return {
             "seed": self.seed,
@@ -135,7 +139,7 @@ def extend_split(split: Split, dataset: Dataset, max_distance: int = DEFAULT_MAX
     :func:`make_split`): then it is left out, so validation and test stay unseen. The parts of
     the saved rows do not change."""
     samples = dataset.samples
-    part_of = {k: p for parts in split.tasks.values() for p, keys in parts.items() for k in keys}
+    part_of = split.part_of()
     new = [i for i, s in enumerate(samples) if s.key not in part_of]
     if not new:
         return split, Extension(0, 0)
