@@ -100,3 +100,23 @@ def test_season_study_helpers_measure_what_they_say() -> None:
 
     table = year_table(["2011"] * 25 + ["2015"] * 5, np.array([0] * 20 + [1] * 5 + [2] * 5), ("a", "b", "c"))
     assert table[2] == "| 2011 | 20 | 5 | 0 | 25 |" and len(table) == 3  # years under 20 rows left out
+
+
+def test_stream_context_is_the_mean_of_earlier_uploads_only(tmp_path) -> None:
+    """training.season_study.stream_context: upload order, a window of earlier rows, never the row itself; thumbnails."""
+    from PIL import Image
+
+    from training.season_study import stream_context, thumbnails
+
+    probs = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0]])
+    order = np.array([3, 0, 2, 1])  # uploaded: row 3, then 0, 2, 1
+    ctx = np.exp(stream_context(probs, order, window=2)) - 1e-3
+    assert np.allclose(ctx[3], 1 / 3)  # first upload: nothing before it
+    assert np.allclose(ctx[0], probs[3])  # second: the first only
+    assert np.allclose(ctx[2], (probs[3] + probs[0]) / 2)
+    assert np.allclose(ctx[1], (probs[0] + probs[2]) / 2)  # window 2: row 3 has left it; its own class 1 is not counted
+
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (60, 80), colour).save(tmp_path / f"{i}.jpg")
+    t = thumbnails([tmp_path / "0.jpg", tmp_path / "1.jpg"])
+    assert t.shape == (2, 12 * 16 * 3) and t[0, 0] > 0.9 > 0.1 > t[0, 2] and t[1, 2] > 0.9

@@ -10,7 +10,9 @@ model, then on the **validation part** (test rows are never read):
    5-fold cross-validation *within* validation (5 shuffles, mean), so every candidate is
    judged on rows its stacker did not see: image, title, both, and both with one more signal
    (nearest titles, a linear model on the readout, the catalog year predicted from the
-   title), and with the true catalog year (an oracle no upload carries, for the ceiling);
+   title, a gradient-boosted model on a 12x16-pixel thumbnail of the photo, and the *stream
+   context*: the served season of the 50 uploads before it, in catalog-id order), and with
+   the true catalog year (an oracle no upload carries, for the ceiling);
 3. the title model's learning curve: more training titles, how much more season.
 
 Prints a Markdown report (docs/accuracy.md quotes it) and writes it with ``--out``.
@@ -28,6 +30,7 @@ import numpy as np
 
 TASK = "season"
 FOLDS, SHUFFLES = 5, 5
+WINDOW = 50  # uploads of stream context
 
 
 def stacked_balanced_accuracy(features: list[np.ndarray], y: np.ndarray, seeds: int = SHUFFLES) -> float:
@@ -61,6 +64,32 @@ def nearest_title_votes(x: object, train: np.ndarray, rows: np.ndarray, y_train:
     return np.log(votes + 1e-3)
 
 
+def stream_context(probs: np.ndarray, order: np.ndarray, window: int) -> np.ndarray:
+    """Log of the mean of ``probs`` over the ``window`` rows before each row in ``order`` (upload order), itself excluded.
+
+    The first row has no context: a uniform distribution. Labels are never read, only what was served.
+    """
+    p = probs[order]
+    c = np.cumsum(np.r_[np.zeros((1, p.shape[1])), p], axis=0)
+    i = np.arange(len(p))
+    lo = np.maximum(0, i - window)
+    ctx = np.where((i > 0)[:, None], (c[i] - c[lo]) / np.maximum(1, i - lo)[:, None], 1.0 / p.shape[1])
+    out = np.empty_like(ctx)
+    out[order] = ctx
+    return np.log(out + 1e-3)
+
+
+def thumbnails(paths: list[Path], size: tuple[int, int] = (12, 16)) -> np.ndarray:
+    """Each photo shrunk to ``size`` (width, height) RGB, pixels in [0, 1], one row per photo."""
+    from PIL import Image
+
+    rows = []
+    for path in paths:
+        with Image.open(path) as im:
+            rows.append(np.asarray(im.convert("RGB").resize(size), np.float32).ravel() / 255)
+    return np.stack(rows)
+
+
 def catalog_years(data_dir: Path) -> dict[str, str]:
     with (data_dir / "styles.csv").open(newline="", encoding="utf-8", errors="replace") as f:
         return {r["id"]: (r.get("year") or "").strip() for r in csv.DictReader(f)}
@@ -83,18 +112,21 @@ def _year_bins(years: list[str]) -> np.ndarray:
 
 
 def _signals(x: object, readout: np.ndarray, tr: np.ndarray, va: np.ndarray, y: np.ndarray, years: np.ndarray,
-             k: int) -> dict[str, np.ndarray]:
+             k: int, thumbs: np.ndarray) -> dict[str, np.ndarray]:
     """Validation-row features of the extra signals, each fitted on the training rows only."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(readout[tr])
     linear = LogisticRegression(C=0.001, class_weight="balanced", max_iter=500).fit(scaler.transform(readout[tr]), y[tr])
     year_model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit(x[tr], years[tr])
+    boosted = HistGradientBoostingClassifier(max_iter=300, class_weight="balanced", random_state=0).fit(thumbs[tr], y[tr])
     return {
         "nearest titles (10)": nearest_title_votes(x, tr, va, y[tr], 10, k),
         "linear model on the readout": linear.decision_function(scaler.transform(readout[va])),
         "catalog year predicted from the title": year_model.decision_function(x[va]),
+        "the photo's 12x16 thumbnail (gradient boosting)": np.log(boosted.predict_proba(thumbs[va]) + 1e-4),
     }
 
 
@@ -155,7 +187,14 @@ def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None 
            f"| title (served text model) | {balanced_accuracy_score(yv, zt.argmax(1)):.3f} |",
            f"| image + title, served fusion (fitted on all of val) | {balanced_accuracy_score(yv, fused.argmax(1)):.3f} |",
            f"| image + title, stacked (cross-validated) | {stacked_balanced_accuracy([zi, zt], yv):.3f} |"]
-    for name, extra in _signals(x, readout, tr, va, y, bins, len(classes)).items():
+    extras = _signals(x, readout, tr, va, y, bins, len(classes), thumbnails([samples[i].path for i in range(len(samples))]))
+    served = np.exp(fused - fused.max(1, keepdims=True))
+    ids = np.array([int(s.key) if s.key.isdigit() else i for i, s in enumerate(samples)])[va]
+    extras[f"stream context: the served season of the {WINDOW} uploads before it"] = stream_context(
+        served / served.sum(1, keepdims=True), np.argsort(ids, kind="stable"), WINDOW)
+    thumb = extras["the photo's 12x16 thumbnail (gradient boosting)"]
+    out.append(f"| the photo's 12x16 thumbnail alone (gradient boosting) | {balanced_accuracy_score(yv, thumb.argmax(1)):.3f} |")
+    for name, extra in extras.items():
         out.append(f"| image + title + {name} (cross-validated) | {stacked_balanced_accuracy([zi, zt, extra], yv):.3f} |")
     year_1hot = np.eye(bins.max() + 1)[bins[va]]
     out += [f"| *oracle*: the true catalog year alone | {stacked_balanced_accuracy([year_1hot], yv):.3f} |",
