@@ -113,6 +113,7 @@ def bench() -> None:
 @click.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (secrets masked).")
 def settings_command(as_json: bool) -> None:
+    """Every setting, its current value and its environment variable (AUTOLABEL_*; README "Configuration")."""
     from services.settings import ENV_PREFIX, load_settings
 
     settings = load_settings()
@@ -155,6 +156,8 @@ _CLIENT_MODULES = ("kafka", "aiokafka", "botocore", "boto3", "urllib3", "tritonc
 def one_line(exc: BaseException) -> str | None:
     """What a person sees of an error: one line for autolabel's own errors and for servers
     that are away or refuse (broker, S3, Triton); None for anything else (a bug)."""
+    if isinstance(exc, OSError) and exc.filename is not None:  # a path the user gave: exists, not writable, disk full
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, AutolabelError) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES:
         text = " ".join(str(exc).split()) or type(exc).__name__
         hint = "" if isinstance(exc, Unreachable) else " (is the stack up? `autolabel stack status`)"

@@ -7,10 +7,12 @@ build the served models -> stack up -> worker -> publish samples/ -> wait for ev
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import click
 from tqdm import tqdm
@@ -41,7 +43,8 @@ def _catalog(samples: Path) -> dict[str, dict[str, str]]:
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for every label.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True, help="Trained heads to serve.")
 @click.option("--skip-build", is_flag=True, help="Serve the repository as it is (no `models build`).")
-@click.option("--keep-running", is_flag=True, help="Leave the stack up afterwards.")
+@click.option("--keep-running", is_flag=True,
+              help="Leave the stack up afterwards, with the review app started beside it (its URL and token are printed).")
 def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bool, keep_running: bool) -> None:
     """Label the sample photos end to end and print what came back."""
     from deploy.local.processes import StackError
@@ -50,9 +53,11 @@ def demo_command(samples: Path, timeout: float, models_dir: Path, skip_build: bo
     settings = load_settings()
     click.secho("1/5 building the served models", bold=True)
     if not skip_build:
-        build = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
-            [*_autolabel(), "models", "build", "--models-dir", str(models_dir), "--out", str(settings.model_repository)], check=False)
-        if build.returncode != 0:
+        build = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+            [*_autolabel(), "models", "build", "--models-dir", str(models_dir), "--out", str(settings.model_repository)],
+            stderr=subprocess.PIPE)
+        pass_stderr(build.stderr, sys.stderr)  # type: ignore[arg-type]
+        if build.wait() != 0:
             raise click.ClickException("`autolabel models build` failed (see above)")
     click.secho("2/5 starting the embedded stack", bold=True)
     # the worker calls one model (an ensemble loads its composing models): load only that
@@ -166,7 +171,7 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
         test = tasks.get(task, {}).get("metrics", {}).get("test", {}).get("auto_accept")
         if shipped and test and test.get("accepted"):
             line += (f"  (target precision {shipped['target_precision']:.2f}, chosen on validation;"
-                     f" on unseen test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})")
+                     f" on {_photos(test)}: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})")
         elif shipped:
             line += (f"  (no threshold reached precision {shipped['target_precision']:.2f} on validation:"
                      " every label of this task goes to review)")
@@ -174,6 +179,29 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
             line += "  (the model ships no threshold: a setting or the 0.5 fallback)"
         click.echo(line)
     _print_title_thresholds(got, manifest.get("title") or {})
+
+
+# TensorFlow's start-up lines (absl logs written before logging is set up: no setting hides them), e.g.
+# "E0000 00:00:17.. cuda_platform.cc:52] failed call to cuInit" on a machine without a GPU
+_TF_CHATTER = re.compile(r"^([IWE]\d{4} \d\d:\d\d:|WARNING: All log messages before absl|To enable the following instructions)")
+
+
+def pass_stderr(source: IO[bytes], sink: IO[str]) -> None:
+    """Copy a child's stderr as it comes (progress bars redraw with ``\\r``), without TensorFlow's start-up lines."""
+    pending = ""
+    while chunk := source.read1(4096) if hasattr(source, "read1") else source.read(4096):
+        pieces = re.split(r"(?<=[\r\n])", pending + chunk.decode("utf-8", "replace"))
+        pending = pieces.pop()  # not ended yet
+        sink.write("".join(p for p in pieces if not _TF_CHATTER.match(p)))
+        sink.flush()
+    if pending and not _TF_CHATTER.match(pending):
+        sink.write(pending)
+
+
+def _photos(test: dict) -> str:
+    """What the manifest's test figures cover: every test row of the training data with the task's label
+    (Unisex and kids' apparel too, so more rows than docs/accuracy.md's Men/Women headline)."""
+    return f"the {test['rows']} unseen test photos of training" if test.get("rows") else "unseen test photos"
 
 
 def _print_title_thresholds(got: dict, title: dict) -> None:
@@ -185,6 +213,6 @@ def _print_title_thresholds(got: dict, title: dict) -> None:
         test = entry.get("metrics", {}).get("image+title", {}).get("test", {}).get("auto_accept") or {}
         line = f"  {task:<7} photo + title: per class " + "/".join(f"{v:.3f}" for v in values)
         if test.get("accepted"):
-            line += f"  (on unseen test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})"
+            line += f"  (on {_photos(test)}: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})"
         click.echo(line)
 

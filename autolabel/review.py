@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from deploy.local.processes import ROOT, WorkerProcess
+from services.endpoints import require_kafka, require_s3, require_triton
 from services.settings import load_settings
 
 
@@ -23,6 +24,9 @@ def review_command(host: str, port: int | None) -> None:
     from services.review.app import create_app
 
     settings = load_settings()
+    # once, at start: no broker or S3 -> one line and exit 1, not a log line per client retry
+    require_kafka(settings)
+    require_s3(settings)
     obs.configure_logging(settings.log_level)
     obs.quiet_libraries(settings.log_level)
     if not settings.review_reviewers():
@@ -46,6 +50,10 @@ def relabel_command(only: str, rate: float | None, restart: bool, limit: int | N
     from services.review.relabel import relabel
 
     settings = load_settings()
+    require_kafka(settings)  # where the uploads go again
+    require_s3(settings)  # the records
+    if only == "other-version":
+        require_triton(settings)  # which model version is served
     s = relabel(settings, only=only, rate=rate, restart=restart, limit=limit, progress=not quiet)
     version = f" (served model version {s.served_version})" if s.served_version else ""
     click.echo(f"{s.considered} labeled products, {s.selected} selected{version}; "

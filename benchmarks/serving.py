@@ -183,7 +183,8 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
               help="Repository target to build; gpu-* need --tritonserver (a Triton with that backend).")
 @click.option("--tritonserver", "tritonserver_bin", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Run this tritonserver binary (e.g. /opt/tritonserver/bin/tritonserver) instead of the embedded stack.")
-@click.option("--build-option", "build_options", multiple=True, help="Extra `models build` tuning, e.g. --build-option instances=2.")
+@click.option("--build-option", "build_options", multiple=True,
+              help="Extra `models build` tuning, KEY=VALUE, once per option, e.g. --build-option backbone_instances=2.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n_images: int, images_dir: Path, input_size: int | None,

@@ -1,9 +1,9 @@
 """Is a server there at all? A quick TCP check before a command waits on a client library.
 
 kafka-python waits about 30 s before "Unable to bootstrap", then prints a traceback; a
-person running `autolabel publish` or `autolabel labels` with no broker should instead
-learn within seconds which endpoint is down and what to do. The service itself never
-uses these checks: its clients retry (a server away is a
+person running `autolabel publish`, `labels` or `worker` with no broker should instead
+learn within seconds which endpoint is down and what to do. The worker checks once, at
+start; while it runs it never uses these checks: its clients retry (a server away is a
 :class:`~services.errors.TransientError`).
 """
 

@@ -40,9 +40,10 @@ def collect(paths: Iterable[Path]) -> list[Path]:
 MAX_METADATA_KEYS = 32  # ProductImageUploaded.metadata holds at most 32 entries
 
 
-def read_metadata_csv(path: Path, title_column: str = "title") -> dict[str, dict[str, str]]:
+def read_metadata_csv(path: Path, title_column: str = "title", require_title: bool = False) -> dict[str, dict[str, str]]:
     """product id -> metadata from a CSV with an ``id`` column; ``title_column`` becomes ``title``
-    (the key the model reads). Empty cells are left out. Raises click.BadParameter naming the line."""
+    (the key the model reads). Empty cells are left out. Raises click.BadParameter naming the line,
+    or (``require_title``) when the CSV has no ``title_column``; without it, says so on stderr."""
     import csv
 
     hint = "--metadata-csv"
@@ -52,6 +53,11 @@ def read_metadata_csv(path: Path, title_column: str = "title") -> dict[str, dict
             columns = reader.fieldnames or []
             if "id" not in columns:
                 raise click.BadParameter(f"{path}: no `id` column (the product id); columns: {', '.join(columns) or 'none'}", param_hint=hint)
+            if title_column not in columns:
+                why = f"{path}: no `{title_column}` column; columns: {', '.join(columns)}"
+                if require_title:
+                    raise click.BadParameter(why, param_hint="--title-column")
+                click.echo(f"{why}: the events carry no title (--title-column NAME names the title's column)", err=True)
             if len(columns) - 1 > MAX_METADATA_KEYS:
                 raise click.BadParameter(f"{path}: {len(columns) - 1} metadata columns, at most {MAX_METADATA_KEYS}", param_hint=hint)
             out: dict[str, dict[str, str]] = {}
@@ -106,10 +112,12 @@ def publish_files(settings: Settings, files: list[Path], progress: bool = True, 
 @click.option("--product-id", default=None, help="The product id, for a single file (default: the file name without extension).")
 @click.option("--metadata-csv", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="CSV with an `id` column (the product id) and metadata columns, attached to each photo's event.")
-@click.option("--title-column", default="title", show_default=True,
-              help="The CSV column that holds the product title (sent as metadata `title`, which the model reads).")
+@click.option("--title-column", default=None,
+              help="The CSV column that holds the product title (sent as metadata `title`, which the model reads); "
+                   "default: `title`, if the CSV has one.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_csv: Path | None, title_column: str, quiet: bool) -> None:
+def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_csv: Path | None, title_column: str | None,
+                    quiet: bool) -> None:
     """Upload each image in PATHS (files or folders) and emit one event per image.
 
     The product id is the file name without its extension, unless --product-id is given.
@@ -121,7 +129,14 @@ def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_cs
         raise click.ClickException("no image files found (looked for .jpg, .jpeg, .png, .webp)")
     if product_id is not None and len(files) != 1:
         raise click.BadParameter(f"applies to exactly one file, got {len(files)}", param_hint="--product-id")
-    metadata = read_metadata_csv(metadata_csv, title_column) if metadata_csv else None
+    if product_id is not None:
+        try:
+            validate_product_id(product_id)
+        except ValueError as exc:
+            raise click.BadParameter(f"{product_id!r}: {exc}", param_hint="--product-id") from None
+    if title_column is not None and metadata_csv is None:
+        raise click.BadParameter("names a column of --metadata-csv, which is not given", param_hint="--title-column")
+    metadata = read_metadata_csv(metadata_csv, title_column or "title", require_title=title_column is not None) if metadata_csv else None
     if metadata is not None:
         ids = {(product_id if product_id else f.stem) for f in files}
         missing = len(ids - set(metadata))

@@ -100,22 +100,23 @@ class Settings(BaseSettings):
         "published); above 1, two events of the same product may be labeled out of order.",
     )
     threshold_style: float | None = Field(
-        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
+        None, ge=0, le=1,
+        description="needs_review below this confidence, for every label of the task (with or without a title); unset = the "
+        "thresholds shipped with the model (chosen on validation for `AUTOLABEL_TARGET_PRECISION`: one for labels read from "
+        "the photo, one per class for labels read with a title; 0.5 for a model that ships none).",
     )
-    threshold_gender: float | None = Field(
-        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
-    )
-    threshold_season: float | None = Field(
-        None, ge=0, le=1, description="needs_review below this confidence; unset = the threshold shipped with the model."
-    )
+    threshold_gender: float | None = Field(None, ge=0, le=1, description="As `AUTOLABEL_THRESHOLD_STYLE`, for gender.")
+    threshold_season: float | None = Field(None, ge=0, le=1, description="As `AUTOLABEL_THRESHOLD_STYLE`, for season.")
     scope_threshold: float | None = Field(
         None, ge=0, le=1,
-        description="Every label goes to review when the scope gate's P(out of scope) is above this; unset = the threshold "
-        "shipped with the model (no gate in the model: no check).",
+        description="Every label goes to review when the scope gate's P(out of scope) is above this (a photo of a product "
+        "the heads were not trained for, e.g. a shoe for apparel heads); unset = the threshold shipped with the model "
+        "(chosen on validation to flag at most 1 % of in-scope photos); a model without a gate: no check.",
     )
     target_precision: float = Field(
         0.95, gt=0, le=1,
-        description="`autolabel train`: auto-accept thresholds are chosen on validation for this precision of accepted labels.",
+        description="`autolabel train`: each task's threshold is the lowest whose auto-accepted validation labels reach "
+        "this precision (Wilson lower bound).",
     )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Larger images are dead-lettered.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are dead-lettered.")
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
     dead_letter_max_original_bytes: int = Field(
         16 * 1024, ge=0, le=512 * 1024,
         description="A dead letter carries at most this many bytes of its original record; a longer original is "
-        "stored whole at s3://<bucket>/dead-letters/<topic>/<partition>/<offset> and the dead letter says where.",
+        "stored whole at `s3://<bucket>/dead-letters/<topic>/<partition>/<offset>` and the dead letter says where.",
     )
     url_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -154,11 +155,11 @@ class Settings(BaseSettings):
     # --- Human review (`autolabel review`, `autolabel relabel`) -----------------------
     review_port: int = Field(8088, ge=1, le=65535, description="Port of the review web app (page, JSON API, /metrics).")
     review_tokens: SecretStr = Field(
-        SecretStr(""), description="Reviewers allowed in, comma-separated name:token pairs (secret); empty = nobody."
+        SecretStr(""), description="Reviewers allowed in, comma-separated `name:token` pairs (secret); empty = nobody."
     )
     review_database_url: SecretStr = Field(
-        SecretStr(""), description="SQLAlchemy URL of the review queue (e.g. postgresql+psycopg://...; secret: it may hold "
-        "a password); empty = SQLite <state_dir>/review.db.",
+        SecretStr(""), description="SQLAlchemy URL of the review queue (e.g. `postgresql+psycopg://...`; secret: it may hold "
+        "a password); empty = SQLite `<state_dir>/review.db`.",
     )
     review_claim_timeout_s: float = Field(
         600.0, gt=0, description="A claimed item nobody reviewed goes back to the queue after this many seconds."

@@ -33,6 +33,7 @@ from faust.types import TP
 from services import observability as obs
 from services.attempts import AttemptLedger, Gate
 from services.events import RawMessage
+from services.endpoints import require_kafka, require_s3
 from services.inference import TritonLabeler
 from services.output import Output, Producer
 from services.pipeline import Pipeline
@@ -310,7 +311,7 @@ def run_worker(settings: Settings) -> int:
 
 
 @click.command("worker")
-@click.option("--batch-size", type=int, default=None, help="Override AUTOLABEL_BATCH_MAX_SIZE.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=None, help="Override AUTOLABEL_BATCH_MAX_SIZE.")
 @click.option("--metrics-port", type=int, default=None, help="Override AUTOLABEL_METRICS_PORT (0 = off).")
 def worker_command(batch_size: int | None, metrics_port: int | None) -> None:
     """Run one labeling worker until SIGTERM/SIGINT (graceful within AUTOLABEL_SHUTDOWN_TIMEOUT_S:
@@ -321,6 +322,10 @@ def worker_command(batch_size: int | None, metrics_port: int | None) -> None:
     if metrics_port is not None:
         overrides["metrics_port"] = metrics_port
     settings = load_settings(**overrides)
+    # once, at start: no broker or S3 -> one line naming the endpoint and the setting, exit 1 (its
+    # supervisor restarts it), not Faust's bootstrap traceback; once running, the clients retry
+    require_kafka(settings)
+    require_s3(settings)
     started = time.monotonic()
     code = run_worker(settings)
     obs.get_logger().info("worker_stopped", ran_s=round(time.monotonic() - started, 1), exit_code=code)

@@ -1,6 +1,6 @@
 """Errors a person sees are one line, within seconds, naming the endpoint and the fix.
 
-`autolabel publish` and `autolabel labels` with no stack running used to print a
+`autolabel publish` and `autolabel labels` (and `worker`, `review`, `relabel`) with no stack running used to print a
 kafka-python traceback after 30 s ("KafkaTimeoutError: Unable to bootstrap"). The command
 runs as a subprocess, as a person runs it; the time bound is generous (a behaviour check:
 seconds, not the client's 30 s), not a benchmark.
@@ -55,7 +55,7 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [["publish", "samples/"], ["labels"]])
+@pytest.mark.parametrize("args", [["publish", "samples/"], ["labels"], ["worker"], ["review"], ["relabel"]])
 def test_no_broker_is_one_line_within_seconds(args: list[str], tmp_path: Path) -> None:
     port = _closed_port()
     proc, took = _run(args, tmp_path, AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}")
@@ -81,3 +81,33 @@ def test_what_is_shown_as_one_line() -> None:
     shown = one_line(KafkaTimeoutError("Unable to bootstrap from\n['127.0.0.1:9092']"))
     assert shown is not None and "\n" not in shown and "autolabel stack status" in shown
     assert one_line(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback
+    assert one_line(FileExistsError(17, "File exists", "/tmp/repo")) == "/tmp/repo: File exists"  # a path the user gave
+    assert one_line(OSError("no path in it")) is None
+
+
+def test_bad_input_is_refused_before_any_server_is_asked(tmp_path: Path) -> None:
+    """A bad --product-id or --title-column says so, not that the (absent) broker is unreachable."""
+    no_broker = {"AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
+    proc, _ = _run(["publish", "samples/13212.jpg", "--product-id", "../etc"], tmp_path, **no_broker)
+    assert proc.returncode == 2 and "--product-id" in proc.stderr and "cannot reach" not in proc.stderr
+    csv = tmp_path / "catalog.csv"
+    csv.write_text("id,productDisplayName\nshirt-1,Puma Men Blue Tshirt\n")
+    proc, _ = _run(["publish", "samples/13212.jpg", "--metadata-csv", str(csv), "--title-column", "name"], tmp_path, **no_broker)
+    assert proc.returncode == 2 and "no `name` column; columns: id, productDisplayName" in proc.stderr
+    assert "cannot reach" not in proc.stderr
+
+
+def test_demo_passes_the_build_output_through_without_tensorflow_start_up_lines() -> None:
+    """`make demo` shows the build's progress bar and errors as they come, not TF's 'failed call to cuInit' on a CPU machine."""
+    import io
+
+    from autolabel.demo import pass_stderr
+
+    child = io.BytesIO(b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                       b"I0000 00:00:1796336740.742185   16787 port.cc:153] oneDNN custom operations are on.\n"
+                       b"export cpu:   0%|  | 0/8\rexport cpu: 100%|##| 8/8\n"
+                       b"E0000 00:00:1796336742.938275   16787 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+                       b"error: /tmp/repo: File exists")
+    shown = io.StringIO()
+    pass_stderr(child, shown)
+    assert shown.getvalue() == "export cpu:   0%|  | 0/8\rexport cpu: 100%|##| 8/8\nerror: /tmp/repo: File exists"

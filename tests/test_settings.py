@@ -60,6 +60,20 @@ def test_readme_configuration_table_is_complete():
     assert not missing, f"README lacks {missing}"
 
 
+def test_readme_configuration_rows_are_the_settings_own_words():
+    """The README table says it is generated from services/settings.py: every row is the field's default and description."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    stale = []
+    for name, default, description in settings_table():
+        shown = {"None": "(unset)", "": "(empty)"}.get(default, f"`{default}`")
+        row = f"| `{name}` | {shown} | {description} |"
+        if row not in readme:
+            stale.append(row)
+    assert not stale, "README rows differ from services/settings.py:\n" + "\n".join(stale)
+
+
 def test_thresholds_unset_or_empty_mean_the_models_own(monkeypatch):
     from services.settings import load_settings
 

@@ -81,12 +81,15 @@ def test_the_worker_sends_a_title_only_to_a_model_that_takes_one() -> None:
     assert not old.reads_title
 
 
-def test_metadata_csv(tmp_path: Path) -> None:
+def test_metadata_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "catalog.csv"
     f.write_text("id,productDisplayName,brand,empty\n42,Puma Men Blue Track Pants,Puma,\n43,,Nike,\n", encoding="utf-8")
     assert read_metadata_csv(f, "productDisplayName") == {"42": {"title": "Puma Men Blue Track Pants", "brand": "Puma"},
                                                           "43": {"brand": "Nike"}}
     assert read_metadata_csv(f)["42"] == {"productDisplayName": "Puma Men Blue Track Pants", "brand": "Puma"}
+    assert "no `title` column" in capsys.readouterr().err  # the default column missing: said, not refused
+    with pytest.raises(click.BadParameter, match=r"no `name` column; columns: id, productDisplayName, brand, empty"):
+        read_metadata_csv(f, "name", require_title=True)  # a column the user named: refused
     for text, why in [("sku,title\n1,a\n", "no `id` column"), ("id,title\n1,a\n1,b\n", "appears twice"),
                       ("id,title\n,a\n", "empty id")]:
         f.write_text(text)
