@@ -201,7 +201,7 @@ def pass_stderr(source: IO[bytes], sink: IO[str]) -> None:
 def _photos(test: dict) -> str:
     """What the manifest's test figures cover: every test row of the training data with the task's label
     (Unisex and kids' apparel too, so more rows than docs/accuracy.md's Men/Women headline)."""
-    return f"the {test['rows']} unseen test photos of training" if test.get("rows") else "unseen test photos"
+    return f"{test['rows']} unseen test photos of the training categories" if test.get("rows") else "unseen test photos"
 
 
 def _print_title_thresholds(got: dict, title: dict) -> None:
