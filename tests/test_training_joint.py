@@ -236,8 +236,63 @@ def test_train_scope_adds_the_gate_and_the_repository_serves_it(joint: dict[str,
     repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda _: None)
     assert check_repository(repo) == []
     assert read_config_parameters(repo / "autolabel" / "config.pbtxt")["scope_threshold"] == f"{scope['threshold']:.6f}"
+    _train_others_and_serve_the_mixture(data, models, joint["cache"], tmp_path)
     # nothing to tell apart: a clear error, nothing written
     only = CliRunner().invoke(title_cli.train_scope_command, ["--data", f"fpi:{joint['data']}", "--models-dir", str(models),
                                                               "--cache-dir", str(joint["cache"]), "--in-scope", "Apparel,Footwear,Accessories",
                                                               "--quiet"])
     assert only.exit_code != 0 and "rows outside" in only.output
+
+
+def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, tmp_path: Path) -> None:
+    """`autolabel train-others` after train-scope: a head per task for the Footwear rows, and every served
+    function of a task gives ``(1 - p) * apparel head + p * other head`` with p the gate's P(out of scope)."""
+    import keras
+
+    from training import title_cli
+    from training.export import build_repository
+    from training.repository_check import check_repository
+    from training.servables import servables
+    from training.serving_models import build_graphs, read_models
+
+    import csv
+
+    with (data / "styles.csv").open(newline="") as f:  # two rows in three Footwear: enough of each class in validation
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["masterCategory"] = "Apparel" if i % 3 == 1 else "Footwear"
+    with (data / "styles.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    before = _manifest(models)["model_version"]
+    r = CliRunner().invoke(title_cli.train_others_command, ["--data", f"fpi:{data}", "--models-dir", str(models), "--cache-dir", str(cache),
+                                                            "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "apparel heads -> other heads" in r.output
+    others = _manifest(models)["others"]
+    assert others["categories"] == ["Footwear"] and _manifest(models)["model_version"] != before
+    for task, entry in others["tasks"].items():
+        assert (models / entry["head"]).is_file() and entry["classes"] == _manifest(models)["tasks"][task]["classes"]
+        assert set(entry["metrics"]) == {"val", "test"} and entry["rows"]["train"] > 0
+        assert set(entry["metrics"]["val"]) == {"others", "apparel_heads"}
+    assert check_repository(build_repository(models, tmp_path / "repo-others", "cpu", progress=False, log=lambda _: None)) == []
+
+    graphs = build_graphs(read_models(models))
+    assert set(graphs.others) == {"style", "gender", "season"}
+    served = {s.name: s for s in servables(graphs, fused=True)}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+    feats = served["backbone"].fn(images)["features"]
+    p_out = graphs.scope(feats).numpy()[:, 1]
+    fused = served["autolabel"].fn(images, np.array([[b""]] * 6))
+    for task in ("style", "gender", "season"):
+        own = keras.models.load_model(models / others["tasks"][task]["head"], compile=False)(feats).numpy()
+        apparel = graphs.heads[task](feats).numpy()
+        want = (1 - p_out[:, None]) * apparel + p_out[:, None] * own
+        head_out = served[f"{task}_head"].fn(feats, np.array([[b""]] * 6))["probs"] if served[f"{task}_head"].title else \
+            served[f"{task}_head"].fn(feats)["probs"]
+        assert np.allclose(np.asarray(head_out), want, atol=1e-5)  # no title: the apparel head's own, mixed
+        assert np.allclose(np.asarray(served[task].fn(images)["probs"]), want, atol=1e-5)  # standalone: the same
+        assert np.allclose(np.asarray(fused[task]), want, atol=1e-5)  # fused: the same
+    assert ((p_out > 0.01) & (p_out < 0.99)).any()  # (a synthetic gate is unsure: both heads weigh in, so the mix is tested)

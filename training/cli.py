@@ -183,15 +183,17 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
         "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
         "--target-precision", f"{cfg.target_precision:g}", *([] if title else ["--no-title"])])
+    from training.others import previous_others
     from training.scope import previous_gate
 
-    refit = previous_gate(out)
+    refit = [c for c in (previous_gate(out), previous_others(out)) if c]  # in this order: the other heads need the gate
     manifest = write_joint_models(result, cfg, out, source, command)
     if split_file is None or split_file.resolve() != (out / "split.json").resolve():
         split.save(out / "split.json")
     click.echo(joint_table(result))
-    if refit:  # the gate read the old readout: left out of the new manifest
-        click.echo(f"the scope gate was fitted on the previous readout and is not served any more; refit it with:\n  {refit}", err=True)
+    if refit:  # they read the old readout: left out of the new manifest
+        click.echo("the scope gate (and any other categories' heads) read the previous readout and are not served any more; "
+                   "refit with:\n  " + "\n  ".join(refit), err=True)
     click.echo(f"wrote {manifest}, {len(result.outcomes)} calibrated head(s){' and the tuned top block' if result.base else ''}"
                f" ({result.seconds / 60:.1f} min)")
     if title and any(s.title for s in ds.samples):

@@ -28,16 +28,8 @@ from tqdm import tqdm
 
 from services.settings import SCOPE_CLASSES, SCOPE_OUTPUT, TASKS
 from training.repository_check import check_repository
-from training.serving_models import (
-    ModelsError,
-    ModelSet,
-    Servable,
-    build_graphs,
-    describe_weights,
-    read_models,
-    servables,
-    weights_source,
-)
+from training.servables import Servable, servables
+from training.serving_models import ModelsError, ModelSet, build_graphs, describe_weights, read_models, weights_source
 from training.text import TITLE_MAX_CHARS
 from training.triton_config import MODEL_FILE, TARGETS, ModelSpec, Step, Tensor, Tuning, config_pbtxt, default_tuning, with_overrides
 from training.untrained import make_tiny_models, write_untrained_models

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from training.serving_models import ModelsError, Servable
+from training.serving_models import ModelsError
+from training.servables import Servable
 
 OPSET = 17
 ONNX_DTYPES = {1: "float32", 2: "uint8"}  # onnx.TensorProto elem types we serve

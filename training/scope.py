@@ -146,12 +146,17 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
 def previous_gate(models_dir: Path) -> str | None:
     """Before a retraining replaces ``models_dir``'s manifest (and with it the gate, fitted on the old
     readout): the command that refits its scope gate, or None where it has none."""
+    return refit_command(models_dir, "scope", "autolabel train-scope --data KIND:PATH")
+
+
+def refit_command(models_dir: Path, key: str, default: str) -> str | None:
+    """The ``trained_with`` command of the manifest's add-on record ``key`` (``default`` if unrecorded); None without one."""
     path = Path(models_dir) / "manifest.json"
     try:
-        entry = json.loads(path.read_text()).get("scope") if path.is_file() else None
+        entry = json.loads(path.read_text()).get(key) if path.is_file() else None
     except (ValueError, AttributeError):
         return None
-    return (entry.get("trained_with") or "autolabel train-scope --data KIND:PATH") if isinstance(entry, dict) else None
+    return (entry.get("trained_with") or default) if isinstance(entry, dict) else None
 
 
 def metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:

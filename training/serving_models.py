@@ -17,12 +17,12 @@ are the Triton tensor names (``image``, ``features``, ``probs``, ``style`` ...).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.settings import SCOPE_OUTPUT, TASKS
+from services.settings import TASKS
 from training.backbones import BackboneSpec
 from training.errors import ModelsError
 
@@ -102,6 +102,14 @@ class ScopeEntry:
 
 
 @dataclass(frozen=True)
+class OthersEntry:
+    """The manifest's ``others`` record (training/others.py): per shared task, a head for the photos outside the gate's categories."""
+
+    heads: dict[str, Path]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """What ``models/manifest.json`` says, validated, with absolute paths."""
 
@@ -112,6 +120,7 @@ class ModelSet:
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     title: TitleEntry | None = None  # the title as a second signal (manifest "title"), for shared tasks
     scope: ScopeEntry | None = None  # the scope gate (manifest "scope"), on the shared readout
+    others: OthersEntry | None = None  # heads for the other categories (manifest "others"), mixed in by the gate
 
     @property
     def shared_tasks(self) -> list[str]:
@@ -156,8 +165,27 @@ def read_models(models_dir: Path, tasks: Sequence[str] = TASKS) -> ModelSet:
                               "one served input size is needed")
     title = _title_entry(models_dir, data["title"], out) if isinstance(data.get("title"), dict) else None
     scope = _scope_entry(models_dir, data["scope"]) if isinstance(data.get("scope"), dict) else None
+    others = _others_entry(models_dir, data["others"], out, scope) if isinstance(data.get("others"), dict) else None
     return ModelSet(models_dir.resolve(), str(data.get("model_version", "unversioned")), spec, str(data.get("resize", "pad")), out,
-                    title, scope)
+                    title, scope, others)
+
+
+def _others_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str, TaskEntry], scope: ScopeEntry | None) -> OthersEntry:
+    where = f"{models_dir}/{MANIFEST}: the other categories' heads"
+    refit = entry.get("trained_with") or "autolabel train-others --data KIND:PATH"
+    if scope is None:
+        raise ModelsError(f"{where} are chosen by the scope gate, which the manifest lacks; refit both (train-scope, then:\n  {refit})")
+    heads = {}
+    for task, t in (entry.get("tasks") or {}).items():
+        if task not in tasks or not tasks[task].shared:
+            continue
+        if tuple(t.get("classes") or ()) != tasks[task].classes:
+            raise ModelsError(f"{where}: {task} has classes {t.get('classes')}, the task {list(tasks[task].classes)}; refit with:\n  {refit}")
+        path = models_dir / str(t.get("head", ""))
+        if not path.is_file():
+            raise ModelsError(f"{where}: {path} is missing; rebuild the heads with:\n  {refit}")
+        heads[task] = path.resolve()
+    return OthersEntry(heads, tuple(str(c) for c in entry.get("categories", ())))
 
 
 def _scope_entry(models_dir: Path, entry: Mapping[str, Any]) -> ScopeEntry:
@@ -250,6 +278,7 @@ class ServingGraphs:
     tracked: dict[str, list[Any]]  # model name -> keras objects its SavedModel must track
     title: Any = None  # training.title.TitleModel: the shared heads also take the title
     scope: Any = None  # keras.Model: features -> [P(in scope), P(out of scope)]
+    others: dict[str, Any] = field(default_factory=dict)  # task -> keras.Model features -> probs (other categories)
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -309,7 +338,11 @@ def build_graphs(models: ModelSet) -> ServingGraphs:
         scope = _load_keras(models.scope.head)
         _check_head(scope, tuple(int(d) for d in backbone.output.shape[1:]), 2, models.scope.head)
         tracked["scope_head"] = [scope]
-    return ServingGraphs(models, backbone, heads, standalone, tracked, title, scope)
+    others = {}
+    for task, path in (models.others.heads.items() if models.others and scope is not None else ()):
+        others[task] = _load_keras(path)
+        _check_head(others[task], tuple(int(d) for d in backbone.output.shape[1:]), len(models.tasks[task].classes), path)
+    return ServingGraphs(models, backbone, heads, standalone, tracked, title, scope, others)
 
 
 def _check_head(head: Any, features: tuple[int, ...], n_classes: int, path: Path) -> None:
@@ -325,75 +358,3 @@ def _check_full(model: Any, size: tuple[int, int], n_classes: int, path: Path) -
     got_in = tuple(int(d) for d in model.input_shape[1:])
     if got_in != (*size, 3) or int(model.output_shape[-1]) != n_classes:
         raise ModelsError(f"{path} maps {got_in} -> {model.output_shape[-1]}; expected {(*size, 3)} -> {n_classes}")
-
-
-# --- servable functions, by Triton model name ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Servable:
-    """One served model: a function of named tensors, its input spec and output names."""
-
-    name: str
-    fn: Callable[..., dict[str, Any]]
-    input_name: str
-    input_shape: tuple[int, ...]  # without the batch dimension
-    input_dtype: str  # "uint8" or "float32"
-    outputs: dict[str, tuple[int, ...]]  # name -> shape without batch
-    tracked: list[Any]
-    title: bool = False  # a second input ``title``: [batch, 1] strings (Triton BYTES)
-
-    def tf_signature(self) -> list[Any]:
-        import tensorflow as tf
-
-        sig = [tf.TensorSpec([None, *self.input_shape], getattr(tf, self.input_dtype), name=self.input_name)]
-        return sig + ([tf.TensorSpec([None, 1], tf.string, name="title")] if self.title else [])
-
-    def named_fn(self) -> Callable[..., dict[str, Any]]:
-        """``fn`` with its arguments named like the inputs (those names key the signature)."""
-        fn = self.fn
-        if self.title:
-            return {"image": lambda image, title: fn(image, title), "features": lambda features, title: fn(features, title)}[self.input_name]
-        return {"image": lambda image: fn(image), "features": lambda features: fn(features)}[self.input_name]
-
-
-def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
-    """backbone, <task>_head, standalone <task> (and the fused ``autolabel`` if asked)."""
-    image = graphs.input_shape
-    feats = graphs.feature_shape
-    classes = {t: (len(e.classes),) for t, e in graphs.models.tasks.items()}
-    bb = graphs.backbone
-    out = [Servable("backbone", lambda x: {"features": bb(x, training=False)}, "image", image, "uint8", {"features": feats}, [bb])]
-    from training.title import title_head_fn
-
-    title = graphs.title
-    for task, head in graphs.heads.items():
-        if title is not None and task in title.tasks:
-            out.append(Servable(f"{task}_head", title_head_fn(head, title, task), "features", feats, "float32",
-                                {"probs": classes[task], "title_probs": classes[task]}, [head], title=True))
-            continue
-        out.append(Servable(f"{task}_head", lambda f, h=head: {"probs": h(f, training=False)}, "features", feats, "float32",
-                            {"probs": classes[task]}, [head]))
-    scope = graphs.scope
-    if scope is not None:
-        out.append(Servable("scope_head", lambda f: {"probs": scope(f, training=False)}, "features", feats, "float32", {"probs": (2,)},
-                            [scope]))
-    for task, fn in graphs.standalone.items():
-        out.append(Servable(task, lambda x, f=fn: {"probs": f(x)}, "image", image, "uint8", {"probs": classes[task]},
-                            graphs.tracked[task]))
-    if fused:
-        shared = dict(graphs.heads)
-        own = {t: f for t, f in graphs.standalone.items() if t not in shared}
-
-        with_title = {t: title_head_fn(h, title, t) for t, h in shared.items() if title is not None and t in title.tasks}
-
-        def all_tasks(x: Any, titles: Any = None) -> dict[str, Any]:
-            f = bb(x, training=False)
-            res = {t: (with_title[t](f, titles)["probs"] if t in with_title else h(f, training=False)) for t, h in shared.items()}
-            res.update({t: g(x) for t, g in own.items()})
-            return {t: res[t] for t in graphs.models.tasks} | ({SCOPE_OUTPUT: scope(f, training=False)} if scope is not None else {})
-
-        keep = [bb, *shared.values(), *(o for t in own for o in graphs.tracked[t]), *([scope] if scope is not None else [])]
-        outputs = classes | ({SCOPE_OUTPUT: (2,)} if scope is not None else {})
-        out.append(Servable("autolabel", all_tasks, "image", image, "uint8", outputs, keep, title=bool(with_title)))
-    return out

@@ -1,5 +1,5 @@
 """Add-ons fitted on trained image models: `autolabel train-title` (the title as a second signal, training/title.py)
-and `autolabel train-scope` (the scope gate, training/scope.py)."""
+and `autolabel train-scope` (the scope gate, training/scope.py) and `autolabel train-others` (training/others.py)."""
 
 from __future__ import annotations
 
@@ -93,4 +93,32 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
         raise click.ClickException(str(exc)) from None
     click.echo(metrics_table(metrics))
     click.echo(f"wrote {models_dir / 'heads' / 'scope.keras'} and the manifest's 'scope' entry ({time.perf_counter() - started:.0f}s); "
+               "rebuild the repository: autolabel models build")
+
+
+@click.command("train-others")
+@click.option("--data", required=True, help="KIND:PATH with every category (fpi: masterCategory; manifest: a `category` column).")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
+              help="The trained models with their scope gate; the heads are added here (heads/others/, manifest 'others').")
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
+              help="The split the models were trained on, made over every category (default: MODELS/split.json).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_others_command(data: str, models_dir: Path, split_file: Path | None, cache_dir: Path, quiet: bool) -> None:
+    """Fit a head per task for the photos outside the gate's categories (shoes, bags, ...), on the same readout.
+
+    Served mixed into each task's head by the gate, so those photos get labels made for them;
+    the worker still sends them to review (docs/accuracy.md, "Other categories")."""
+    from training.others import HEADS_DIR, metrics_table, train_others
+
+    split = _models_and_split(models_dir, split_file)
+    ds = _load_dataset(data, None, None, 0)
+    command = "autolabel train-others " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    started = time.perf_counter()
+    try:
+        record = train_others(models_dir, ds, split, cache_dir, command, progress=not quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(metrics_table(record, "val"))
+    click.echo(f"wrote {models_dir / HEADS_DIR}/ and the manifest's 'others' entry ({time.perf_counter() - started:.0f}s); "
                "rebuild the repository: autolabel models build")

@@ -1,0 +1,186 @@
+"""Heads for the other categories: labels for the photos the scope gate sends away from the apparel heads.
+
+The task heads were trained on the training categories (Apparel); on shoes, bags and perfume
+they guess (gender right 44 % of the time on test footwear). The catalog labels those products
+too (style, gender, season), so a second head set is fitted on them: per task, a logistic
+regression on the same readout vector (one backbone pass, a 4096 x k layer more), strength
+chosen on validation, calibrated by a temperature on validation.
+
+Served as a mixture inside each task's head: with ``p = P(out of scope)`` from the gate,
+
+    probs = (1 - p) * apparel_probs + p * other_probs
+
+so an apparel photo (p near 0) keeps its labels, a shoe (p near 1) gets the other heads', and
+no threshold is baked into the graph (the worker's scope threshold stays a setting). The
+worker still sends every label of an out-of-scope photo to review: these are the labels the
+reviewer starts from. Written by ``autolabel train-others`` into ``heads/others/<task>.keras``
+and the manifest's ``others`` record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEADS_DIR = "heads/others"  # under the models folder
+STRENGTHS = (0.0003, 0.001, 0.003, 0.01)  # logistic regression C, chosen on validation (balanced accuracy)
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class OtherHead:
+    """``softmax((x @ weights + bias) / temperature)`` on the raw readout (standardisation folded in)."""
+
+    weights: np.ndarray  # [dims, classes]
+    bias: np.ndarray  # [classes]
+    temperature: float
+    strength: float
+    chosen_on: str = "val"  # where strength and temperature were chosen
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.weights + self.bias
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        from training.calibration import softmax
+
+        return softmax(self.logits(x) / self.temperature)
+
+    def keras_head(self, name: str) -> Any:
+        """features -> calibrated probabilities: the same function as :meth:`probs`."""
+        import keras
+
+        inputs = keras.Input(shape=(self.weights.shape[0],), name="features")
+        dense = keras.layers.Dense(self.weights.shape[1], activation="softmax", name="probs")
+        outputs = dense(inputs)
+        t = self.temperature
+        dense.set_weights([(self.weights / t).astype(np.float32), (self.bias / t).astype(np.float32)])
+        return keras.Model(inputs, outputs, name=name)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarray], n_classes: int) -> OtherHead:
+    """A class-weighted logistic regression on the training rows, C chosen on validation, temperature fitted there."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from training.calibration import fit_temperature
+
+    tr, va = parts["train"], parts["val"]
+    if len(set(y[tr].tolist())) < 2:
+        raise ValueError(f"the training part needs labels of two classes or more (has {len(tr)} rows)")
+    judged = len(set(y[va].tolist())) >= 2  # else (a small catalog): the middle strength, no temperature
+    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
+    z = (x - mean) / std
+    best: tuple[float, OtherHead] | None = None
+    for c in STRENGTHS if judged else STRENGTHS[len(STRENGTHS) // 2:][:1]:
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(z[tr], y[tr])
+        w, b = np.zeros((x.shape[1], n_classes)), np.full(n_classes, -30.0)  # a class absent from training: never chosen
+        coef, icpt = (lr.coef_, lr.intercept_) if len(lr.classes_) > 2 else (np.r_[-lr.coef_, lr.coef_] / 2, np.r_[-lr.intercept_, lr.intercept_] / 2)
+        w[:, lr.classes_] = (coef / std).T
+        b[lr.classes_] = icpt - coef @ (mean / std)
+        head = OtherHead(w, b, 1.0, c)
+        score = balanced_accuracy_score(y[va], head.logits(x[va]).argmax(1)) if judged else 0.0
+        if best is None or score > best[0]:
+            best = (score, head)
+    assert best is not None
+    head = best[1]
+    head.temperature = fit_temperature(head.logits(x[va]), y[va]) if judged else 1.0
+    head.chosen_on = "val" if judged else "default (validation has fewer than two classes)"
+    return head
+
+
+def head_metrics(probs: np.ndarray, y: np.ndarray, categories: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1 and ECE of ``probs`` against ``y``, and balanced accuracy per category."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    from training.calibration import expected_calibration_error
+
+    pred = probs.argmax(1)
+    cats = np.asarray(categories)
+    per = {str(c): round(float(balanced_accuracy_score(y[cats == c], pred[cats == c])), 4)
+           for c in sorted(set(cats.tolist())) if (cats == c).sum() >= 20 and len(set(y[cats == c].tolist())) > 1}
+    return {"n": len(y), "accuracy": round(float((pred == y).mean()), 4), "balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4),
+            "macro_f1": round(float(f1_score(y, pred, average="macro")), 4), "ece": round(expected_calibration_error(probs, y), 4),
+            "by_category": per}
+
+
+def _apparel_probs(models: Any, task: str, readout: np.ndarray) -> np.ndarray:
+    """What the apparel head of ``task`` says of these photos from the photo alone (before this head set)."""
+    import keras
+
+    head = keras.models.load_model(models.tasks[task].head, compile=False)
+    return np.asarray(head.predict(readout.astype(np.float32), batch_size=512, verbose=0), np.float64)
+
+
+def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str,
+                 progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Fit a head per task on the split's photos outside the gate's categories; write them and the manifest's ``others``."""
+    from training.backbones import cut_layer
+    from training.joint import cut_features
+    from training.serving_models import read_models
+    from training.train import addon_version
+
+    models = read_models(models_dir)
+    if models.scope is None:
+        raise ValueError(f"{models_dir} has no scope gate: the other heads are chosen by it; run `autolabel train-scope` first")
+    inside = {c.lower() for c in models.scope.in_scope}
+    part_of = split.part_of()
+    rows = [s for s in dataset.samples if s.key in part_of and s.meta.get("category", "").lower() not in inside]
+    if not rows:
+        raise ValueError(f"the data has no photos outside {sorted(models.scope.in_scope)} in the split's parts")
+    feats = cut_features(replace(dataset, samples=rows), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
+                         keep_maps=False, progress=progress)
+    x, samples = feats.readout, feats.samples
+    categories = [s.meta.get("category", "") for s in samples]
+    (models_dir / HEADS_DIR).mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {}
+    for task, entry in models.tasks.items():
+        classes = list(entry.classes)
+        y = np.array([classes.index(s.label(task)) if s.label(task) in classes else -1 for s in samples])
+        parts = {p: np.array([i for i, s in enumerate(samples) if part_of[s.key] == p and y[i] >= 0], np.int64) for p in PARTS}
+        head = fit_head(x, y, parts, len(classes))
+        path = f"{HEADS_DIR}/{task}.keras"
+        head.keras_head(f"others_{task}").save(models_dir / path)
+        before = _apparel_probs(models, task, x)
+        metrics = {p: {"others": head_metrics(head.probs(x[idx]), y[idx], [categories[i] for i in idx]),
+                       "apparel_heads": head_metrics(before[idx], y[idx], [categories[i] for i in idx])}
+                   for p, idx in parts.items() if p != "train" and len(idx)}
+        record[task] = {"head": path, "classes": classes, "strength": head.strength, "temperature": round(head.temperature, 6),
+                        "chosen_on": head.chosen_on,
+                        "rows": {p: len(idx) for p, idx in parts.items()}, "metrics": metrics}
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["others"] = {"categories": sorted({c for c in categories if c}), "trained_with": command, "tasks": record}
+    manifest["model_version"] = addon_version(models_dir / f"{HEADS_DIR}/{next(iter(record))}.keras")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return record
+
+
+def mixed(p_out: Any, apparel: Any, others: Any) -> Any:
+    """``(1 - p) * apparel + p * others`` per photo (TF or numpy; ``p_out`` [batch], probabilities [batch, classes])."""
+    p = p_out[:, None]
+    return (1.0 - p) * apparel + p * others
+
+
+def metrics_table(record: Mapping[str, Mapping[str, Any]], part: str = "val") -> str:
+    lines = [f"task     {part} rows  balanced acc.: apparel heads -> other heads   macro-F1   ECE   by category (other heads)"]
+    for task, r in record.items():
+        m = r["metrics"].get(part)
+        if not m:
+            continue
+        o, a = m["others"], m["apparel_heads"]
+        per = ", ".join(f"{c} {v:.3f}" for c, v in o["by_category"].items())
+        lines.append(f"{task:8s} {o['n']:>9d}  {a['balanced_accuracy']:.3f} -> {o['balanced_accuracy']:.3f}"
+                     f"                      {o['macro_f1']:.3f}   {o['ece']:.3f}  {per}")
+    return "\n".join(lines)
+
+
+def previous_others(models_dir: Path) -> str | None:
+    """Before a retraining replaces ``models_dir``'s manifest (the heads read the old readout): the command that refits them."""
+    from training.scope import refit_command
+
+    return refit_command(models_dir, "others", "autolabel train-others --data KIND:PATH")
