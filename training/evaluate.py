@@ -177,7 +177,8 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
     from training.serving_models import read_models
 
     try:
-        spec = read_models(Path(models_dir), tasks).backbone  # the tuned layers' file resolved
+        model_set = read_models(Path(models_dir), tasks)
+        spec = model_set.backbone  # the tuned layers' file resolved
         backbone = load_backbone(spec)
     except BackboneError as exc:
         raise ModelsError(str(exc)) from None
@@ -190,13 +191,26 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
         if "model" in entry or isinstance(entry.get("backbone"), dict):  # left the shared base (e.g. fine-tuned)
             models.append(_own_model(Path(models_dir), task, manifest))
             continue
-        head = keras.models.load_model(Path(models_dir) / entry["head"])
+        head = _mixed_head(keras.models.load_model(Path(models_dir) / entry["head"]), model_set, task)
         threshold = entry["threshold"].get("threshold") if isinstance(entry.get("threshold"), dict) else None
         models.append(
             TaskModel(task, tuple(entry["classes"]), lambda f, h=head: np.asarray(h.predict_on_batch(f)), spec.input_size,
                       manifest.get("resize", "pad"), f"{models_dir}/{entry['head']} on {spec.describe()}", run, threshold)
         )
     return models
+
+
+def _mixed_head(head: Any, model_set: Any, task: str) -> Any:
+    """``head``, or where the models have a head for the other categories, the served mixture of both by the gate."""
+    import keras
+
+    if model_set.others is None or task not in model_set.others.heads or model_set.scope is None:
+        return head
+    from training.others import mixed
+
+    scope, other = (keras.models.load_model(p, compile=False) for p in (model_set.scope.head, model_set.others.heads[task]))
+    f = keras.Input(head.input_shape[1:])
+    return keras.Model(f, mixed(scope(f)[:, 1], head(f), other(f)))
 
 
 def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskModel:
