@@ -149,9 +149,10 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6} {scope:<6} "
                    f"{read:<11}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
-    outside = sum(e.scope is not None and not e.scope.in_scope for e in got.values())
-    click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review"
-               + (f"; {outside} out of scope (not a product the heads were trained for: every label to review)" if outside else ""))
+    outside = [e for e in got.values() if e.scope is not None and not e.scope.in_scope]
+    how = ("labeled by the heads for other categories, each under its own threshold" if any(e.scope.other_heads for e in outside)  # type: ignore[union-attr]
+           else "not a product the heads were trained for: every label to review")
+    click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review" + (f"; {len(outside)} out of scope ({how})" if outside else ""))
 
 
 def _print_thresholds(got: dict, models_dir: Path) -> None:

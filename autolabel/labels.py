@@ -16,8 +16,8 @@ def format_row(e: ProductLabeled) -> str:
         lab = e.labels[task]
         cells.append(f"{lab.label + ' ' + format(lab.confidence, '.2f'):<18}")
     review = "yes" if e.needs_review else "no"
-    if e.scope is not None and not e.scope.in_scope:
-        review += f" (out of scope, P {e.scope.probability:.2f})"  # every label flagged for that
+    if e.scope is not None and not e.scope.in_scope:  # every label flagged for that, or judged by the other categories' heads
+        review += f" (out of scope, P {e.scope.probability:.2f}{': other heads' if e.scope.other_heads else ''})"
     cells.append(review)
     return " ".join(cells)
 

@@ -134,9 +134,13 @@ class ScopeCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    in_scope: bool = Field(description="False: every label of this photo needs review, whatever its confidence.")
+    in_scope: bool = Field(description="False: every label of this photo needs review, whatever its confidence (unless other_heads).")
     probability: float = Field(ge=0, le=1, description="P(out of scope): not a product of the categories the model was trained for.")
     threshold: float = Field(ge=0, le=1, description="Out of scope above this probability.")
+    # optional, newer: absent in older records (False)
+    other_heads: bool = Field(
+        False, description="Out of scope, and the model has heads for the other categories: each label is theirs, judged by "
+        "their own threshold (autolabel train-others), instead of all going to review.")
 
 
 class ProductLabeled(_Event):
@@ -159,7 +163,8 @@ class ProductLabeled(_Event):
     # optional, newer fields: absent in older records
     metadata: dict[str, str] | None = Field(None, description="The upload event's catalog metadata, if it had any.")
     scope: ScopeCheck | None = Field(
-        None, description="The scope gate's verdict, where the model has one: out of scope sends every label to review.")
+        None, description="The scope gate's verdict, where the model has one: out of scope sends every label to review, "
+        "or with heads for the other categories, each label that falls under their threshold.")
     human_labels: dict[Literal["style", "gender", "season"], "HumanLabel"] | None = Field(
         None, description="In the stored record only: what a reviewer decided for this upload (source: human)."
     )
@@ -179,8 +184,9 @@ class ProductLabeled(_Event):
             raise ValueError(f"labels missing for {sorted(missing)}")
         if self.needs_review != any(t.needs_review for t in self.labels.values()):
             raise ValueError("needs_review must be true exactly when a task needs review")
-        if self.scope is not None and not self.scope.in_scope and not all(t.needs_review for t in self.labels.values()):
-            raise ValueError("a photo out of scope has every task flagged needs_review")
+        if (self.scope is not None and not self.scope.in_scope and not self.scope.other_heads
+                and not all(t.needs_review for t in self.labels.values())):
+            raise ValueError("a photo out of scope has every task flagged needs_review (unless the model has heads for it)")
         return self
 
 

@@ -41,6 +41,7 @@ class ServedModel:
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold shipped with the model
     title_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> per class, when a title was read
     scope_threshold: float | None = None  # the scope gate's (output ``scope``), None: the model has no gate
+    other_thresholds: dict[str, float] = field(default_factory=dict)  # task -> threshold of its heads for the other categories
 
     @property
     def reads_title(self) -> bool:
@@ -131,6 +132,8 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         thresholds=thresholds,
         title_thresholds=title_thresholds,
         scope_threshold=parse_threshold(params.get("scope_threshold")) if any(SCOPE_OUTPUT in c.outputs for c in calls) else None,
+        other_thresholds={t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}_others"))) is not None}
+        if any(SCOPE_OUTPUT in c.outputs for c in calls) else {},
     )
 
 

@@ -62,21 +62,33 @@ def task_label(probs: np.ndarray, classes: Sequence[str], threshold: float) -> T
     return _rows(probs[None, :], classes, threshold)[0]
 
 
-def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int) -> list[ScopeCheck | None]:
-    """Per image, the scope gate's verdict from its (N, 2) ``[P(in), P(out)]`` output; None where the model has no gate."""
+def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int, other_heads: bool = False) -> list[ScopeCheck | None]:
+    """Per image, the scope gate's verdict from its (N, 2) ``[P(in), P(out)]`` output; None where the model has no gate.
+    ``other_heads``: the model has heads for the other categories (their labels are judged by their thresholds)."""
     if p_out is None or threshold is None:
         return [None] * n
     p = np.clip(np.asarray(p_out, np.float64), 0.0, 1.0)
     if p.shape != (n, 2):
         raise ValueError(f"expected {n} x 2 scope probabilities, got shape {p.shape}")
-    return [ScopeCheck(in_scope=bool(v <= threshold), probability=round(float(v), 6), threshold=threshold) for v in p[:, 1]]
+    return [ScopeCheck(in_scope=bool(v <= threshold), probability=round(float(v), 6), threshold=threshold,
+                       other_heads=bool(other_heads and v > threshold)) for v in p[:, 1]]
 
 
-def with_scope(labels: dict[str, TaskLabel], check: ScopeCheck | None) -> dict[str, TaskLabel]:
-    """Out of scope: every label needs review, whatever its confidence (the labels themselves are kept)."""
+def with_scope(labels: dict[str, TaskLabel], check: ScopeCheck | None, others: Mapping[str, float] | None = None) -> dict[str, TaskLabel]:
+    """Out of scope: every label needs review, whatever its confidence (the labels themselves are kept); where
+    the check says the model has heads for the other categories, a label needs review under ``others[task]``
+    (their threshold, chosen on validation) and a task without one goes to review."""
     if check is None or check.in_scope:
         return labels
-    return {t: lab.model_copy(update={"needs_review": True}) for t, lab in labels.items()}
+    own = others if check.other_heads and others else {}
+    return {t: lab.model_copy(update={"threshold": own[t], "needs_review": lab.confidence < own[t]}) if t in own
+            else lab.model_copy(update={"needs_review": True}) for t, lab in labels.items()}
+
+
+def resolve_other_thresholds(overrides: Mapping[str, float | None], shipped: Mapping[str, float]) -> dict[str, float]:
+    """Per task with heads for the other categories: the operator's threshold for the task (it applies to every
+    label of the task), else the one shipped for those heads."""
+    return {task: overrides[task] if overrides.get(task) is not None else value for task, value in shipped.items()}  # type: ignore[misc]
 
 
 def label_batch(

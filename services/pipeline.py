@@ -29,7 +29,14 @@ from services.errors import BadInput, InferenceError
 from services.events import DeadLetter, ErrorCode, Outcome, ProductImageUploaded, ProductLabeled, RawMessage, ScopeCheck, TaskLabel
 from services.images import ImageLimits, prepare
 from services.inference import TritonLabeler
-from services.labeling import label_batch, resolve_thresholds, resolve_title_thresholds, scope_checks, with_scope
+from services.labeling import (
+    label_batch,
+    resolve_other_thresholds,
+    resolve_thresholds,
+    resolve_title_thresholds,
+    scope_checks,
+    with_scope,
+)
 from services.retry import Retry
 from services.settings import SCOPE_OUTPUT, TASKS, Settings
 from services.sources import fetch
@@ -75,6 +82,12 @@ class Pipeline:
         """Per-class thresholds for labels read with a title (none where the operator set a task's threshold)."""
         served = self.labeler.served
         return resolve_title_thresholds({t: self.settings.threshold(t) for t in TASKS}, served.title_thresholds if served else {})
+
+    @property
+    def other_thresholds(self) -> dict[str, float]:
+        """Thresholds of the heads for the other categories (out-of-scope photos), under the operator's per-task ones."""
+        served = self.labeler.served
+        return resolve_other_thresholds({t: self.settings.threshold(t) for t in TASKS}, served.other_thresholds if served else {})
 
     @property
     def scope_threshold(self) -> float | None:
@@ -236,8 +249,9 @@ class Pipeline:
         assert served is not None
         labels = label_batch({t: probs[t] for t in TASKS}, served.classes, self.thresholds, self.title_thresholds,
                              [self._read_title(t) for t in titles])
-        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels))
-        return [(with_scope(lab, check), check) for lab, check in zip(labels, checks, strict=True)]
+        others = self.other_thresholds
+        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), other_heads=bool(others))
+        return [(with_scope(lab, check, others), check) for lab, check in zip(labels, checks, strict=True)]
 
     async def close(self) -> None:
         """At shutdown: stop the pools and close the Triton client."""

@@ -93,6 +93,10 @@ def test_the_scope_gate_is_read_with_its_threshold_or_refused_without_one():
     served = describe("autolabel", {"autolabel": cfg})
     assert served.calls[0].outputs["scope"] == "scope" and served.scope_threshold == pytest.approx(0.8125)
     assert describe("autolabel", {"autolabel": _ensemble()}).scope_threshold is None  # no gate, no check
+    assert served.other_thresholds == {}
+    cfg["parameters"] = {**cfg["parameters"], "threshold_gender_others": {"string_value": "0.784245"},
+                         "threshold_style_others": {"string_value": "not a number"}}
+    assert describe("autolabel", {"autolabel": cfg}).other_thresholds == {"gender": pytest.approx(0.784245)}  # heads for other categories
     cfg["parameters"] = PARAMS
     with pytest.raises(InferenceError, match="scope_threshold"):
         describe("autolabel", {"autolabel": cfg})

@@ -76,6 +76,25 @@ def test_out_of_scope_sends_every_label_to_review_and_keeps_the_labels() -> None
         scope_checks(np.ones((2, 3)), 0.5, 2)
 
 
+def test_with_heads_for_other_categories_an_out_of_scope_label_is_judged_by_their_threshold() -> None:
+    from services.labeling import resolve_other_thresholds, scope_checks, with_scope
+
+    classes = {"gender": ("men", "women"), "style": ("casual", "formal", "sports"), "season": ("spring-fall", "summer", "winter")}
+    probs = {"gender": np.array([[0.9, 0.1], [0.9, 0.1]]), "style": np.array([[0.6, 0.2, 0.2]] * 2), "season": np.array([[0.9, 0.05, 0.05]] * 2)}
+    labels = label_batch(probs, classes, {"gender": 0.95, "style": 0.95, "season": 0.95})
+    checks = scope_checks(np.array([[0.99, 0.01], [0.1, 0.9]]), 0.5, 2, other_heads=True)
+    assert not checks[0].other_heads and checks[1].other_heads  # said of the photos out of scope only
+    others = {"gender": 0.8, "style": 0.7}  # no threshold for season
+    inside, shoe = (with_scope(lab, c, others) for lab, c in zip(labels, checks, strict=True))
+    assert inside == labels[0]  # in scope: the main heads' thresholds
+    assert not shoe["gender"].needs_review and shoe["gender"].threshold == 0.8  # 0.9 >= 0.8: accepted
+    assert shoe["style"].needs_review and shoe["style"].threshold == 0.7  # 0.6 < 0.7
+    assert shoe["season"].needs_review  # a task without a threshold for them goes to review
+    without = scope_checks(np.array([[0.1, 0.9]]), 0.5, 1)[0]  # a model without such heads: all to review, as before
+    assert all(lab.needs_review for lab in with_scope(labels[1], without, others).values())
+    assert resolve_other_thresholds({"gender": None, "style": 0.99}, {"gender": 0.8, "style": 0.7}) == {"gender": 0.8, "style": 0.99}
+
+
 def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
     from autolabel.labels import format_row
     from services.labeling import with_scope
@@ -96,3 +115,5 @@ def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
     assert format_row(event(ScopeCheck(in_scope=False, probability=0.97, threshold=0.3))).endswith("yes (out of scope, P 0.97)")
     with pytest.raises(ValueError, match="out of scope"):  # the schema refuses an out-of-scope photo with a label accepted
         event(ScopeCheck(in_scope=False, probability=0.97, threshold=0.3), flag=False)
+    other = ScopeCheck(in_scope=False, probability=0.97, threshold=0.3, other_heads=True)  # ... unless heads made for it judged it
+    assert format_row(event(other, flag=False)).endswith("no (out of scope, P 0.97: other heads)")  # every label above its threshold

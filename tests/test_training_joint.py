@@ -276,8 +276,13 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
     for task, entry in others["tasks"].items():
         assert (models / entry["head"]).is_file() and entry["classes"] == _manifest(models)["tasks"][task]["classes"]
         assert set(entry["metrics"]) == {"val", "test"} and entry["rows"]["train"] > 0
-        assert set(entry["metrics"]["val"]) == {"others", "apparel_heads"}
-    assert check_repository(build_repository(models, tmp_path / "repo-others", "cpu", progress=False, log=lambda _: None)) == []
+        assert set(entry["metrics"]["val"]) == {"others", "apparel_heads"} and "auto_accept" in entry["metrics"]["test"]
+        assert entry["threshold"]["chosen_on"] == "val (photos the gate flags)" and entry["threshold"]["target_precision"] == 0.95
+    repo = build_repository(models, tmp_path / "repo-others", "cpu", progress=False, log=lambda _: None)
+    assert check_repository(repo) == []
+    params = read_config_parameters(repo / "autolabel" / "config.pbtxt")  # the worker's thresholds for those photos
+    assert {k for k in params if k.endswith("_others")} == {"threshold_style_others", "threshold_gender_others", "threshold_season_others"}
+    assert float(params["threshold_gender_others"]) == pytest.approx(min(others["tasks"]["gender"]["threshold"]["threshold"], 1.0), abs=1e-6)
 
     graphs = build_graphs(read_models(models))
     assert set(graphs.others) == {"style", "gender", "season"}

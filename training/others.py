@@ -11,10 +11,12 @@ Served as a mixture inside each task's head: with ``p = P(out of scope)`` from t
     probs = (1 - p) * apparel_probs + p * other_probs
 
 so an apparel photo (p near 0) keeps its labels, a shoe (p near 1) gets the other heads', and
-no threshold is baked into the graph (the worker's scope threshold stays a setting). The
-worker still sends every label of an out-of-scope photo to review: these are the labels the
-reviewer starts from. Written by ``autolabel train-others`` into ``heads/others/<task>.keras``
-and the manifest's ``others`` record.
+no threshold is baked into the graph (the worker's scope threshold stays a setting). For the
+photos the gate flags, each task has its own auto-accept threshold, chosen on the flagged
+validation photos for the target precision (served as ``threshold_<task>_others``): the worker
+lets their labels above it skip review (the label event's ``scope.other_heads``) and sends the
+rest to review. Written by ``autolabel train-others`` into ``heads/others/<task>.keras`` and
+the manifest's ``others`` record.
 """
 
 from __future__ import annotations
@@ -109,16 +111,28 @@ def head_metrics(probs: np.ndarray, y: np.ndarray, categories: Sequence[str]) ->
 
 
 def _apparel_probs(models: Any, task: str, readout: np.ndarray) -> np.ndarray:
-    """What the apparel head of ``task`` says of these photos from the photo alone (before this head set)."""
+    """What the apparel head of ``task`` (or the gate, ``scope``) says of these photos from the photo alone."""
     import keras
 
-    head = keras.models.load_model(models.tasks[task].head, compile=False)
+    head = keras.models.load_model(models.scope.head if task == "scope" else models.tasks[task].head, compile=False)
     return np.asarray(head.predict(readout.astype(np.float32), batch_size=512, verbose=0), np.float64)
 
 
-def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str,
+def _auto_accept(served: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarray], flagged: np.ndarray,
+                 target_precision: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The threshold for the served (mixed) probabilities of the photos the gate flags, chosen on validation for
+    ``target_precision``; and what it gives on the flagged test photos."""
+    from training.calibration import accept_stats, choose_threshold
+
+    va, te = (idx[flagged[idx]] for idx in (parts["val"], parts["test"]))
+    chosen = choose_threshold(served[va].max(1), served[va].argmax(1) == y[va], target_precision)
+    return chosen.to_dict() | {"chosen_on": "val (photos the gate flags)"}, accept_stats(served[te], y[te], chosen.threshold)
+
+
+def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str, target_precision: float = 0.95,
                  progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Fit a head per task on the split's photos outside the gate's categories; write them and the manifest's ``others``."""
+    """Fit a head per task on the split's photos outside the gate's categories, and its auto-accept threshold
+    for the photos the gate flags; write them and the manifest's ``others``."""
     from training.backbones import cut_layer
     from training.joint import cut_features
     from training.serving_models import read_models
@@ -136,6 +150,7 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
                          keep_maps=False, progress=progress)
     x, samples = feats.readout, feats.samples
     categories = [s.meta.get("category", "") for s in samples]
+    p_out = _apparel_probs(models, "scope", x)[:, 1]  # the gate, as served
     (models_dir / HEADS_DIR).mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {}
     for task, entry in models.tasks.items():
@@ -149,8 +164,12 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
         metrics = {p: {"others": head_metrics(head.probs(x[idx]), y[idx], [categories[i] for i in idx]),
                        "apparel_heads": head_metrics(before[idx], y[idx], [categories[i] for i in idx])}
                    for p, idx in parts.items() if p != "train" and len(idx)}
+        threshold, accepted = _auto_accept(mixed(p_out, before, head.probs(x)), y, parts, p_out > models.scope.threshold,
+                                           target_precision)
+        if "test" in metrics:
+            metrics["test"]["auto_accept"] = accepted
         record[task] = {"head": path, "classes": classes, "strength": head.strength, "temperature": round(head.temperature, 6),
-                        "chosen_on": head.chosen_on,
+                        "chosen_on": head.chosen_on, "threshold": threshold,
                         "rows": {p: len(idx) for p, idx in parts.items()}, "metrics": metrics}
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -167,15 +186,17 @@ def mixed(p_out: Any, apparel: Any, others: Any) -> Any:
 
 
 def metrics_table(record: Mapping[str, Mapping[str, Any]], part: str = "val") -> str:
-    lines = [f"task     {part} rows  balanced acc.: apparel heads -> other heads   macro-F1   ECE   by category (other heads)"]
+    lines = [f"task     {part} rows  balanced acc.: apparel heads -> other heads   macro-F1   ECE   "
+             "auto-accept (threshold: val coverage, precision)   by category (other heads)"]
     for task, r in record.items():
         m = r["metrics"].get(part)
         if not m:
             continue
-        o, a = m["others"], m["apparel_heads"]
+        o, a, t = m["others"], m["apparel_heads"], r.get("threshold") or {}
         per = ", ".join(f"{c} {v:.3f}" for c, v in o["by_category"].items())
+        accept = f"{t['threshold']:.3f}: {t['coverage']:.0%}, {t['precision']:.3f}" if t.get("accepted") else "none (all to review)"
         lines.append(f"{task:8s} {o['n']:>9d}  {a['balanced_accuracy']:.3f} -> {o['balanced_accuracy']:.3f}"
-                     f"                      {o['macro_f1']:.3f}   {o['ece']:.3f}  {per}")
+                     f"                      {o['macro_f1']:.3f}   {o['ece']:.3f}   {accept:<48s} {per}")
     return "\n".join(lines)
 
 

@@ -107,6 +107,7 @@ class OthersEntry:
 
     heads: dict[str, Path]
     categories: tuple[str, ...]
+    thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold chosen on validation
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def _others_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str
     refit = entry.get("trained_with") or "autolabel train-others --data KIND:PATH"
     if scope is None:
         raise ModelsError(f"{where} are chosen by the scope gate, which the manifest lacks; refit both (train-scope, then:\n  {refit})")
-    heads = {}
+    heads, thresholds = {}, {}
     for task, t in (entry.get("tasks") or {}).items():
         if task not in tasks or not tasks[task].shared:
             continue
@@ -185,7 +186,12 @@ def _others_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str
         if not path.is_file():
             raise ModelsError(f"{where}: {path} is missing; rebuild the heads with:\n  {refit}")
         heads[task] = path.resolve()
-    return OthersEntry(heads, tuple(str(c) for c in entry.get("categories", ())))
+        value = (t.get("threshold") or {}).get("threshold") if isinstance(t.get("threshold"), dict) else None
+        if value is not None:
+            if not 0 <= float(value) <= 1.0000001:
+                raise ModelsError(f"{where}: the {task} threshold {value} is not a probability")
+            thresholds[task] = min(float(value), 1.0)
+    return OthersEntry(heads, tuple(str(c) for c in entry.get("categories", ())), thresholds)
 
 
 def _scope_entry(models_dir: Path, entry: Mapping[str, Any]) -> ScopeEntry:

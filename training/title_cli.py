@@ -103,12 +103,16 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
 @click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
               help="The split the models were trained on, made over every category (default: MODELS/split.json).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Auto-accept thresholds for the target precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_others_command(data: str, models_dir: Path, split_file: Path | None, cache_dir: Path, quiet: bool) -> None:
+def train_others_command(data: str, models_dir: Path, split_file: Path | None, cache_dir: Path, target_precision: float | None,
+                         quiet: bool) -> None:
     """Fit a head per task for the photos outside the gate's categories (shoes, bags, ...), on the same readout.
 
     Served mixed into each task's head by the gate, so those photos get labels made for them;
-    the worker still sends them to review (docs/accuracy.md, "Other categories")."""
+    each task's auto-accept threshold for them is chosen on validation (docs/accuracy.md, "Other categories")."""
+    from services.settings import load_settings
     from training.others import HEADS_DIR, metrics_table, train_others
 
     split = _models_and_split(models_dir, split_file)
@@ -116,7 +120,8 @@ def train_others_command(data: str, models_dir: Path, split_file: Path | None, c
     command = "autolabel train-others " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
     try:
-        record = train_others(models_dir, ds, split, cache_dir, command, progress=not quiet)
+        record = train_others(models_dir, ds, split, cache_dir, command, target_precision or load_settings().target_precision,
+                              progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(metrics_table(record, "val"))
