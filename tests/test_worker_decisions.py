@@ -46,11 +46,13 @@ PHOTO = _photo()
 class FakeLabeler:
     """Triton: serves a 8x8 model; ``failures`` are raised by the next infer calls, in order."""
 
-    def __init__(self, failures: list[Exception] | None = None, p_out: list[float] | None = None) -> None:
-        """``p_out``: the scope gate's P(out of scope) per image of each call (threshold 0.5); None: no gate."""
+    def __init__(self, failures: list[Exception] | None = None, p_out: list[float] | None = None,
+                 other_thresholds: dict[str, float] | None = None) -> None:
+        """``p_out``: the scope gate's P(out of scope) per image of each call (threshold 0.5); None: no gate.
+        ``other_thresholds``: the model has heads for the other categories, with these thresholds."""
         self.served = ServedModel(calls=(), input_size=(8, 8), resize="pad", classes=CLASSES,
                                   info=ModelInfo(name="fake", version="v1", backbone="none", weights_source="none"),
-                                  scope_threshold=None if p_out is None else 0.5)
+                                  scope_threshold=None if p_out is None else 0.5, other_thresholds=other_thresholds or {})
         self.p_out = p_out
         self.failures = list(failures or [])
         self.calls = 0
@@ -254,3 +256,21 @@ def test_a_photo_out_of_scope_has_every_label_flagged_and_says_why() -> None:
     plain = Worker()
     plain.run([_event("p0", "images/0.jpg")])
     assert ProductLabeled.model_validate_json(plain.on("labels")[0]).scope is None
+
+
+def test_with_heads_for_other_categories_a_photo_out_of_scope_keeps_the_labels_above_their_thresholds() -> None:
+    """style 0.8, gender 0.7, season 0.6 from the served (mixed) heads; their thresholds 0.7 / 0.75 / 0.5."""
+    others = {"style": 0.7, "gender": 0.75, "season": 0.5}
+    w = Worker(FakeLabeler(p_out=[0.1, 0.9], other_thresholds=others))
+    w.run([_event("shirt", "images/0.jpg"), _event("shoe", "images/1.jpg")])
+    shirt, shoe = (ProductLabeled.model_validate_json(v) for v in w.on("labels"))
+    assert shirt.scope is not None and shirt.scope.in_scope and not shirt.scope.other_heads
+    assert {lab.threshold for lab in shirt.labels.values()} == {0.5} and not shirt.needs_review  # in scope: the main heads'
+    assert shoe.scope is not None and shoe.scope.other_heads and not shoe.scope.in_scope
+    assert {t: (lab.threshold, lab.needs_review) for t, lab in shoe.labels.items()} == {
+        "style": (0.7, False), "gender": (0.75, True), "season": (0.5, False)}
+    assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("review")] == ["shoe"]  # for its gender
+    # the operator's threshold for a task applies to every label of it, these too
+    strict = Worker(FakeLabeler(p_out=[0.9], other_thresholds=others), threshold_style=0.9)
+    strict.run([_event("shoe", "images/1.jpg")])
+    assert ProductLabeled.model_validate_json(strict.on("labels")[0]).labels["style"].needs_review
