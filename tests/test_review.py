@@ -214,9 +214,26 @@ def test_a_photo_out_of_scope_says_so_to_the_reviewer(stack_settings, review_app
     app = review_app()
     app.wait_waiting(1)
     item = app.api("alice").get("/api/queue", params={"limit": 1}).json()[0]
-    assert item["scope"] == {"in_scope": False, "probability": 0.97, "threshold": 0.32}
+    assert item["scope"] == {"in_scope": False, "probability": 0.97, "threshold": 0.32, "other_heads": False}
     page = app.login("alice").get("/")
     assert page.status_code == 200 and 'id="out-of-scope"' in page.text and "P = 0.97" in page.text
+    assert "every label is here for that" in page.text
+    app.stop()
+
+
+def test_the_page_says_when_a_photo_was_labeled_by_the_heads_for_other_categories(stack_settings, review_app):
+    from services.events import ScopeCheck
+    from services.labeling import with_scope
+
+    settings, _ = stack_settings
+    event = flagged_event(settings, "shoe-2", sorted(SAMPLES.glob("*.jpg"))[0].read_bytes())
+    scope = ScopeCheck(in_scope=False, probability=0.99, threshold=0.32, other_heads=True)
+    shoe = event.model_copy(update={"scope": scope, "labels": with_scope(event.labels, scope, {})})  # none above a threshold
+    send_flagged(settings, [shoe])
+    app = review_app()
+    app.wait_waiting(1)
+    page = app.login("alice").get("/")
+    assert page.status_code == 200 and "from its heads for other categories" in page.text and "every label is here" not in page.text
     app.stop()
 
 

@@ -246,7 +246,7 @@ def test_train_scope_adds_the_gate_and_the_repository_serves_it(joint: dict[str,
 
 def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, tmp_path: Path) -> None:
     """`autolabel train-others` after train-scope: a head per task for the Footwear rows, and every served
-    function of a task gives ``(1 - p) * apparel head + p * other head`` with p the gate's P(out of scope)."""
+    function of a task gives the other head's probabilities for the photos the gate flags, the apparel head's for the rest."""
     import keras
 
     from training import title_cli
@@ -287,20 +287,23 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
     graphs = build_graphs(read_models(models))
     assert set(graphs.others) == {"style", "gender", "season"}
     served = {s.name: s for s in servables(graphs, fused=True)}
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+    from PIL import Image
+
+    photos = sorted((data / "images").glob("*.jpg"))[:40]  # the catalog's own photos: the gate flags some, keeps others
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in photos]).astype(np.uint8)
     feats = served["backbone"].fn(images)["features"]
     p_out = graphs.scope(feats).numpy()[:, 1]
-    fused = served["autolabel"].fn(images, np.array([[b""]] * 6))
+    flagged = (p_out > graphs.models.scope.threshold)[:, None]
+    assert flagged.any() and not flagged.all()  # (a synthetic gate is unsure: both head sets are used, so the routing is tested)
+    fused = served["autolabel"].fn(images, np.array([[b""]] * len(images)))
     for task in ("style", "gender", "season"):
         own = keras.models.load_model(models / others["tasks"][task]["head"], compile=False)(feats).numpy()
         apparel = graphs.heads[task](feats).numpy()
-        want = (1 - p_out[:, None]) * apparel + p_out[:, None] * own
-        head_out = served[f"{task}_head"].fn(feats, np.array([[b""]] * 6))["probs"] if served[f"{task}_head"].title else \
+        want = np.where(flagged, own, apparel)
+        head_out = served[f"{task}_head"].fn(feats, np.array([[b""]] * len(images)))["probs"] if served[f"{task}_head"].title else \
             served[f"{task}_head"].fn(feats)["probs"]
-        assert np.allclose(np.asarray(head_out), want, atol=1e-5)  # no title: the apparel head's own, mixed
+        assert np.allclose(np.asarray(head_out), want, atol=1e-5)  # no title: the apparel head's own, or the other head's
         assert np.allclose(np.asarray(served[task].fn(images)["probs"]), want, atol=1e-5)  # standalone: the same
         assert np.allclose(np.asarray(fused[task]), want, atol=1e-5)  # fused: the same
         from_heads = _mixed_head(keras.models.load_model(models / _manifest(models)["tasks"][task]["head"]), read_models(models), task)
         assert np.allclose(from_heads.predict_on_batch(np.asarray(feats)), want, atol=1e-5)  # evaluate --from-heads: the same
-    assert ((p_out > 0.01) & (p_out < 0.99)).any()  # (a synthetic gate is unsure: both heads weigh in, so the mix is tested)

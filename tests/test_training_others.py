@@ -1,11 +1,11 @@
-"""The other categories' heads (training/others.py): fitted per task on the readout, served = numpy, mixed in by the gate."""
+"""The other categories' heads (training/others.py): fitted per task on the readout, served = numpy, routed to by the gate."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.others import OtherHead, fit_head, head_metrics, metrics_table, mixed
+from training.others import OtherHead, fit_head, head_metrics, metrics_table, routed
 
 
 def _clouds(k: int, seed: int = 0, n: int = 1500, dims: int = 12) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -46,10 +46,16 @@ def test_validation_with_one_class_falls_back_and_says_so_training_with_one_is_r
         fit_head(x, y, dict(parts, train=parts["train"][y[parts["train"]] == 1]), 3)
 
 
-def test_the_mixture_follows_the_gate() -> None:
+def test_the_gate_routes_each_photo_to_one_head_set_exactly() -> None:
+    import keras
+
     apparel, others = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]), np.array([[0.2, 0.8]] * 3)
-    got = mixed(np.array([0.0, 1.0, 0.25]), apparel, others)
-    assert np.allclose(got, [[0.9, 0.1], [0.2, 0.8], [0.725, 0.275]]) and np.allclose(got.sum(1), 1)
+    p_out = np.array([0.0, 0.95, 0.5])
+    got = routed(p_out, apparel, others, 0.5)  # at the threshold: kept (the gate flags above it)
+    assert np.array_equal(got, [[0.9, 0.1], [0.2, 0.8], [0.9, 0.1]])
+    as_graph = routed(keras.ops.convert_to_tensor(p_out, "float32"), keras.ops.convert_to_tensor(apparel, "float32"),
+                      keras.ops.convert_to_tensor(others, "float32"), 0.5)
+    assert np.allclose(keras.ops.convert_to_numpy(as_graph), got)  # the served form: the same rows
     assert isinstance(OtherHead(np.zeros((2, 2)), np.zeros(2), 1.0, 0.1).chosen_on, str)
 
 

@@ -201,16 +201,16 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
 
 
 def _mixed_head(head: Any, model_set: Any, task: str) -> Any:
-    """``head``, or where the models have a head for the other categories, the served mixture of both by the gate."""
+    """``head``, or where the models have a head for the other categories, both routed by the gate as served."""
     import keras
 
     if model_set.others is None or task not in model_set.others.heads or model_set.scope is None:
         return head
-    from training.others import mixed
+    from training.others import routed
 
     scope, other = (keras.models.load_model(p, compile=False) for p in (model_set.scope.head, model_set.others.heads[task]))
     f = keras.Input(head.input_shape[1:])
-    return keras.Model(f, mixed(scope(f)[:, 1], head(f), other(f)))
+    return keras.Model(f, routed(scope(f)[:, 1], head(f), other(f), model_set.scope.threshold))
 
 
 def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskModel:

@@ -4,8 +4,8 @@
   ``scope_head``: features -> [P(in scope), P(out of scope)]; standalone ``<task>``: image -> probs;
   ``autolabel`` (fused, when asked): image (and the title) -> every task and the scope.
 - Where the models have heads for the other categories (training/others.py), every function
-  that gives a task's ``probs`` mixes them in by the gate: ``(1 - p) * probs + p * other_probs``
-  with ``p = P(out of scope)``, so the ensemble, the fused model and the standalone models agree.
+  that gives a task's ``probs`` gives theirs for the photos the gate flags (P(out of scope) above
+  its shipped threshold), so the ensemble, the fused model and the standalone models agree.
 
 Every exported SavedModel has one ``serving_default`` signature whose input and output keys
 are these tensor names.
@@ -49,21 +49,21 @@ class Servable:
 
 
 
-def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any) -> Callable[..., dict[str, Any]]:
-    """``fn``'s ``probs`` mixed with ``other``'s by the gate (the first argument is the features)."""
-    from training.others import mixed
+def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any, threshold: float) -> Callable[..., dict[str, Any]]:
+    """``fn``'s ``probs``, or ``other``'s for the photos the gate flags at ``threshold`` (the first argument is the features)."""
+    from training.others import routed
 
-    def mix(features: Any, *rest: Any) -> dict[str, Any]:
+    def route(features: Any, *rest: Any) -> dict[str, Any]:
         res = dict(fn(features, *rest))
-        res["probs"] = mixed(scope(features, training=False)[:, 1], res["probs"], other(features, training=False))
+        res["probs"] = routed(scope(features, training=False)[:, 1], res["probs"], other(features, training=False), threshold)
         return res
 
-    return mix
+    return route
 
 
 def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callable[..., dict[str, Any]]]:
     """Per shared task: features (and titles, where the model reads them and ``with_title``) -> ``probs``
-    (``title_probs`` too with a title), the other categories' head mixed in where there is one."""
+    (``title_probs`` too with a title), the other categories' head for the photos the gate flags where there is one."""
     from training.title import title_head_fn
 
     title, out = graphs.title, {}
@@ -72,7 +72,7 @@ def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callab
             fn = title_head_fn(head, title, task)
         else:
             fn = lambda f, h=head: {"probs": h(f, training=False)}  # noqa: E731
-        out[task] = _with_others(fn, graphs.scope, graphs.others[task]) if task in graphs.others else fn
+        out[task] = _with_others(fn, graphs.scope, graphs.others[task], graphs.models.scope.threshold) if task in graphs.others else fn  # type: ignore[union-attr]
     return out
 
 
