@@ -139,8 +139,8 @@ class ScopeCheck(BaseModel):
     threshold: float = Field(ge=0, le=1, description="Out of scope above this probability.")
     # optional, newer: absent in older records (False)
     other_heads: bool = Field(
-        False, description="Out of scope, and the model has heads for the other categories: each label is theirs, judged by "
-        "their own threshold (autolabel train-others), instead of all going to review.")
+        False, description="The labels are the model's heads for the other categories (autolabel train-others; the photo is "
+        "above the gate's shipped threshold), each judged by their own threshold, instead of all going to review.")
 
 
 class ProductLabeled(_Event):

@@ -62,25 +62,28 @@ def task_label(probs: np.ndarray, classes: Sequence[str], threshold: float) -> T
     return _rows(probs[None, :], classes, threshold)[0]
 
 
-def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int, other_heads: bool = False) -> list[ScopeCheck | None]:
+def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int, routed_above: float | None = None) -> list[ScopeCheck | None]:
     """Per image, the scope gate's verdict from its (N, 2) ``[P(in), P(out)]`` output; None where the model has no gate.
-    ``other_heads``: the model has heads for the other categories (their labels are judged by their thresholds)."""
+    ``routed_above``: the model has heads for the other categories and gives their labels above this P(out of scope)
+    (the gate's shipped threshold; ``threshold`` may be the operator's)."""
     if p_out is None or threshold is None:
         return [None] * n
     p = np.clip(np.asarray(p_out, np.float64), 0.0, 1.0)
     if p.shape != (n, 2):
         raise ValueError(f"expected {n} x 2 scope probabilities, got shape {p.shape}")
     return [ScopeCheck(in_scope=bool(v <= threshold), probability=round(float(v), 6), threshold=threshold,
-                       other_heads=bool(other_heads and v > threshold)) for v in p[:, 1]]
+                       other_heads=bool(routed_above is not None and v > routed_above)) for v in p[:, 1]]
 
 
 def with_scope(labels: dict[str, TaskLabel], check: ScopeCheck | None, others: Mapping[str, float] | None = None) -> dict[str, TaskLabel]:
-    """Out of scope: every label needs review, whatever its confidence (the labels themselves are kept); where
-    the check says the model has heads for the other categories, a label needs review under ``others[task]``
-    (their threshold, chosen on validation) and a task without one goes to review."""
-    if check is None or check.in_scope:
+    """Labels from the heads for the other categories (``check.other_heads``) need review under ``others[task]``,
+    their threshold chosen on validation (a task without one: review); any other label of a photo out of scope
+    needs review, whatever its confidence (the labels themselves are kept)."""
+    if check is None:
         return labels
     own = others if check.other_heads and others else {}
+    if check.in_scope and not own:
+        return labels
     return {t: lab.model_copy(update={"threshold": own[t], "needs_review": lab.confidence < own[t]}) if t in own
             else lab.model_copy(update={"needs_review": True}) for t, lab in labels.items()}
 

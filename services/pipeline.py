@@ -229,7 +229,8 @@ class Pipeline:
                 product_id=event.product_id, source_event_id=event.event_id, image=event.image, scope=scope,
                 labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
-                uploaded_at=event.uploaded_at, inputs=self._inputs(titles[i]), metadata=dict(event.metadata) or None,
+                uploaded_at=event.uploaded_at, inputs=["image"] if scope and scope.other_heads else self._inputs(titles[i]),
+                metadata=dict(event.metadata) or None,
             )
             self.retry.attempts.pop(messages[i].ref, None)
         assert all(o is not None for o in outcomes)
@@ -249,8 +250,8 @@ class Pipeline:
         assert served is not None
         labels = label_batch({t: probs[t] for t in TASKS}, served.classes, self.thresholds, self.title_thresholds,
                              [self._read_title(t) for t in titles])
-        others = self.other_thresholds
-        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), other_heads=bool(others))
+        others = self.other_thresholds  # the served graph gives their heads' labels above the gate's shipped threshold
+        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), served.scope_threshold if others else None)
         return [(with_scope(lab, check, others), check) for lab, check in zip(labels, checks, strict=True)]
 
     async def close(self) -> None:

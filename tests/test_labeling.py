@@ -82,8 +82,8 @@ def test_with_heads_for_other_categories_an_out_of_scope_label_is_judged_by_thei
     classes = {"gender": ("men", "women"), "style": ("casual", "formal", "sports"), "season": ("spring-fall", "summer", "winter")}
     probs = {"gender": np.array([[0.9, 0.1], [0.9, 0.1]]), "style": np.array([[0.6, 0.2, 0.2]] * 2), "season": np.array([[0.9, 0.05, 0.05]] * 2)}
     labels = label_batch(probs, classes, {"gender": 0.95, "style": 0.95, "season": 0.95})
-    checks = scope_checks(np.array([[0.99, 0.01], [0.1, 0.9]]), 0.5, 2, other_heads=True)
-    assert not checks[0].other_heads and checks[1].other_heads  # said of the photos out of scope only
+    checks = scope_checks(np.array([[0.99, 0.01], [0.1, 0.9]]), 0.5, 2, routed_above=0.5)
+    assert not checks[0].other_heads and checks[1].other_heads  # said of the photos the served graph routed to them
     others = {"gender": 0.8, "style": 0.7}  # no threshold for season
     inside, shoe = (with_scope(lab, c, others) for lab, c in zip(labels, checks, strict=True))
     assert inside == labels[0]  # in scope: the main heads' thresholds
@@ -93,6 +93,11 @@ def test_with_heads_for_other_categories_an_out_of_scope_label_is_judged_by_thei
     without = scope_checks(np.array([[0.1, 0.9]]), 0.5, 1)[0]  # a model without such heads: all to review, as before
     assert all(lab.needs_review for lab in with_scope(labels[1], without, others).values())
     assert resolve_other_thresholds({"gender": None, "style": 0.99}, {"gender": 0.8, "style": 0.7}) == {"gender": 0.8, "style": 0.99}
+    # the operator's scope threshold (0.95) above the shipped one (0.5): a photo at 0.9 is in scope, yet its
+    # labels are the other heads' (routed at 0.5), so their thresholds judge them
+    raised = scope_checks(np.array([[0.1, 0.9]]), 0.95, 1, routed_above=0.5)[0]
+    assert raised.in_scope and raised.other_heads
+    assert with_scope(labels[1], raised, others)["gender"].threshold == 0.8
 
 
 def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:

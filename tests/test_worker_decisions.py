@@ -266,7 +266,7 @@ def test_with_heads_for_other_categories_a_photo_out_of_scope_keeps_the_labels_a
     shirt, shoe = (ProductLabeled.model_validate_json(v) for v in w.on("labels"))
     assert shirt.scope is not None and shirt.scope.in_scope and not shirt.scope.other_heads
     assert {lab.threshold for lab in shirt.labels.values()} == {0.5} and not shirt.needs_review  # in scope: the main heads'
-    assert shoe.scope is not None and shoe.scope.other_heads and not shoe.scope.in_scope
+    assert shoe.scope is not None and shoe.scope.other_heads and not shoe.scope.in_scope and shoe.inputs == ["image"]
     assert {t: (lab.threshold, lab.needs_review) for t, lab in shoe.labels.items()} == {
         "style": (0.7, False), "gender": (0.75, True), "season": (0.5, False)}
     assert [ProductLabeled.model_validate_json(v).product_id for v in w.on("review")] == ["shoe"]  # for its gender
