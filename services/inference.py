@@ -42,6 +42,7 @@ class ServedModel:
     title_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # task -> per class, when a title was read
     scope_threshold: float | None = None  # the scope gate's (output ``scope``), None: the model has no gate
     other_thresholds: dict[str, float] = field(default_factory=dict)  # task -> threshold of its heads for the other categories
+    others_route: float | None = None  # above this P(out of scope) the labels are those heads' (None: the gate's threshold)
 
     @property
     def reads_title(self) -> bool:
@@ -134,6 +135,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         scope_threshold=parse_threshold(params.get("scope_threshold")) if any(SCOPE_OUTPUT in c.outputs for c in calls) else None,
         other_thresholds={t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}_others"))) is not None}
         if any(SCOPE_OUTPUT in c.outputs for c in calls) else {},
+        others_route=parse_threshold(params.get("others_route_threshold")),
     )
 
 

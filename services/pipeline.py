@@ -250,8 +250,9 @@ class Pipeline:
         assert served is not None
         labels = label_batch({t: probs[t] for t in TASKS}, served.classes, self.thresholds, self.title_thresholds,
                              [self._read_title(t) for t in titles])
-        others = self.other_thresholds  # the served graph gives their heads' labels above the gate's shipped threshold
-        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), served.scope_threshold if others else None)
+        others = self.other_thresholds  # the served graph gives their heads' labels above its routing threshold
+        route = served.others_route if served.others_route is not None else served.scope_threshold
+        checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), route if others else None)
         return [(with_scope(lab, check, others), check) for lab, check in zip(labels, checks, strict=True)]
 
     async def close(self) -> None:

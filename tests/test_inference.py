@@ -97,6 +97,9 @@ def test_the_scope_gate_is_read_with_its_threshold_or_refused_without_one():
     cfg["parameters"] = {**cfg["parameters"], "threshold_gender_others": {"string_value": "0.784245"},
                          "threshold_style_others": {"string_value": "not a number"}}
     assert describe("autolabel", {"autolabel": cfg}).other_thresholds == {"gender": pytest.approx(0.784245)}  # heads for other categories
+    assert describe("autolabel", {"autolabel": cfg}).others_route is None
+    cfg["parameters"]["others_route_threshold"] = {"string_value": "0.950000"}
+    assert describe("autolabel", {"autolabel": cfg}).others_route == pytest.approx(0.95)
     cfg["parameters"] = PARAMS
     with pytest.raises(InferenceError, match="scope_threshold"):
         describe("autolabel", {"autolabel": cfg})

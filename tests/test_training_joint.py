@@ -268,20 +268,23 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
         w.writerows(rows)
     before = _manifest(models)["model_version"]
     r = CliRunner().invoke(title_cli.train_others_command, ["--data", f"fpi:{data}", "--models-dir", str(models), "--cache-dir", str(cache),
-                                                            "--quiet"], catch_exceptions=False)
+                                                            "--route-budget", "0.3", "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "apparel heads -> other heads" in r.output
     others = _manifest(models)["others"]
     assert others["categories"] == ["Footwear"] and _manifest(models)["model_version"] != before
+    assert _manifest(models)["scope"]["threshold"] <= others["route_threshold"] <= 1 and others["route_budget"] == 0.3
+    assert others["routed_val"]["in_scope"] <= 0.3
     for task, entry in others["tasks"].items():
         assert (models / entry["head"]).is_file() and entry["classes"] == _manifest(models)["tasks"][task]["classes"]
         assert set(entry["metrics"]) == {"val", "test"} and entry["rows"]["train"] > 0
         assert set(entry["metrics"]["val"]) == {"others", "apparel_heads"} and "auto_accept" in entry["metrics"]["test"]
-        assert entry["threshold"]["chosen_on"] == "val (photos the gate flags)" and entry["threshold"]["target_precision"] == 0.95
+        assert entry["threshold"]["chosen_on"] == "val (photos routed to these heads)" and entry["threshold"]["target_precision"] == 0.95
     repo = build_repository(models, tmp_path / "repo-others", "cpu", progress=False, log=lambda _: None)
     assert check_repository(repo) == []
     params = read_config_parameters(repo / "autolabel" / "config.pbtxt")  # the worker's thresholds for those photos
     assert {k for k in params if k.endswith("_others")} == {"threshold_style_others", "threshold_gender_others", "threshold_season_others"}
+    assert float(params["others_route_threshold"]) == pytest.approx(others["route_threshold"], abs=1e-6)
     assert float(params["threshold_gender_others"]) == pytest.approx(min(others["tasks"]["gender"]["threshold"]["threshold"], 1.0), abs=1e-6)
 
     graphs = build_graphs(read_models(models))
@@ -293,7 +296,7 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in photos]).astype(np.uint8)
     feats = served["backbone"].fn(images)["features"]
     p_out = graphs.scope(feats).numpy()[:, 1]
-    flagged = (p_out > graphs.models.scope.threshold)[:, None]
+    flagged = (p_out > graphs.models.others.route_threshold)[:, None]
     assert flagged.any() and not flagged.all()  # (a synthetic gate is unsure: both head sets are used, so the routing is tested)
     fused = served["autolabel"].fn(images, np.array([[b""]] * len(images)))
     for task in ("style", "gender", "season"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.others import OtherHead, fit_head, head_metrics, metrics_table, routed
+from training.others import OtherHead, fit_head, head_metrics, metrics_table, route_threshold, routed
 
 
 def _clouds(k: int, seed: int = 0, n: int = 1500, dims: int = 12) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -63,3 +63,11 @@ def test_the_table_compares_the_apparel_heads_with_the_new_ones() -> None:
     m = {"n": 10, "accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.4, "ece": 0.1, "by_category": {"Footwear": 0.6}}
     table = metrics_table({"gender": {"metrics": {"val": {"others": dict(m, balanced_accuracy=0.85), "apparel_heads": m}}}})
     assert "gender" in table and "0.500 -> 0.850" in table and "Footwear 0.600" in table
+
+
+def test_the_routing_threshold_keeps_the_in_scope_photos_within_the_budget() -> None:
+    p_in = np.linspace(0, 1, 1001) ** 8  # most in-scope photos far below, a few high
+    t = route_threshold(p_in, gate_threshold=0.3, budget=0.01)
+    assert t >= 0.3 and (p_in > t).mean() <= 0.01 and (p_in > t).mean() > 0.005  # as many as the budget allows
+    assert route_threshold(p_in, gate_threshold=0.999, budget=0.01) == 0.999  # never below the gate's own
+    assert route_threshold(np.zeros(0), 0.3) == 0.3

@@ -210,7 +210,7 @@ def _mixed_head(head: Any, model_set: Any, task: str) -> Any:
 
     scope, other = (keras.models.load_model(p, compile=False) for p in (model_set.scope.head, model_set.others.heads[task]))
     f = keras.Input(head.input_shape[1:])
-    return keras.Model(f, routed(scope(f)[:, 1], head(f), other(f), model_set.scope.threshold))
+    return keras.Model(f, routed(scope(f)[:, 1], head(f), other(f), model_set.others.route_threshold))
 
 
 def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskModel:

@@ -65,7 +65,9 @@ def _contract_parameters(models: ModelSet, task: str | None = None) -> dict[str,
     if models.scope is not None and task is None:  # the scope gate: P(out of scope) above it flags every label
         params["scope_threshold"] = f"{models.scope.threshold:.6f}"
         params["scope_in"] = ",".join(models.scope.in_scope)
-        for t, value in (models.others.thresholds.items() if models.others else ()):  # labels of the other categories' heads
+        if models.others is not None:  # above this P(out of scope), the labels are the other categories' heads'
+            params["others_route_threshold"] = f"{models.others.route_threshold:.6f}"
+        for t, value in (models.others.thresholds.items() if models.others else ()):  # ... judged by these
             params[f"threshold_{t}_others"] = f"{value:.6f}"
     if models.title is not None and task is None:  # with a title: one threshold per class (class order)
         params["title"] = title_description(models.title.text)

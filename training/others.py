@@ -6,16 +6,19 @@ too (style, gender, season), so a second head set is fitted on them: per task, a
 regression on the same readout vector (one backbone pass, a 4096 x k layer more), strength
 chosen on validation, calibrated by a temperature on validation.
 
-Served inside each task's head, routed by the gate at its shipped threshold ``t``:
+Served inside each task's head, routed by the gate at a threshold ``t`` of its own:
 
     probs = other_probs if P(out of scope) > t else apparel_probs
 
-so a photo the gate keeps gets exactly the apparel heads' probabilities (and their validated
-thresholds), a photo it flags exactly the other heads'. (A soft mixture ``(1 - p) * apparel +
+so a photo below it gets exactly the apparel heads' probabilities (and their validated
+thresholds), a photo above it exactly the other heads'. ``t`` is the gate's threshold or
+higher, chosen on validation so that at most 0.25 % of in-scope photos are routed (the gate
+flags up to 1 % for review; an apparel photo given shoe heads' labels costs the apparel
+figures). Photos between the two thresholds are flagged, with the apparel heads' labels. (A soft mixture ``(1 - p) * apparel +
 p * other`` was tried first: it cost the apparel test rows 0.001-0.002 of balanced accuracy and
 took gender labels read with a title from 100 % auto-accepted to 35 %, their probabilities no
-longer reaching the 1.000 thresholds.) For the photos the gate flags, each task has its own
-auto-accept threshold, chosen on the flagged validation photos for the target precision (served
+longer reaching the 1.000 thresholds.) For the routed photos, each task has its own
+auto-accept threshold, chosen on the routed validation photos for the target precision (served
 as ``threshold_<task>_others``): the worker lets their labels above it skip review (the label
 event's ``scope.other_heads``) and sends the rest to review. Written by ``autolabel train-others`` into ``heads/others/<task>.keras`` and
 the manifest's ``others`` record.
@@ -34,6 +37,7 @@ import numpy as np
 HEADS_DIR = "heads/others"  # under the models folder
 STRENGTHS = (0.0001, 0.0003, 0.001, 0.003, 0.01)  # logistic regression C, chosen on validation (balanced accuracy, then log-loss)
 PARTS = ("train", "val", "test")
+ROUTE_BUDGET = 0.0025  # share of in-scope validation photos the routing may give the other heads' labels
 
 
 @dataclass
@@ -122,21 +126,47 @@ def _apparel_probs(models: Any, task: str, readout: np.ndarray) -> np.ndarray:
     return np.asarray(head.predict(readout.astype(np.float32), batch_size=512, verbose=0), np.float64)
 
 
+def part_of_val(samples: Sequence[Any], part_of: Mapping[str, str]) -> np.ndarray:
+    return np.array([part_of[s.key] == "val" for s in samples], bool)
+
+
 def _auto_accept(served: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarray], flagged: np.ndarray,
                  target_precision: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The threshold for the served (routed) probabilities of the photos the gate flags, chosen on validation for
-    ``target_precision``; and what it gives on the flagged test photos."""
+    """The threshold for the served probabilities of the photos routed to these heads (``flagged``), chosen on
+    validation for ``target_precision``; and what it gives on those test photos."""
     from training.calibration import accept_stats, choose_threshold
 
     va, te = (idx[flagged[idx]] for idx in (parts["val"], parts["test"]))
     chosen = choose_threshold(served[va].max(1), served[va].argmax(1) == y[va], target_precision)
-    return chosen.to_dict() | {"chosen_on": "val (photos the gate flags)"}, accept_stats(served[te], y[te], chosen.threshold)
+    return chosen.to_dict() | {"chosen_on": "val (photos routed to these heads)"}, accept_stats(served[te], y[te], chosen.threshold)
+
+
+def route_threshold(p_in_val: np.ndarray, gate_threshold: float, budget: float = ROUTE_BUDGET) -> float:
+    """The P(out of scope) above which photos get the other heads' labels: the gate's threshold, or higher,
+    so that at most ``budget`` of the in-scope validation photos are routed away from their own heads."""
+    if not len(p_in_val):
+        return gate_threshold
+    return max(gate_threshold, float(np.quantile(p_in_val, 1.0 - budget, method="higher")))
+
+
+def _in_scope_val_p_out(models: Any, dataset: Any, part_of: Mapping[str, str], inside: set[str], cache_dir: Path,
+                        progress: bool) -> np.ndarray:
+    """The gate's P(out of scope) of the in-scope validation photos (their readout is cached by training)."""
+    from training.backbones import cut_layer
+    from training.joint import cut_features
+
+    rows = [s for s in dataset.samples if part_of.get(s.key) == "val" and s.meta.get("category", "").lower() in inside]
+    if not rows:
+        return np.zeros(0)
+    feats = cut_features(replace(dataset, samples=rows), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
+                         keep_maps=False, progress=progress)
+    return _apparel_probs(models, "scope", feats.readout)[:, 1]
 
 
 def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str, target_precision: float = 0.95,
-                 progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Fit a head per task on the split's photos outside the gate's categories, and its auto-accept threshold
-    for the photos the gate flags; write them and the manifest's ``others``."""
+                 route_budget: float = ROUTE_BUDGET, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Fit a head per task on the split's photos outside the gate's categories, the P(out of scope) above which
+    photos get their labels, and each task's auto-accept threshold for those photos; write them and the manifest's ``others``."""
     from training.backbones import cut_layer
     from training.joint import cut_features
     from training.serving_models import read_models
@@ -155,6 +185,10 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
     x, samples = feats.readout, feats.samples
     categories = [s.meta.get("category", "") for s in samples]
     p_out = _apparel_probs(models, "scope", x)[:, 1]  # the gate, as served
+    p_in = _in_scope_val_p_out(models, dataset, part_of, inside, cache_dir, progress)
+    route = route_threshold(p_in, models.scope.threshold, route_budget)
+    routed_val = {"in_scope": round(float((p_in > route).mean()), 4) if len(p_in) else None,
+                  "other_categories": round(float((p_out[part_of_val(samples, part_of)] > route).mean()), 4)}
     (models_dir / HEADS_DIR).mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {}
     for task, entry in models.tasks.items():
@@ -168,8 +202,7 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
         metrics = {p: {"others": head_metrics(head.probs(x[idx]), y[idx], [categories[i] for i in idx]),
                        "apparel_heads": head_metrics(before[idx], y[idx], [categories[i] for i in idx])}
                    for p, idx in parts.items() if p != "train" and len(idx)}
-        threshold, accepted = _auto_accept(routed(p_out, before, head.probs(x), models.scope.threshold), y, parts,
-                                           p_out > models.scope.threshold, target_precision)
+        threshold, accepted = _auto_accept(routed(p_out, before, head.probs(x), route), y, parts, p_out > route, target_precision)
         if "test" in metrics:
             metrics["test"]["auto_accept"] = accepted
         record[task] = {"head": path, "classes": classes, "strength": head.strength, "temperature": round(head.temperature, 6),
@@ -177,7 +210,8 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
                         "rows": {p: len(idx) for p, idx in parts.items()}, "metrics": metrics}
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["others"] = {"categories": sorted({c for c in categories if c}), "trained_with": command, "tasks": record}
+    manifest["others"] = {"categories": sorted({c for c in categories if c}), "route_threshold": round(route, 6),
+                          "route_budget": route_budget, "routed_val": routed_val, "trained_with": command, "tasks": record}
     manifest["model_version"] = addon_version(models_dir / f"{HEADS_DIR}/{next(iter(record))}.keras")
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return record

@@ -4,8 +4,8 @@
   ``scope_head``: features -> [P(in scope), P(out of scope)]; standalone ``<task>``: image -> probs;
   ``autolabel`` (fused, when asked): image (and the title) -> every task and the scope.
 - Where the models have heads for the other categories (training/others.py), every function
-  that gives a task's ``probs`` gives theirs for the photos the gate flags (P(out of scope) above
-  its shipped threshold), so the ensemble, the fused model and the standalone models agree.
+  that gives a task's ``probs`` gives theirs for the photos above their routing threshold on the
+  gate's P(out of scope), so the ensemble, the fused model and the standalone models agree.
 
 Every exported SavedModel has one ``serving_default`` signature whose input and output keys
 are these tensor names.
@@ -50,7 +50,7 @@ class Servable:
 
 
 def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any, threshold: float) -> Callable[..., dict[str, Any]]:
-    """``fn``'s ``probs``, or ``other``'s for the photos the gate flags at ``threshold`` (the first argument is the features)."""
+    """``fn``'s ``probs``, or ``other``'s for the photos above ``threshold`` on the gate (the first argument is the features)."""
     from training.others import routed
 
     def route(features: Any, *rest: Any) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any, thre
 
 def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callable[..., dict[str, Any]]]:
     """Per shared task: features (and titles, where the model reads them and ``with_title``) -> ``probs``
-    (``title_probs`` too with a title), the other categories' head for the photos the gate flags where there is one."""
+    (``title_probs`` too with a title), the other categories' head for the photos routed to it where there is one."""
     from training.title import title_head_fn
 
     title, out = graphs.title, {}
@@ -72,7 +72,8 @@ def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callab
             fn = title_head_fn(head, title, task)
         else:
             fn = lambda f, h=head: {"probs": h(f, training=False)}  # noqa: E731
-        out[task] = _with_others(fn, graphs.scope, graphs.others[task], graphs.models.scope.threshold) if task in graphs.others else fn  # type: ignore[union-attr]
+        route = graphs.models.others.route_threshold if graphs.models.others else 1.0
+        out[task] = _with_others(fn, graphs.scope, graphs.others[task], route) if task in graphs.others else fn
     return out
 
 

@@ -108,6 +108,7 @@ class OthersEntry:
     heads: dict[str, Path]
     categories: tuple[str, ...]
     thresholds: dict[str, float] = field(default_factory=dict)  # task -> auto-accept threshold chosen on validation
+    route_threshold: float = 0.0  # photos above this P(out of scope) get these heads' labels
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,10 @@ def _others_entry(models_dir: Path, entry: Mapping[str, Any], tasks: Mapping[str
             if not 0 <= float(value) <= 1.0000001:
                 raise ModelsError(f"{where}: the {task} threshold {value} is not a probability")
             thresholds[task] = min(float(value), 1.0)
-    return OthersEntry(heads, tuple(str(c) for c in entry.get("categories", ())), thresholds)
+    route = float(entry.get("route_threshold", scope.threshold))
+    if not scope.threshold <= route <= 1:
+        raise ModelsError(f"{where}: route_threshold {route} must be between the gate's threshold {scope.threshold} and 1")
+    return OthersEntry(heads, tuple(str(c) for c in entry.get("categories", ())), thresholds, route)
 
 
 def _scope_entry(models_dir: Path, entry: Mapping[str, Any]) -> ScopeEntry:

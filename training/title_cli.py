@@ -105,9 +105,11 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Auto-accept thresholds for the target precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
+@click.option("--route-budget", type=click.FloatRange(0, 0.5), default=0.0025, show_default=True,
+              help="Share of in-scope validation photos that may be given these heads' labels (sets the routing threshold).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_others_command(data: str, models_dir: Path, split_file: Path | None, cache_dir: Path, target_precision: float | None,
-                         quiet: bool) -> None:
+                         route_budget: float, quiet: bool) -> None:
     """Fit a head per task for the photos outside the gate's categories (shoes, bags, ...), on the same readout.
 
     Served mixed into each task's head by the gate, so those photos get labels made for them;
@@ -121,7 +123,7 @@ def train_others_command(data: str, models_dir: Path, split_file: Path | None, c
     started = time.perf_counter()
     try:
         record = train_others(models_dir, ds, split, cache_dir, command, target_precision or load_settings().target_precision,
-                              progress=not quiet)
+                              route_budget, progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(metrics_table(record, "val"))
