@@ -165,7 +165,8 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     tasks = manifest.get("tasks", {})
     click.echo("\nauto-accept thresholds (labels below them are flagged for review):")
-    photo_only = next((e for e in got.values() if e.inputs == ["image"]), None)  # its thresholds are the photo's
+    # an apparel photo read alone: its thresholds are the photo's (a routed photo's are the other heads')
+    photo_only = next((e for e in got.values() if e.inputs == ["image"] and not (e.scope and e.scope.other_heads)), None)
     for task, label in (photo_only.labels.items() if photo_only else ()):
         shipped = tasks.get(task, {}).get("threshold")
         line = f"  {task:<7} photo only: threshold {label.threshold:.3f}"
@@ -180,6 +181,19 @@ def _print_thresholds(got: dict, models_dir: Path) -> None:
             line += "  (the model ships no threshold: a setting or the 0.5 fallback)"
         click.echo(line)
     _print_title_thresholds(got, manifest.get("title") or {})
+    _print_other_thresholds(got, manifest.get("others") or {})
+
+
+def _print_other_thresholds(got: dict, others: dict) -> None:
+    """Photos routed to the heads for the other categories: their thresholds, and what they give on unseen test photos."""
+    if not any(e.scope and e.scope.other_heads for e in got.values()) or not others:
+        return
+    for task, entry in others.get("tasks", {}).items():
+        t, test = entry.get("threshold") or {}, (entry.get("metrics", {}).get("test") or {}).get("auto_accept") or {}
+        line = f"  {task:<7} other categories: threshold {t.get('threshold', float('nan')):.3f}"
+        if test.get("accepted"):
+            line += f"  (on {test['rows']} unseen routed test photos: coverage {test['coverage']:.0%}, precision {test['precision']:.3f})"
+        click.echo(line)
 
 
 # TensorFlow's start-up lines (absl logs written before logging is set up: no setting hides them), e.g.
