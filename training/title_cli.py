@@ -13,6 +13,22 @@ import click
 from training.cli import DEFAULT_MODELS, _csv, _load_dataset
 
 
+# options the add-on commands share
+CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
+TARGET_PRECISION = click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+                                help="Auto-accept thresholds for the target precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
+QUIET = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def models_dir_option(help_text: str):  # noqa: ANN201 - a click decorator
+    return click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
+                        help=help_text)
+
+
+def split_option(help_text: str):  # noqa: ANN201 - a click decorator
+    return click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help=help_text)
+
+
 def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.split.Split
     """The trained models must be there; the split they were trained on (default: MODELS/split.json)."""
     from training.serving_models import ModelsError, read_models
@@ -31,14 +47,11 @@ def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN20
 @click.command("train-title")
 @click.option("--data", required=True, help="KIND:PATH (fpi: titles from productDisplayName; manifest: a `title` column).")
 @click.option("--categories", default=None, help="fpi only: keep these masterCategory values (comma-separated).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
-              help="The trained image models (manifest.json, heads/); the title models are added here.")
-@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
-              help="The split the image models were trained on (default: MODELS/split.json).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
-@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Auto-accept thresholds for the target precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@models_dir_option("The trained image models (manifest.json, heads/); the title models are added here.")
+@split_option("The split the image models were trained on (default: MODELS/split.json).")
+@CACHE_DIR
+@TARGET_PRECISION
+@QUIET
 def train_title_command(data: str, categories: str | None, models_dir: Path, split_file: Path | None, cache_dir: Path,
                         target_precision: float | None, quiet: bool) -> None:
     """Fit a title model per task and its fusion with the image model (validation part), write heads/title.npz.
@@ -66,14 +79,12 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
 @click.command("train-scope")
 @click.option("--data", required=True, help="KIND:PATH with every category (fpi: masterCategory; manifest: a `category` column).")
 @click.option("--in-scope", default="Apparel", show_default=True, help="The categories the heads were trained for (comma-separated).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
-              help="The trained models; the gate is added here (heads/scope.keras, manifest 'scope').")
-@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
-              help="The split the models were trained on, made over every category (default: MODELS/split.json).")
+@models_dir_option("The trained models; the gate is added here (heads/scope.keras, manifest 'scope').")
+@split_option("The split the models were trained on, made over every category (default: MODELS/split.json).")
 @click.option("--max-false-flags", type=click.FloatRange(0, 0.5, min_open=True), default=0.01, show_default=True,
               help="Share of in-scope validation photos the threshold may send to review.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@CACHE_DIR
+@QUIET
 def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: Path | None, max_false_flags: float, cache_dir: Path,
                         quiet: bool) -> None:
     """Fit the scope gate on the models' readout (training part), its threshold on validation.
@@ -98,16 +109,13 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
 
 @click.command("train-others")
 @click.option("--data", required=True, help="KIND:PATH with every category (fpi: masterCategory; manifest: a `category` column).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_MODELS, show_default=True,
-              help="The trained models with their scope gate; the heads are added here (heads/others/, manifest 'others').")
-@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None,
-              help="The split the models were trained on, made over every category (default: MODELS/split.json).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
-@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Auto-accept thresholds for the target precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
+@models_dir_option("The trained models with their scope gate; the heads are added here (heads/others/, manifest 'others').")
+@split_option("The split the models were trained on, made over every category (default: MODELS/split.json).")
+@CACHE_DIR
+@TARGET_PRECISION
 @click.option("--route-budget", type=click.FloatRange(0, 0.5), default=0.0025, show_default=True,
               help="Share of in-scope validation photos that may be given these heads' labels (sets the routing threshold).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@QUIET
 def train_others_command(data: str, models_dir: Path, split_file: Path | None, cache_dir: Path, target_precision: float | None,
                          route_budget: float, quiet: bool) -> None:
     """Fit a head per task for the photos outside the gate's categories (shoes, bags, ...), on the same readout.
