@@ -65,7 +65,7 @@ def task_label(probs: np.ndarray, classes: Sequence[str], threshold: float) -> T
 def scope_checks(p_out: np.ndarray | None, threshold: float | None, n: int, routed_above: float | None = None) -> list[ScopeCheck | None]:
     """Per image, the scope gate's verdict from its (N, 2) ``[P(in), P(out)]`` output; None where the model has no gate.
     ``routed_above``: the model has heads for the other categories and gives their labels above this P(out of scope)
-    (the gate's shipped threshold; ``threshold`` may be the operator's)."""
+    (their routing threshold, served with the model; ``threshold`` may be the operator's)."""
     if p_out is None or threshold is None:
         return [None] * n
     p = np.clip(np.asarray(p_out, np.float64), 0.0, 1.0)

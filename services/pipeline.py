@@ -245,7 +245,8 @@ class Pipeline:
         return ["image", "title"] if self._read_title(title) else ["image"]
 
     def _label(self, probs: dict[str, np.ndarray], titles: list[str]) -> list[tuple[dict[str, TaskLabel], ScopeCheck | None]]:
-        """Per image: the task labels, and the scope gate's verdict (out of scope: every label flagged)."""
+        """Per image: the task labels, and the scope gate's verdict (out of scope: every label flagged, unless the
+        photo was routed to the heads for the other categories: then judged by their thresholds)."""
         served = self.labeler.served
         assert served is not None
         labels = label_batch({t: probs[t] for t in TASKS}, served.classes, self.thresholds, self.title_thresholds,

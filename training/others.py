@@ -14,13 +14,15 @@ so a photo below it gets exactly the apparel heads' probabilities (and their val
 thresholds), a photo above it exactly the other heads'. ``t`` is the gate's threshold or
 higher, chosen on validation so that at most 0.25 % of in-scope photos are routed (the gate
 flags up to 1 % for review; an apparel photo given shoe heads' labels costs the apparel
-figures). Photos between the two thresholds are flagged, with the apparel heads' labels. (A soft mixture ``(1 - p) * apparel +
-p * other`` was tried first: it cost the apparel test rows 0.001-0.002 of balanced accuracy and
-took gender labels read with a title from 100 % auto-accepted to 35 %, their probabilities no
-longer reaching the 1.000 thresholds.) For the routed photos, each task has its own
-auto-accept threshold, chosen on the routed validation photos for the target precision (served
-as ``threshold_<task>_others``): the worker lets their labels above it skip review (the label
-event's ``scope.other_heads``) and sends the rest to review. Written by ``autolabel train-others`` into ``heads/others/<task>.keras`` and
+figures); photos between the two thresholds are flagged, with the apparel heads' labels.
+(A soft mixture ``(1 - p) * apparel + p * other`` was tried first: it cost the apparel test
+rows 0.001-0.005 of balanced accuracy and took gender labels read with a title from 100 %
+auto-accepted to 35 %, their probabilities no longer reaching the 1.000 thresholds.)
+
+For the routed photos, each task has its own auto-accept threshold, chosen on the routed
+validation photos for the target precision (served as ``threshold_<task>_others``): the worker
+lets their labels above it skip review (the label event's ``scope.other_heads``) and sends the
+rest to review. Written by ``autolabel train-others`` into ``heads/others/<task>.keras`` and
 the manifest's ``others`` record.
 """
 
@@ -90,17 +92,16 @@ def fit_head(x: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarray], n_cl
         coef, icpt = (lr.coef_, lr.intercept_) if len(lr.classes_) > 2 else (np.r_[-lr.coef_, lr.coef_] / 2, np.r_[-lr.intercept_, lr.intercept_] / 2)
         w[:, lr.classes_] = (coef / std).T
         b[lr.classes_] = icpt - coef @ (mean / std)
-        head = OtherHead(w, b, 1.0, c)
-        # balanced accuracy (to 3 places), ties to the lower calibrated log-loss
-        score = ((round(balanced_accuracy_score(y[va], head.logits(x[va]).argmax(1)), 3),
-                  -nll(head.logits(x[va]), y[va], fit_temperature(head.logits(x[va]), y[va]))) if judged else (0.0, 0.0))
+        head = OtherHead(w, b, 1.0, c, "default (validation has fewer than two classes)")
+        score = (0.0, 0.0)
+        if judged:  # balanced accuracy (to 3 places), ties to the lower calibrated log-loss
+            logits = head.logits(x[va])
+            head.temperature, head.chosen_on = fit_temperature(logits, y[va]), "val"
+            score = (round(balanced_accuracy_score(y[va], logits.argmax(1)), 3), -nll(logits, y[va], head.temperature))
         if best is None or score > best[0]:
             best = (score, head)
     assert best is not None
-    head = best[1]
-    head.temperature = fit_temperature(head.logits(x[va]), y[va]) if judged else 1.0
-    head.chosen_on = "val" if judged else "default (validation has fewer than two classes)"
-    return head
+    return best[1]
 
 
 def head_metrics(probs: np.ndarray, y: np.ndarray, categories: Sequence[str]) -> dict[str, Any]:
@@ -118,21 +119,17 @@ def head_metrics(probs: np.ndarray, y: np.ndarray, categories: Sequence[str]) ->
             "by_category": per}
 
 
-def _apparel_probs(models: Any, task: str, readout: np.ndarray) -> np.ndarray:
-    """What the apparel head of ``task`` (or the gate, ``scope``) says of these photos from the photo alone."""
+def _predict(head_file: Path, readout: np.ndarray) -> np.ndarray:
+    """What a committed head (an apparel task's, the gate's) says of these readout vectors."""
     import keras
 
-    head = keras.models.load_model(models.scope.head if task == "scope" else models.tasks[task].head, compile=False)
+    head = keras.models.load_model(head_file, compile=False)
     return np.asarray(head.predict(readout.astype(np.float32), batch_size=512, verbose=0), np.float64)
-
-
-def part_of_val(samples: Sequence[Any], part_of: Mapping[str, str]) -> np.ndarray:
-    return np.array([part_of[s.key] == "val" for s in samples], bool)
 
 
 def _auto_accept(served: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarray], flagged: np.ndarray,
                  target_precision: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The threshold for the served probabilities of the photos routed to these heads (``flagged``), chosen on
+    """The threshold for the probabilities of the photos routed to these heads (``flagged``), chosen on
     validation for ``target_precision``; and what it gives on those test photos."""
     from training.calibration import accept_stats, choose_threshold
 
@@ -160,7 +157,7 @@ def _in_scope_val_p_out(models: Any, dataset: Any, part_of: Mapping[str, str], i
         return np.zeros(0)
     feats = cut_features(replace(dataset, samples=rows), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
                          keep_maps=False, progress=progress)
-    return _apparel_probs(models, "scope", feats.readout)[:, 1]
+    return _predict(models.scope.head, feats.readout)[:, 1]
 
 
 def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str, target_precision: float = 0.95,
@@ -184,11 +181,11 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
                          keep_maps=False, progress=progress)
     x, samples = feats.readout, feats.samples
     categories = [s.meta.get("category", "") for s in samples]
-    p_out = _apparel_probs(models, "scope", x)[:, 1]  # the gate, as served
+    p_out = _predict(models.scope.head, x)[:, 1]  # the gate, as served
     p_in = _in_scope_val_p_out(models, dataset, part_of, inside, cache_dir, progress)
     route = route_threshold(p_in, models.scope.threshold, route_budget)
     routed_val = {"in_scope": round(float((p_in > route).mean()), 4) if len(p_in) else None,
-                  "other_categories": round(float((p_out[part_of_val(samples, part_of)] > route).mean()), 4)}
+                  "other_categories": round(float((p_out[[part_of[s.key] == "val" for s in samples]] > route).mean()), 4)}
     (models_dir / HEADS_DIR).mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {}
     for task, entry in models.tasks.items():
@@ -198,11 +195,11 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
         head = fit_head(x, y, parts, len(classes))
         path = f"{HEADS_DIR}/{task}.keras"
         head.keras_head(f"others_{task}").save(models_dir / path)
-        before = _apparel_probs(models, task, x)
+        before = _predict(entry.head, x)  # what the apparel head said of them
         metrics = {p: {"others": head_metrics(head.probs(x[idx]), y[idx], [categories[i] for i in idx]),
                        "apparel_heads": head_metrics(before[idx], y[idx], [categories[i] for i in idx])}
                    for p, idx in parts.items() if p != "train" and len(idx)}
-        threshold, accepted = _auto_accept(routed(p_out, before, head.probs(x), route), y, parts, p_out > route, target_precision)
+        threshold, accepted = _auto_accept(head.probs(x), y, parts, p_out > route, target_precision)  # served as is there
         if "test" in metrics:
             metrics["test"]["auto_accept"] = accepted
         record[task] = {"head": path, "classes": classes, "strength": head.strength, "temperature": round(head.temperature, 6),
@@ -219,9 +216,7 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
 
 def routed(p_out: Any, apparel: Any, others: Any, threshold: float) -> Any:
     """Per photo, ``others`` where ``p_out`` > ``threshold``, else ``apparel``, each row exactly as given
-    (numpy, TF tensors or Keras inputs; ``p_out`` [batch], probabilities [batch, classes])."""
-    if isinstance(p_out, np.ndarray):
-        return np.where((p_out > threshold)[:, None], others, apparel)
+    (TF tensors or Keras inputs, as served; ``p_out`` [batch], probabilities [batch, classes])."""
     import keras
 
     flagged = keras.ops.greater(keras.ops.expand_dims(p_out, 1), threshold)
