@@ -250,7 +250,7 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
     import keras
 
     from training import title_cli
-    from training.evaluate import _mixed_head
+    from training.evaluate import _routed_head
     from training.export import build_repository
     from training.repository_check import check_repository
     from training.servables import servables
@@ -308,5 +308,5 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
         assert np.allclose(np.asarray(head_out), want, atol=1e-5)  # no title: the apparel head's own, or the other head's
         assert np.allclose(np.asarray(served[task].fn(images)["probs"]), want, atol=1e-5)  # standalone: the same
         assert np.allclose(np.asarray(fused[task]), want, atol=1e-5)  # fused: the same
-        from_heads = _mixed_head(keras.models.load_model(models / _manifest(models)["tasks"][task]["head"]), read_models(models), task)
+        from_heads = _routed_head(keras.models.load_model(models / _manifest(models)["tasks"][task]["head"]), read_models(models), task)
         assert np.allclose(from_heads.predict_on_batch(np.asarray(feats)), want, atol=1e-5)  # evaluate --from-heads: the same

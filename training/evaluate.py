@@ -191,7 +191,7 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
         if "model" in entry or isinstance(entry.get("backbone"), dict):  # left the shared base (e.g. fine-tuned)
             models.append(_own_model(Path(models_dir), task, manifest))
             continue
-        head = _mixed_head(keras.models.load_model(Path(models_dir) / entry["head"]), model_set, task)
+        head = _routed_head(keras.models.load_model(Path(models_dir) / entry["head"]), model_set, task)
         threshold = entry["threshold"].get("threshold") if isinstance(entry.get("threshold"), dict) else None
         models.append(
             TaskModel(task, tuple(entry["classes"]), lambda f, h=head: np.asarray(h.predict_on_batch(f)), spec.input_size,
@@ -200,7 +200,7 @@ def load_heads(models_dir: Path, tasks: Sequence[str], manifest: dict[str, Any])
     return models
 
 
-def _mixed_head(head: Any, model_set: Any, task: str) -> Any:
+def _routed_head(head: Any, model_set: Any, task: str) -> Any:
     """``head``, or where the models have a head for the other categories, both routed by the gate as served."""
     import keras
 

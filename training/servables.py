@@ -77,7 +77,7 @@ def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callab
     return out
 
 
-def _mixed_in(graphs: ServingGraphs, task: str) -> list[Any]:
+def _routing(graphs: ServingGraphs, task: str) -> list[Any]:
     return [graphs.scope, graphs.others[task]] if task in graphs.others else []
 
 
@@ -92,7 +92,7 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
     heads, image_only = head_fns(graphs), head_fns(graphs, with_title=False)
     for task, head in graphs.heads.items():
         outputs = {"probs": classes[task]} | ({"title_probs": classes[task]} if task in titled else {})
-        out.append(Servable(f"{task}_head", heads[task], "features", feats, "float32", outputs, [head, *_mixed_in(graphs, task)],
+        out.append(Servable(f"{task}_head", heads[task], "features", feats, "float32", outputs, [head, *_routing(graphs, task)],
                             title=task in titled))
     scope = graphs.scope
     if scope is not None:
@@ -102,7 +102,7 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
         if task in graphs.others:  # a shared task: the same mixture as its head, from the image
             fn = lambda x, g=image_only[task]: g(bb(x, training=False))["probs"]  # noqa: E731
         out.append(Servable(task, lambda x, f=fn: {"probs": f(x)}, "image", image, "uint8", {"probs": classes[task]},
-                            [*graphs.tracked[task], *_mixed_in(graphs, task)]))
+                            [*graphs.tracked[task], *_routing(graphs, task)]))
     if fused:
         own = {t: f for t, f in graphs.standalone.items() if t not in heads}
 

@@ -122,7 +122,7 @@ class ModelSet:
     tasks: dict[str, TaskEntry] = field(default_factory=dict)
     title: TitleEntry | None = None  # the title as a second signal (manifest "title"), for shared tasks
     scope: ScopeEntry | None = None  # the scope gate (manifest "scope"), on the shared readout
-    others: OthersEntry | None = None  # heads for the other categories (manifest "others"), mixed in by the gate
+    others: OthersEntry | None = None  # heads for the other categories (manifest "others"), routed to by the gate
 
     @property
     def shared_tasks(self) -> list[str]:

@@ -120,7 +120,7 @@ def train_others_command(data: str, models_dir: Path, split_file: Path | None, c
                          route_budget: float, quiet: bool) -> None:
     """Fit a head per task for the photos outside the gate's categories (shoes, bags, ...), on the same readout.
 
-    Served mixed into each task's head by the gate, so those photos get labels made for them;
+    Served inside each task's head: the gate routes those photos to them, so they get labels made for them;
     each task's auto-accept threshold for them is chosen on validation (docs/accuracy.md, "Other categories")."""
     from services.settings import load_settings
     from training.others import HEADS_DIR, metrics_table, train_others
