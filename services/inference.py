@@ -123,6 +123,7 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
     thresholds = {t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}"))) is not None}
     title_thresholds = {t: v for t in TASKS
                         if (v := parse_class_thresholds(params.get(f"threshold_{t}_title"), len(classes[t]))) is not None}
+    gated = any(SCOPE_OUTPUT in c.outputs for c in calls)  # the model has the scope gate
     return ServedModel(
         calls=calls,
         input_size=_input_hw(main),
@@ -132,9 +133,8 @@ def describe(model_name: str, configs: dict[str, dict]) -> ServedModel:
         max_batch=int(main.get("max_batch_size", 0) or 0),
         thresholds=thresholds,
         title_thresholds=title_thresholds,
-        scope_threshold=parse_threshold(params.get("scope_threshold")) if any(SCOPE_OUTPUT in c.outputs for c in calls) else None,
-        other_thresholds={t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}_others"))) is not None}
-        if any(SCOPE_OUTPUT in c.outputs for c in calls) else {},
+        scope_threshold=parse_threshold(params.get("scope_threshold")) if gated else None,
+        other_thresholds={t: v for t in TASKS if (v := parse_threshold(params.get(f"threshold_{t}_others"))) is not None} if gated else {},
         others_route=parse_threshold(params.get("others_route_threshold")),
     )
 

@@ -141,9 +141,9 @@ def _auto_accept(served: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarr
 def route_threshold(p_in_val: np.ndarray, gate_threshold: float, budget: float = ROUTE_BUDGET) -> float:
     """The P(out of scope) above which photos get the other heads' labels: the gate's threshold, or higher,
     so that at most ``budget`` of the in-scope validation photos are routed away from their own heads."""
-    if not len(p_in_val):
-        return gate_threshold
-    return max(gate_threshold, float(np.quantile(p_in_val, 1.0 - budget, method="higher")))
+    from training.scope import budget_threshold
+
+    return max(gate_threshold, budget_threshold(p_in_val, budget)) if len(p_in_val) else gate_threshold
 
 
 def _in_scope_val_p_out(models: Any, dataset: Any, part_of: Mapping[str, str], inside: set[str], cache_dir: Path,

@@ -54,8 +54,8 @@ class ScopeGate:
         return keras.Model(inputs, outputs, name="scope")
 
 
-def _threshold(p_in_val: np.ndarray, max_false_flags: float) -> float:
-    """The smallest cut flagging at most ``max_false_flags`` of the in-scope validation photos."""
+def budget_threshold(p_in_val: np.ndarray, max_false_flags: float) -> float:
+    """The smallest cut on P(out of scope) above which at most ``max_false_flags`` of the in-scope validation photos lie."""
     return float(np.quantile(p_in_val, 1.0 - max_false_flags, method="higher"))
 
 
@@ -76,7 +76,7 @@ def fit_gate(x: np.ndarray, out: np.ndarray, parts: Mapping[str, np.ndarray], ma
         w = lr.coef_[0] / std
         gate = ScopeGate(w, float(lr.intercept_[0] - (mean / std) @ lr.coef_[0]), 0.0, c)
         p = gate.p_out(x[va])
-        gate.threshold = _threshold(p[~out[va]], max_false_flags)
+        gate.threshold = budget_threshold(p[~out[va]], max_false_flags)
         caught = float((p[out[va]] > gate.threshold).mean())
         if best is None or caught > best[0]:
             best = (caught, gate)
