@@ -13,6 +13,9 @@ from services.endpoints import require_kafka, require_s3, require_triton
 from services.settings import load_settings
 
 
+MAX_HEADER_BYTES = 16 * 1024  # the request line and headers together
+
+
 @click.command("review")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")  # noqa: S104
 @click.option("--port", type=int, default=None, help="Port (default AUTOLABEL_REVIEW_PORT).")
@@ -31,8 +34,9 @@ def review_command(host: str, port: int | None) -> None:
     obs.quiet_libraries(settings.log_level)
     if not settings.review_reviewers():
         click.echo("warning: AUTOLABEL_REVIEW_TOKENS is empty: nobody can log in", err=True)
+    # h11 with a bound on a request's head: a larger header block is refused (400) before it is kept
     uvicorn.run(create_app(settings), host=host, port=port or settings.review_port, log_level="warning",
-                proxy_headers=True, timeout_graceful_shutdown=10)
+                proxy_headers=True, timeout_graceful_shutdown=10, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 @click.command("relabel")

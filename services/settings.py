@@ -171,6 +171,26 @@ class Settings(BaseSettings):
         SecretStr(""), description="Key signing the review page's session cookies (secret); empty = derived from "
         "the review tokens.",
     )
+    review_session_max_age_s: int = Field(
+        12 * 3600, gt=0, description="A review page login lasts this many seconds at most (logging out ends it at once)."
+    )
+    review_cookie_secure: bool = Field(
+        False, description="Mark the review session cookie `Secure` (sent over HTTPS only): turn on whenever reviewers "
+        "reach the app through HTTPS (a TLS ingress or proxy); off only for plain-HTTP local use.",
+    )
+    review_auth_failures_per_client: int = Field(
+        10, ge=1, description="Wrong logins or API tokens one client address may send per minute; then 429 with Retry-After."
+    )
+    review_auth_failures_total: int = Field(
+        100, ge=1, description="Wrong logins or API tokens from all clients together per minute; then 429 for everyone "
+        "who sends a credential it cannot check yet.",
+    )
+    review_max_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Larger request bodies get 413 (never read whole, never echoed)."
+    )
+    review_api_docs: bool = Field(
+        False, description="Serve the API's Swagger page at /api/docs (for logged-in reviewers, from installed files)."
+    )
     topic_reviewed: str = Field(
         "product-labels-reviewed", description="ProductLabelsReviewed: each human review decision."
     )

@@ -98,10 +98,13 @@ def worker_metric_names() -> set[str]:
     from prometheus_client.metrics import MetricWrapperBase
 
     import services.observability as obs
+    import services.review.api as review_api
+    import services.review.consumer as review_consumer
+    import services.review.security as review_security
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
     names: set[str] = set()
-    for value in vars(obs).values():
+    for value in [v for m in (obs, review_api, review_consumer, review_security) for v in vars(m).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names |= {family.name + s for s in suffixes[family.type]}

@@ -9,12 +9,51 @@ from __future__ import annotations
 
 import threading
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services import observability as obs
-from services.events import ProductLabeled
+from services.events import ProductLabeled, validate_product_id
 from services.review.queue import ReviewQueue
 from services.settings import Settings
+
+
+SKIPPED = Counter("autolabel_review_records_skipped_total", "Label records the review queue refused", ["reason"])
+
+
+def refusal(settings: Settings, key: bytes | None, ev: ProductLabeled) -> str | None:
+    """Why a label event may not enter the queue (the upload's rules: a product id of the safe
+    alphabet, the record keyed by it, a photo under the bucket's images); None when it may."""
+    try:
+        validate_product_id(ev.product_id)
+    except ValueError:
+        return "product_id"
+    if key != ev.product_id.encode():
+        return "key"
+    s3 = ev.image.s3
+    if s3 is not None and (s3.bucket != settings.s3_bucket or not s3.key.startswith(settings.s3_images_prefix)):
+        return "image_location"
+    return None
+
+
+def read_events(settings: Settings, records: list, log) -> list[ProductLabeled]:  # noqa: ANN001
+    """The records' label events that may enter the queue; the others are logged, counted and skipped."""
+    events = []
+    for r in records:
+        try:
+            ev = ProductLabeled.model_validate_json(r.value)
+        except (ValidationError, ValueError) as exc:
+            SKIPPED.labels("unreadable").inc()
+            log.warning("skipped an unreadable review record", partition=r.partition, offset=r.offset, error=str(exc)[:300])
+            continue
+        reason = refusal(settings, r.key, ev)
+        if reason is not None:
+            SKIPPED.labels(reason).inc()
+            log.warning("skipped a label record breaking the upload rules", reason=reason, partition=r.partition, offset=r.offset,
+                        product_id=ev.product_id[:128])
+            continue
+        events.append(ev)
+    return events
 
 
 class ReviewConsumer:
@@ -64,13 +103,7 @@ class ReviewConsumer:
                     records = [r for rs in batch.values() for r in rs]
                     if not records:
                         continue
-                    events = []
-                    for r in records:
-                        try:
-                            events.append(ProductLabeled.model_validate_json(r.value))
-                        except (ValidationError, ValueError) as exc:
-                            self.log.warning("skipped an unreadable review record", partition=r.partition, offset=r.offset,
-                                             error=str(exc)[:300])
+                    events = read_events(self.settings, records, self.log)
                     counts = self.queue.offer(events)  # the database commit ...
                     consumer.commit()  # ... then the offsets
                     self.consumed += len(records)

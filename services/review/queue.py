@@ -2,8 +2,10 @@
 
 SQLite file under the state dir by default, PostgreSQL (or any SQLAlchemy URL) through
 ``AUTOLABEL_REVIEW_DATABASE_URL``. An item is ``pending`` -> ``claimed`` (by one reviewer,
-until ``claimed_until``; an expired claim is pending again) -> ``done``, or ``stale`` when
-the product got a newer photo (or a relabel) that needs no review. Every state change is one conditional
+until ``claimed_until``; an expired claim is pending again) -> ``saving`` (that reviewer's
+decision is being stored; one at a time) -> ``done``, or ``stale`` when the product got a newer
+photo (or a relabel) that needs no review, or ``quarantined`` when it cannot be shown (its claim
+released; a newer upload of the product queues it again). Every state change is one conditional
 UPDATE, so two reviewers never hold the same product, whatever the database. Tested on SQLite
 and on a real PostgreSQL server (tests/test_review_queue.py), with concurrent reviewers,
 consumers and replicas starting together.
@@ -26,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from services.events import ProductLabeled
 from services.settings import Settings
 
-PENDING, CLAIMED, DONE, STALE = "pending", "claimed", "done", "stale"
+PENDING, CLAIMED, SAVING, DONE, STALE, QUARANTINED = "pending", "claimed", "saving", "done", "stale", "quarantined"
 _DDL_LOCK = 0x6175746F6C616265  # PostgreSQL advisory lock key held while creating the tables ("autolabe")
 
 
@@ -87,6 +89,8 @@ class Decision(Base):
     labels_json: Mapped[str] = mapped_column(Text)
     corrected: Mapped[int] = mapped_column(Integer)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # the ProductLabelsReviewed event published for it: a repeated save answers with it
+    reviewed_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class Stats:
     claimed: int
     done: int
     stale: int
+    quarantined: int = 0
 
     @property
     def waiting(self) -> int:
@@ -108,6 +113,26 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     pass
+
+
+class NewerUpload(Conflict):
+    """The decision names an upload the queue no longer holds: the product has a newer photo."""
+
+    def __init__(self, product_id: str, judged: str, current: str) -> None:
+        super().__init__(f"{product_id} has a newer upload ({current}) than the one judged ({judged}): the decision was not stored")
+        self.current_source_event_id = current
+
+
+class AlreadyDecided(Conflict):
+    """The upload was decided already: by this reviewer (``decision`` holds it) or by another."""
+
+    def __init__(self, message: str, decision: "Decision | None") -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+class InProgress(Conflict):
+    """The same reviewer's decision on this upload is being stored right now."""
 
 
 def database_url(settings: Settings) -> str:
@@ -143,11 +168,24 @@ def create_tables(engine: Engine, attempts: int = 5) -> None:
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
                 Base.metadata.create_all(conn)
+                _add_missing_columns(conn)
             return
         except DBAPIError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_missing_columns(conn) -> None:  # noqa: ANN001
+    """Columns added since a table was first created (nullable: old rows read as None)."""
+    from sqlalchemy import inspect
+
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
 
 class ReviewQueue:
@@ -249,6 +287,7 @@ class ReviewQueue:
         return or_(
             Item.status == PENDING,
             (Item.status == CLAIMED) & ((Item.claimed_until < now) | (Item.claimed_by == reviewer)),
+            (Item.status == SAVING) & (Item.claimed_until < now),  # the app died mid-save
         )
 
     def claim(self, reviewer: str, limit: int) -> list[Item]:
@@ -294,37 +333,75 @@ class ReviewQueue:
         s.commit()
         return res.rowcount == 1
 
-    def claim_one(self, product_id: str, reviewer: str) -> Item:
-        """Hold ``product_id`` for ``reviewer`` before deciding on it. NotFound, or Conflict
-        when it is done, stale, or claimed by another reviewer."""
+    def begin_decision(self, product_id: str, reviewer: str, source_event_id: str) -> Item:
+        """Hold ``product_id``'s upload ``source_event_id`` for ``reviewer``'s decision: the item
+        is ``saving`` until :meth:`complete` or :meth:`abort_decision`. One conditional UPDATE,
+        so a second save of the same item (same reviewer, another replica) cannot start meanwhile.
+
+        NotFound; NewerUpload when the queue holds a newer upload of the product; InProgress
+        when this reviewer's save of it is running; AlreadyDecided when it is done (with the
+        decision when it was this reviewer's); Conflict when stale, quarantined or another's."""
         now = _now()
         with self.sessions() as s:
-            if self._take(s, product_id, reviewer, now, now + self.claim_timeout):
-                return s.get(Item, product_id, populate_existing=True)  # type: ignore[return-value]
+            res = s.execute(
+                update(Item).where(Item.product_id == product_id, Item.source_event_id == source_event_id,
+                                   self._claimable(reviewer, now))
+                .values(status=SAVING, claimed_by=reviewer, claimed_until=now + self.claim_timeout)
+            )
+            s.commit()
             item = s.get(Item, product_id, populate_existing=True)
+            if res.rowcount == 1 and item is not None:
+                return item
+            decision = None
+            if item is not None and item.status == DONE and item.source_event_id == source_event_id:
+                decision = s.scalars(select(Decision).where(Decision.product_id == product_id,
+                                                            Decision.source_event_id == source_event_id,
+                                                            Decision.reviewer == reviewer)
+                                     .order_by(Decision.id.desc()).limit(1)).first()
         if item is None:
             raise NotFound(f"no product {product_id!r} in the review queue")
+        if item.source_event_id != source_event_id:
+            raise NewerUpload(product_id, source_event_id, item.source_event_id)
         if item.status == DONE:
-            raise Conflict(f"{product_id} was reviewed already by {item.reviewed_by}")
+            raise AlreadyDecided(f"{product_id} was reviewed already by {item.reviewed_by}", decision if item.reviewed_by == reviewer else None)
+        if item.status == SAVING and item.claimed_by == reviewer:
+            raise InProgress(f"your decision on {product_id} is being saved")
         if item.status == STALE:
             raise Conflict(f"{product_id} needs no review any more: a newer photo, or a relabel, is sure of its labels")
+        if item.status == QUARANTINED:
+            raise Conflict(f"{product_id} is quarantined: it could not be shown")
         raise Conflict(f"{product_id} is claimed by another reviewer ({item.claimed_by})")
+
+    def abort_decision(self, item: Item, reviewer: str) -> None:
+        """A save that failed (store or broker away): the item is the reviewer's claim again."""
+        with self.sessions.begin() as s:
+            s.execute(update(Item).where(Item.product_id == item.product_id, Item.source_event_id == item.source_event_id,
+                                         Item.status == SAVING, Item.claimed_by == reviewer).values(status=CLAIMED))
+
+    def quarantine(self, product_id: str) -> bool:
+        """Take an item that cannot be shown out of the queue (its claim released)."""
+        with self.sessions.begin() as s:
+            res = s.execute(update(Item).where(Item.product_id == product_id, Item.status.in_((PENDING, CLAIMED)))
+                            .values(status=QUARANTINED, claimed_by=None, claimed_until=None))
+            return res.rowcount == 1
 
     def get(self, product_id: str) -> Item | None:
         with self.sessions() as s:
             return s.get(Item, product_id)
 
-    def complete(self, item: Item, reviewer: str, labels: dict[str, str], corrected: int, at: datetime) -> bool:
+    def complete(self, item: Item, reviewer: str, labels: dict[str, str], corrected: int, at: datetime,
+                 reviewed_json: str | None = None) -> bool:
         """Mark the reviewed upload done and record the decision, in one transaction. False
         when the row moved on meanwhile (a newer upload replaced it): the decision is still logged."""
         with self.sessions.begin() as s:
             res = s.execute(
                 update(Item).where(Item.product_id == item.product_id, Item.source_event_id == item.source_event_id,
-                                   Item.status == CLAIMED, Item.claimed_by == reviewer)
+                                   Item.status.in_((CLAIMED, SAVING)), Item.claimed_by == reviewer)
                 .values(status=DONE, reviewed_by=reviewer, reviewed_at=at, claimed_until=None)
             )
             s.add(Decision(product_id=item.product_id, source_event_id=item.source_event_id, reviewer=reviewer,
-                           labels_json=json.dumps(labels, sort_keys=True), corrected=corrected, decided_at=at))
+                           labels_json=json.dumps(labels, sort_keys=True), corrected=corrected, decided_at=at,
+                           reviewed_json=reviewed_json))
             return res.rowcount == 1
 
     def mark_stale(self, item: Item) -> None:
@@ -344,8 +421,8 @@ class ReviewQueue:
         with self.sessions() as s:
             rows = dict(s.execute(select(Item.status, func.count()).group_by(Item.status)).all())
             expired = s.scalar(select(func.count()).where(Item.status == CLAIMED, Item.claimed_until < now)) or 0
-        return Stats(pending=rows.get(PENDING, 0) + expired, claimed=rows.get(CLAIMED, 0) - expired,
-                     done=rows.get(DONE, 0), stale=rows.get(STALE, 0))
+        return Stats(pending=rows.get(PENDING, 0) + expired, claimed=rows.get(CLAIMED, 0) + rows.get(SAVING, 0) - expired,
+                     done=rows.get(DONE, 0), stale=rows.get(STALE, 0), quarantined=rows.get(QUARANTINED, 0))
 
     def rate(self, reviewer: str, window: timedelta = timedelta(hours=1)) -> tuple[int, float]:
         """(decisions by ``reviewer`` in the last ``window``, per minute over the span they took)."""
