@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import io
 from datetime import timedelta
 
 import httpx
 import pytest
 from kafka import KafkaProducer
+from PIL import Image
 
 from conftest import ROOT, SAMPLES, wait_for
 from review_helpers import csrf_of, flagged_event, review_apps, send_flagged
@@ -71,7 +73,7 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     anon = app.api(None)
     assert anon.get("/api/queue").status_code == 401
     assert anon.get("/api/queue", headers={"Authorization": "Bearer nope"}).status_code == 401
-    assert anon.post(f"/api/products/{sorted(flagged)[0]}/review", json={"labels": {}}).status_code == 401
+    assert anon.post(f"/api/products/{sorted(flagged)[0]}/review", json={"source_event_id": "x", "labels": {}}).status_code == 401
     assert anon.get(f"/photos/{sorted(flagged)[0]}").status_code == 401
     assert anon.get("/api/stats").status_code == 401
     assert anon.get("/", follow_redirects=False).headers["location"] == "/login"
@@ -92,22 +94,27 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     assert all(abs(sum(t["probabilities"].values()) - 1) < 1e-3 for t in item["labels"].values())
     assert item["inputs"] == next(e for e in events if e.product_id == item["product_id"]).inputs  # what the model read
 
-    # the photo comes through the app, for a reviewer only
+    # the photo comes through the app, for a reviewer only, re-encoded from the stored one
     photo = alice.get(item["photo_url"])
-    assert photo.status_code == 200 and photo.headers["content-type"].startswith("image/")
+    assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
+    assert photo.headers["x-content-type-options"] == "nosniff"
     stored_event = next(e for e in events if e.product_id == pid)
-    assert photo.content == Storage(settings).get_object_bytes(stored_event.image.s3)[0]
+    original = Image.open(io.BytesIO(Storage(settings).get_object_bytes(stored_event.image.s3)[0]))
+    assert Image.open(io.BytesIO(photo.content)).size == original.size
+    sid = item["source_event_id"]
+    assert sid == stored_event.source_event_id
 
     # clear 4xx errors
-    assert bob.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 409
-    bad = alice.post(f"/api/products/{pid}/review", json={"labels": {"style": "pyjamas"}})
+    assert bob.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {}}).status_code == 409
+    bad = alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {"style": "pyjamas"}})
     assert bad.status_code == 422 and "pyjamas" in bad.json()["detail"]
-    assert alice.post(f"/api/products/{pid}/review", json={"labels": {"colour": "red"}}).status_code == 422
-    assert alice.post("/api/products/no-such-product/review", json={"labels": {}}).status_code == 404
+    assert alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {"colour": "red"}}).status_code == 422
+    assert alice.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 422  # which upload is not said
+    assert alice.post("/api/products/no-such-product/review", json={"source_event_id": sid, "labels": {}}).status_code == 404
 
     # a decision: event on topic_reviewed, human labels in the S3 record
     corrected_style = _other_class(item["labels"]["style"])
-    ok = alice.post(f"/api/products/{pid}/review", json={"labels": {"style": corrected_style}})
+    ok = alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {"style": corrected_style}})
     assert ok.status_code == 200, ok.text
     reviewed = wait_for(lambda: _reviewed(settings), 20)
     assert [r.product_id for r in reviewed] == [pid]
@@ -121,7 +128,10 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     assert record.human_labels["style"].source == "human" and record.human_labels["style"].reviewer == "alice"
     assert record.human_labels["gender"].label == record.labels["gender"].label  # accepted as predicted
     assert record.labels["style"].label == item["labels"]["style"]["label"]  # the model's label is kept beside it
-    assert alice.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 409  # reviewed already
+    # the same decision again answers with the first one's event (nothing stored or sent twice); another one is refused
+    again = alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {"style": corrected_style}})
+    assert again.status_code == 200 and again.json()["event_id"] == ok.json()["event_id"]
+    assert alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {}}).status_code == 409
     before = app.stats()
     assert before["done"] == 1 and before["waiting"] == len(flagged) - 1 and before["reviewed_last_hour"] == 1
 
@@ -135,7 +145,7 @@ def test_flagged_products_are_reviewed_once_by_one_reviewer_and_survive_restarts
     after = app.stats()
     assert after["done"] == 1 and after["waiting"] == len(flagged)  # one done, the new one waiting
     assert {i["product_id"] for i in bob.get("/api/queue", params={"limit": 2}).json()} == b_ids  # claims kept
-    assert alice.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 409
+    assert alice.post(f"/api/products/{pid}/review", json={"source_event_id": sid, "labels": {}}).status_code == 409
     assert [r.product_id for r in _reviewed(settings)] == [pid]
     app.stop()
 
@@ -160,15 +170,18 @@ def test_page_forms_need_a_session_and_the_csrf_token(stack_settings, review_app
     assert f"/photos/{pid}" in page.text and "Test shirt" in page.text  # the photo and the catalog metadata
     csrf = csrf_of(page.text)
     assert c.get(f"/photos/{pid}").status_code == 200  # the session may see photos
-    assert c.post(f"/review/{pid}", data={"csrf_token": "forged", "label_style": "formal"}).status_code == 403
-    assert httpx.post(f"{app.url}/review/{pid}", data={"csrf_token": csrf, "label_style": "formal"}).status_code == 401
-    assert c.post(f"/review/{pid}", data={"csrf_token": csrf, "label_style": "pyjamas"}).status_code == 422
-    done = c.post(f"/review/{pid}", data={"csrf_token": csrf, "label_style": "formal"})
+    assert f'name="source_event_id" value="up-{pid}"' in page.text  # the form names the upload shown
+    form = {"csrf_token": csrf, "source_event_id": f"up-{pid}"}
+    assert c.post(f"/review/{pid}", data={**form, "csrf_token": "forged", "label_style": "formal"}).status_code == 403
+    assert httpx.post(f"{app.url}/review/{pid}", data={**form, "label_style": "formal"}).status_code == 401
+    assert c.post(f"/review/{pid}", data={**form, "label_style": "pyjamas"}).status_code == 422
+    assert c.post(f"/review/{pid}", data={"csrf_token": csrf, "label_style": "formal"}).status_code == 422  # no upload named
+    done = c.post(f"/review/{pid}", data={**form, "label_style": "formal"})
     assert done.status_code == 303
     record = Storage(settings).get_label(pid)
     assert record.human_labels["style"].label == "formal" and record.human_labels["style"].reviewer == "alice"
     assert app.stats()["done"] == 1
-    again = c.post(f"/review/{pid}", data={"csrf_token": csrf})  # reviewed already: back to the page, with a notice
+    again = c.post(f"/review/{pid}", data=form)  # reviewed already: back to the page, with a notice
     assert again.status_code == 303 and again.headers["location"] == "/?notice=conflict"
     assert "reviewed by someone else" in c.get(again.headers["location"]).text
     app.stop()
@@ -193,10 +206,10 @@ def test_a_newer_photo_that_needs_no_review_retires_the_waiting_item(stack_setti
     send_flagged(settings, [newer])
     assert wait_for(lambda: app.stats()["stale"] == 1, 30), app.stats()
     assert app.stats()["waiting"] == 1
-    refused = alice.post("/api/products/swap-1/review", json={"labels": {"style": "formal"}})
+    refused = alice.post("/api/products/swap-1/review", json={"source_event_id": "up-swap-1", "labels": {"style": "formal"}})
     assert refused.status_code == 409 and "no review any more" in refused.json()["detail"]
     assert Storage(settings).get_label("swap-1").human_labels is None  # nothing stored on the new photo's record
-    assert alice.post("/api/products/swap-2/review", json={"labels": {}}).status_code == 200
+    assert alice.post("/api/products/swap-2/review", json={"source_event_id": "up-swap-2", "labels": {}}).status_code == 200
     app.stop()
 
 
@@ -253,7 +266,8 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
     item = alice.get("/api/queue", params={"limit": 1}).json()[0]
     pid = item["product_id"]
     human_style = _other_class(item["labels"]["style"])
-    assert alice.post(f"/api/products/{pid}/review", json={"labels": {"style": human_style}}).status_code == 200
+    body = {"source_event_id": item["source_event_id"], "labels": {"style": human_style}}
+    assert alice.post(f"/api/products/{pid}/review", json=body).status_code == 200
     old.stop()
 
     worker_factory("new")  # serves stack["model"]: another model version
@@ -283,7 +297,7 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
     # nothing left for the served version; the reviewed item stays done in the queue
     again = run("--rate", "20")
     assert "sent 0 upload event(s)" in again.stdout
-    assert alice.post(f"/api/products/{pid}/review", json={"labels": {}}).status_code == 409
+    assert alice.post(f"/api/products/{pid}/review", json={**body, "labels": {}}).status_code == 409
     app.stop()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SAMPLES, wait_for
 from review_helpers import TOKENS, flagged_event, review_apps, send_flagged
-from services.events import ProductLabelsReviewed
+from services.events import ImageLocation, ProductLabelsReviewed, S3Location
 from services.storage import Storage
 from services.topics import read_topic
 
@@ -41,14 +41,22 @@ def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_ap
     settings, _ = stack_settings
     photos = sorted(SAMPLES.glob("*.jpg"))[:3]
     events = [flagged_event(settings, f"shirt-{i}", p.read_bytes()) for i, p in enumerate(photos)]
-    send_flagged(settings, events)
+    svg_id = "shirt-svg"
+    svg_key = f"{settings.s3_images_prefix}replaced-by-an-uploader.jpg"
+    Storage(settings).client.put_object(Bucket=settings.s3_bucket, Key=svg_key, ContentType="image/svg+xml",
+                                        Body=b'<svg xmlns="http://www.w3.org/2000/svg"><script>window.pwned = 1</script></svg>')
+    svg_event = flagged_event(settings, svg_id, photos[0].read_bytes()).model_copy(
+        update={"image": ImageLocation(s3=S3Location(bucket=settings.s3_bucket, key=svg_key))})
+    send_flagged(settings, events + [svg_event])
     app = review_app()
-    app.wait_waiting(3)
+    app.wait_waiting(4)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 720})
+            refused: list[str] = []  # what the app's CSP blocked: nothing of its own pages may be
+            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
             page.goto(f"{app.url}/")
             assert page.url.endswith("/login")
             page.fill("#token", TOKENS["alice"])
@@ -57,7 +65,7 @@ def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_ap
             # the photo came through the app and decoded
             page.wait_for_function("document.getElementById('photo').complete")
             assert page.evaluate("document.getElementById('photo').naturalWidth") > 0
-            assert page.inner_text("#queue-count") == "3"
+            assert page.inner_text("#queue-count") == "4"
             first = page.inner_text("#product-id")
             # the unsure task (style, predicted casual) is active: 2 picks its second class
             assert page.get_attribute("fieldset.task.active", "data-task") == "style"
@@ -71,7 +79,7 @@ def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_ap
             with page.expect_navigation():
                 page.keyboard.press("Enter")
             page.wait_for_selector("#queue-count")
-            assert page.inner_text("#queue-count") == "2"
+            assert page.inner_text("#queue-count") == "3"
             assert page.inner_text("#reviewed-count") == "1"
             assert page.inner_text("#product-id") != first
             # -> skips to the next product; the skipped one goes to the back of the queue
@@ -79,6 +87,11 @@ def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_ap
             with page.expect_navigation():
                 page.keyboard.press("ArrowRight")
             assert page.inner_text("#product-id") not in (first, second)
+            assert page.evaluate("document.querySelector('meter.bar') !== null")  # the probability bars, without inline style
+            assert not refused, refused
+            # a photo object replaced by an SVG with a script: the proxy refuses it, nothing runs on the app's origin
+            page.goto(f"{app.url}/photos/{svg_id}")
+            assert page.evaluate("typeof window.pwned") == "undefined"
         finally:
             browser.close()
 

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select
 
 from services.events import HumanLabel, ImageLocation, ModelInfo, ProductLabeled, S3Location, TaskLabel
-from services.review.queue import CLAIMED, Conflict, Item, ReviewQueue
+from services.review.queue import CLAIMED, AlreadyDecided, Conflict, InProgress, Item, NewerUpload, NotFound, ReviewQueue
 from services.settings import Settings
 from services.storage import keep_human_labels
 
@@ -257,7 +257,7 @@ def test_two_reviewers_never_hold_the_same_item_and_claims_expire(open_queue):
 def test_done_survives_a_new_connection_and_a_relabel_of_the_same_upload(open_queue):
     q = open_queue()
     q.offer([_event("a"), _event("b")])
-    item = q.claim_one("a", "alice")
+    item = q.begin_decision("a", "alice", "e1")
     assert q.complete(item, "alice", {"style": "formal"}, 1, datetime.now(UTC))
     q.close()
     q = open_queue()  # a restart
@@ -289,7 +289,7 @@ def test_reviewers_claiming_at_the_same_time_never_share_an_item(open_queue):
 
 def _claim_one_or_conflict(q: ReviewQueue, pid: str, reviewer: str) -> str:
     try:
-        return q.claim_one(pid, reviewer).claimed_by
+        return q.begin_decision(pid, reviewer, "e1").claimed_by
     except Conflict:
         return "conflict"
 
@@ -320,36 +320,107 @@ def test_queues_started_together_on_an_empty_database(url):
 def test_done_stale_and_skip(open_queue):
     q = open_queue()
     q.offer([_event("a"), _event("b"), _event("c")])
-    a = q.claim_one("a", "alice")
+    a = q.begin_decision("a", "alice", "e1")
     with pytest.raises(Conflict, match="claimed by another reviewer"):
-        q.claim_one("a", "bob")
+        q.begin_decision("a", "bob", "e1")
     # a newer photo replaced it while alice looked: her decision is logged, the row stays pending
     assert q.offer([_event("a", "e2", at=datetime(2026, 1, 2, tzinfo=UTC))])["updated"] == 1
     assert not q.complete(a, "alice", {"style": "formal"}, 1, datetime.now(UTC))
     assert q.get("a").status == "pending" and q.rate("alice")[0] == 1
-    b = q.claim_one("b", "bob")
+    b = q.begin_decision("b", "bob", "e1")
     q.mark_stale(b)
     with pytest.raises(Conflict, match="newer photo"):
-        q.claim_one("b", "bob")
-    c = q.claim_one("c", "carol")
+        q.begin_decision("b", "bob", "e1")
+    c = q.begin_decision("c", "carol", "e1")
     assert q.complete(c, "carol", {}, 0, datetime.now(UTC))
     with pytest.raises(Conflict, match="reviewed already by carol"):
-        q.claim_one("c", "bob")
+        q.begin_decision("c", "bob", "e1")
     q.mark_stale(c)  # a done row stays done
     assert q.get("c").status == "done"
-    a2 = q.claim_one("a", "alice")
+    [a2] = q.claim("alice", 1)
     assert q.skip("a", "alice") and not q.skip("a", "alice")
     assert q.get("a").queued_at > a2.queued_at  # to the back of the queue
     s = q.stats()
     assert (s.pending, s.claimed, s.done, s.stale) == (1, 0, 1, 1)
 
 
+def test_a_decision_holds_only_the_upload_it_names_and_one_save_at_a_time(open_queue):
+    q = open_queue()
+    q.offer([_event("a"), _event("b")])
+    [shown] = [i for i in q.claim("alice", 2) if i.product_id == "a"]
+    # a newer flagged photo arrives while alice looks at the first: her decision names "e1"
+    assert q.offer([_event("a", "e2", at=datetime(2026, 1, 2, tzinfo=UTC))])["updated"] == 1
+    with pytest.raises(NewerUpload) as newer:
+        q.begin_decision("a", "alice", shown.source_event_id)
+    assert newer.value.current_source_event_id == "e2"
+    assert q.get("a").status == "pending" and q.get("a").claimed_by is None  # nobody took the new photo
+    with pytest.raises(NotFound):
+        q.begin_decision("zz", "alice", "e1")
+    # one save at a time: the same reviewer's second save waits (InProgress), another reviewer is refused
+    item = q.begin_decision("a", "alice", "e2")
+    assert q.get("a").status == "saving"
+    with pytest.raises(InProgress):
+        q.begin_decision("a", "alice", "e2")
+    with pytest.raises(Conflict, match="claimed by another reviewer"):
+        q.begin_decision("a", "bob", "e2")
+    q.abort_decision(item, "alice")  # the store was away: alice's claim again
+    assert q.get("a").status == "claimed" and q.get("a").claimed_by == "alice"
+    item = q.begin_decision("a", "alice", "e2")
+    assert q.complete(item, "alice", {"style": "formal"}, 1, datetime.now(UTC), '{"event_id": "r1"}')
+    with pytest.raises(AlreadyDecided) as mine:
+        q.begin_decision("a", "alice", "e2")
+    assert mine.value.decision is not None and mine.value.decision.reviewed_json == '{"event_id": "r1"}'
+    with pytest.raises(AlreadyDecided) as theirs:
+        q.begin_decision("a", "bob", "e2")
+    assert theirs.value.decision is None  # bob gets no copy of alice's decision
+    # a save that died half-way (the app was killed) is claimable again once its hold expires
+    short = open_queue(claim_timeout_s=0.2)
+    short.offer([_event("c")])
+    short.begin_decision("c", "alice", "e1")
+    time.sleep(0.3)
+    assert short.begin_decision("c", "bob", "e1").claimed_by == "bob"
+
+
+def test_an_item_that_cannot_be_shown_is_quarantined_and_a_newer_upload_queues_it_again(open_queue):
+    q = open_queue()
+    q.offer([_event("a"), _event("b")])
+    assert {i.product_id for i in q.claim("alice", 2)} == {"a", "b"}
+    assert q.quarantine("a") and not q.quarantine("a")
+    assert q.get("a").status == "quarantined" and q.get("a").claimed_by is None
+    assert q.stats().quarantined == 1 and q.stats().waiting == 1
+    assert [i.product_id for i in q.claim("bob", 5)] == []  # b is alice's; a is out of the queue
+    assert q.offer([_event("a", "e2", at=datetime(2026, 1, 2, tzinfo=UTC))])["updated"] == 1
+    assert q.get("a").status == "pending"
+
+
+def test_a_queue_created_before_a_column_was_added_gets_it(tmp_path):
+    """An older database (review_decisions without reviewed_json) opens, and new decisions keep the event."""
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE review_decisions (id INTEGER PRIMARY KEY, product_id VARCHAR(128), source_event_id TEXT, "
+                          "reviewer VARCHAR(128), labels_json TEXT, corrected INTEGER, decided_at DATETIME)"))
+        conn.execute(text("INSERT INTO review_decisions VALUES (1, 'old', 'e0', 'alice', '{}', 0, '2026-01-01 00:00:00')"))
+    engine.dispose()
+    q = ReviewQueue(url)
+    q.offer([_event("a")])
+    item = q.begin_decision("a", "alice", "e1")
+    assert q.complete(item, "alice", {}, 0, datetime.now(UTC), '{"event_id": "r"}')
+    with pytest.raises(AlreadyDecided) as done:
+        q.begin_decision("a", "alice", "e1")
+    assert done.value.decision.reviewed_json == '{"event_id": "r"}'
+    assert q.rate("alice")[0] == 1  # the old row (January) is outside the hour
+    q.close()
+
+
 def test_a_label_that_needs_no_review_retires_the_item_it_supersedes(open_queue):
     q = open_queue()
     t0, t1, t2 = (datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3))
     q.offer([_event(p, "e1", at=t1) for p in "abcdef"])
-    alice = q.claim_one("b", "alice")
-    done = q.claim_one("c", "carol")
+    alice = q.begin_decision("b", "alice", "e1")
+    done = q.begin_decision("c", "carol", "e1")
     assert q.complete(done, "carol", {}, 0, datetime.now(UTC))
     counts = q.offer([
         _event("a", "e2", at=t2, flagged=False),  # a newer photo, sure of itself: retires the waiting item
@@ -366,7 +437,7 @@ def test_a_label_that_needs_no_review_retires_the_item_it_supersedes(open_queue)
     assert q.get("g") is None
     assert not q.complete(alice, "alice", {"style": "formal"}, 1, datetime.now(UTC))  # her save is refused (409 in the app)
     with pytest.raises(Conflict, match="newer photo"):
-        q.claim_one("a", "bob")
+        q.begin_decision("a", "bob", "e1")
     assert {i.product_id for i in q.claim("bob", 10)} == {"d", "e"}
     # a later flagged photo queues the product again
     assert q.offer([_event("a", "e3", at=datetime(2026, 1, 4, tzinfo=UTC))])["updated"] == 1
@@ -379,7 +450,7 @@ def test_long_identifiers_do_not_wedge_the_queue(open_queue):
     q = open_queue()
     long = _event("a", "e" * 200, version="v" * 300)
     assert q.offer([long, _event("b")])["added"] == 2
-    item = q.claim_one("a", "x" * 128)
+    item = q.begin_decision("a", "x" * 128, "e" * 200)
     assert item.source_event_id == "e" * 200 and item.model_version == "v" * 300
     assert q.complete(item, "x" * 128, {"style": "formal"}, 1, datetime.now(UTC))
 

@@ -257,7 +257,7 @@ class ReviewQueue:
         sure). A reviewed item stays done; an older upload changes nothing."""
         newer = (Item.uploaded_at < at) | ((Item.uploaded_at == at) & (Item.source_event_id < ev.source_event_id))
         relabel = (Item.uploaded_at == at) & (Item.source_event_id == ev.source_event_id) & (Item.model_version != ev.model.version)
-        res = s.execute(update(Item).where(Item.product_id == ev.product_id, Item.status.in_((PENDING, CLAIMED)), newer | relabel)
+        res = s.execute(update(Item).where(Item.product_id == ev.product_id, Item.status.in_((PENDING, CLAIMED, SAVING)), newer | relabel)
                         .values(status=STALE, claimed_by=None, claimed_until=None))
         return res.rowcount == 1
 

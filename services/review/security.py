@@ -131,5 +131,9 @@ class AuthLimiter:
 
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming where each error is and what is wrong; the submitted values are left out."""
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200], "type": e.get("type", "")} for e in exc.errors()[:20]]
+    def short(part: object) -> object:  # a field name can be the sender's too
+        return part if isinstance(part, int) or len(str(part)) <= 32 else str(part)[:32] + "..."
+
+    errors = [{"loc": [short(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200], "type": e.get("type", "")}
+              for e in exc.errors()[:20]]
     return JSONResponse({"detail": errors}, status_code=422)
