@@ -3,8 +3,7 @@
 Everything lives in the state folder (``AUTOLABEL_STATE_DIR``, default ``.autolabel/``)::
 
     stack.json     components, PIDs, ports (what `down` and `status` read)
-    stack.env      what a client needs, as AUTOLABEL_* variables (endpoints, bucket, S3 keys,
-                   topics; owner-only); load_settings() reads it
+    stack.env      all a client needs as AUTOLABEL_* (endpoints, bucket, S3 keys, topics); owner-only
     logs/*.log     one log per component
     s3/            SeaweedFS data (the broker keeps its messages there too)
     triton/        a writable copy of the tritonserver tree from nvidia-pytriton
@@ -38,8 +37,7 @@ from services.settings import Settings
 
 BROKER_BUCKET = "tansu"
 COMPONENTS = ("s3", "broker", "triton")
-# the topics `up` creates, written to stack.env under their AUTOLABEL_* names
-STACK_TOPICS = ("topic_images", "topic_labels", "topic_review", "topic_dlq", "topic_reviewed")
+STACK_TOPICS = ("topic_images", "topic_labels", "topic_review", "topic_dlq", "topic_reviewed")  # in stack.env too
 SEAWEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin", "admin_grpc", "debug")
 
 
@@ -277,9 +275,8 @@ class Stack:
         return ComponentState("triton", proc.pid, str(tree / "bin" / "tritonserver"), used, str(log_path), http)
 
     def _write_env(self, state: StackState) -> None:
-        """Everything a client of this stack needs (docs/events.md, "Producing uploads"): the
-        endpoints, the bucket, the S3 identity the stack's S3 accepts and the topics it created.
-        The file holds the S3 secret: it is readable by its owner only."""
+        """All a client needs (docs/events.md, "Producing uploads"): endpoints, bucket, the S3 keys
+        the stack's S3 accepts, the topics it created. Owner-only: it holds the S3 secret."""
         s = self.settings
         c = state.components
         grpc = c["triton"].ports["grpc"]
@@ -299,17 +296,14 @@ class Stack:
         ]
         tmp = self.env_file.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write("\n".join(lines) + "\n")
         tmp.replace(self.env_file)
 
     def env(self) -> dict[str, str]:
         """The variables of ``stack.env`` (empty when the stack is not up)."""
-        if not self.env_file.is_file():
-            return {}
-        pairs = (line.split("=", 1) for line in self.env_file.read_text().splitlines() if "=" in line and not line.startswith("#"))
-        return {k: v for k, v in pairs}
+        lines = self.env_file.read_text().splitlines() if self.env_file.is_file() else []
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
     # down / status -----------------------------------------------------------------------
     def down(self, log=print) -> list[str]:  # noqa: ANN001
