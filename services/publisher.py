@@ -14,6 +14,7 @@ from services.endpoints import require_kafka, require_s3
 from services.events import ImageLocation, ProductImageUploaded, validate_product_id
 from services.settings import Settings, load_settings
 from services.storage import Storage
+from services.topics import require_topics
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -143,6 +144,7 @@ def publish_command(paths: tuple[Path, ...], product_id: str | None, metadata_cs
         click.echo(f"metadata: {len(ids) - missing} of {len(ids)} product(s) have a row in {metadata_csv}", err=True)
     require_kafka(settings)  # within seconds, one line, rather than a client's traceback after 30 s
     require_s3(settings)
+    require_topics(settings, {"topic_images": settings.topic_images})  # a misspelt topic is refused, never created
     summary = publish_files(settings, files, progress=not quiet, product_ids={files[0]: product_id} if product_id else None,
                             metadata=metadata)
     for path, why in summary.skipped:

@@ -1,5 +1,5 @@
-"""Topics: create the four with explicit partition counts; read one (:func:`read_topic`,
-:func:`read_labels`)."""
+"""Topics: create the five with explicit partition counts; check that those a command writes
+to exist (:func:`require_topics`); read one (:func:`read_topic`, :func:`read_labels`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,36 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from services.errors import AutolabelError
 from services.events import ProductLabeled
-from services.settings import Settings
+from services.settings import ENV_PREFIX, Settings
 
 
 def topic_names(settings: Settings) -> list[str]:
     return [settings.topic_images, settings.topic_labels, settings.topic_review, settings.topic_dlq, settings.topic_reviewed]
+
+
+class MissingTopic(AutolabelError):
+    """A topic a command writes to does not exist. Brokers that auto-create topics (the
+    embedded Tansu does, whatever it is told, for kafka-python's producer) would create a
+    misspelt one on the first record, with no error and no consumer: the command stops first."""
+
+
+def require_topics(settings: Settings, names: dict[str, str]) -> None:
+    """Each topic of ``names`` (setting -> topic) exists, or :class:`MissingTopic` naming it.
+
+    Lists all topics (a metadata request for all topics creates none) rather than asking
+    for the named ones, which a broker may create on the spot."""
+    admin = KafkaAdminClient(**settings.kafka_client_kwargs(), request_timeout_ms=10000)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    for setting, topic in names.items():
+        if topic not in existing:
+            raise MissingTopic(
+                f"topic {topic!r} ({ENV_PREFIX}{setting.upper()}) does not exist on {settings.kafka_bootstrap_servers}: "
+                "check the name, or create the topics (`autolabel stack up`; deploy/compose/init_topics.py elsewhere)")
 
 
 def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:

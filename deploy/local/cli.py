@@ -48,13 +48,21 @@ def down() -> None:
 
 @stack.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(as_json: bool) -> None:
+@click.option("--env", "as_env", is_flag=True,
+              help="Print what a client needs as AUTOLABEL_* variables (stack.env: endpoints, bucket, S3 keys, topics; "
+                   "the S3 secret included).")
+def status(as_json: bool, as_env: bool) -> None:
     """Each component, its endpoint and health. Exit 1 unless all are healthy."""
+    st = _stack()
     try:
-        rows = _stack().status()
+        rows = st.status()
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
-    if as_json:
+    env = st.env()
+    if as_env:
+        for name, value in env.items():
+            click.echo(f"{name}={value}")
+    elif as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
         click.echo("the stack is not running")
@@ -62,5 +70,8 @@ def status(as_json: bool) -> None:
         for r in rows:
             health = "healthy" if r["healthy"] else ("running, unhealthy" if r["running"] else "down")
             click.echo(f"{r['component']:<7} {health:<18} pid {r['pid']:<8} {r['endpoint']}")
+        if env:
+            click.echo(f"bucket  {env.get('AUTOLABEL_S3_BUCKET', '?')}; uploads to topic {env.get('AUTOLABEL_TOPIC_IMAGES', '?')}")
+            click.echo(f"S3 keys and every client setting: {st.env_file} (or `autolabel stack status --env`)")
     if not rows or not all(r["healthy"] for r in rows):
         raise SystemExit(1)

@@ -3,7 +3,7 @@
 Everything lives in the state folder (``AUTOLABEL_STATE_DIR``, default ``.autolabel/``)::
 
     stack.json     components, PIDs, ports (what `down` and `status` read)
-    stack.env      the resolved AUTOLABEL_* endpoints; load_settings() reads it
+    stack.env      all a client needs as AUTOLABEL_* (endpoints, bucket, S3 keys, topics); owner-only
     logs/*.log     one log per component
     s3/            SeaweedFS data (the broker keeps its messages there too)
     triton/        a writable copy of the tritonserver tree from nvidia-pytriton
@@ -37,6 +37,7 @@ from services.settings import Settings
 
 BROKER_BUCKET = "tansu"
 COMPONENTS = ("s3", "broker", "triton")
+STACK_TOPICS = ("topic_images", "topic_labels", "topic_review", "topic_dlq", "topic_reviewed")  # in stack.env too
 SEAWEED_PORTS = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin", "admin_grpc", "debug")
 
 
@@ -274,18 +275,35 @@ class Stack:
         return ComponentState("triton", proc.pid, str(tree / "bin" / "tritonserver"), used, str(log_path), http)
 
     def _write_env(self, state: StackState) -> None:
+        """All a client needs (docs/events.md, "Producing uploads"): endpoints, bucket, the S3 keys
+        the stack's S3 accepts, the topics it created. Owner-only: it holds the S3 secret."""
+        s = self.settings
         c = state.components
         grpc = c["triton"].ports["grpc"]
         http = c["triton"].ports["http"]
-        url = f"127.0.0.1:{grpc}" if self.settings.triton_protocol.value == "grpc" else f"127.0.0.1:{http}"
+        url = f"127.0.0.1:{grpc}" if s.triton_protocol.value == "grpc" else f"127.0.0.1:{http}"
         lines = [
             "# written by `autolabel stack up`; removed by `autolabel stack down`",
             f"AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS={c['broker'].endpoint}",
             f"AUTOLABEL_S3_ENDPOINT_URL={c['s3'].endpoint}",
+            f"AUTOLABEL_S3_BUCKET={s.s3_bucket}",
+            f"AUTOLABEL_S3_REGION={s.s3_region}",
+            f"AUTOLABEL_S3_ACCESS_KEY_ID={s.s3_access_key_id.get_secret_value()}",
+            f"AUTOLABEL_S3_SECRET_ACCESS_KEY={s.s3_secret_access_key.get_secret_value()}",
             f"AUTOLABEL_TRITON_URL={url}",
             f"AUTOLABEL_MODEL_REPOSITORY={state.model_repository}",
+            *(f"AUTOLABEL_{name.upper()}={getattr(s, name)}" for name in STACK_TOPICS),
         ]
-        self.env_file.write_text("\n".join(lines) + "\n")
+        tmp = self.env_file.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        tmp.replace(self.env_file)
+
+    def env(self) -> dict[str, str]:
+        """The variables of ``stack.env`` (empty when the stack is not up)."""
+        lines = self.env_file.read_text().splitlines() if self.env_file.is_file() else []
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
     # down / status -----------------------------------------------------------------------
     def down(self, log=print) -> list[str]:  # noqa: ANN001
