@@ -11,6 +11,7 @@ import click
 from deploy.local.processes import ROOT, WorkerProcess
 from services.endpoints import require_kafka, require_s3, require_triton
 from services.settings import load_settings
+from services.topics import require_topics
 
 
 MAX_HEADER_BYTES = 16 * 1024  # the request line and headers together
@@ -30,6 +31,8 @@ def review_command(host: str, port: int | None) -> None:
     # once, at start: no broker or S3 -> one line and exit 1, not a log line per client retry
     require_kafka(settings)
     require_s3(settings)
+    # a misspelt topic is refused, never created by the first read or write
+    require_topics(settings, {"topic_labels": settings.topic_labels, "topic_reviewed": settings.topic_reviewed})
     obs.configure_logging(settings.log_level)
     obs.quiet_libraries(settings.log_level)
     if not settings.review_reviewers():
@@ -56,6 +59,7 @@ def relabel_command(only: str, rate: float | None, restart: bool, limit: int | N
     settings = load_settings()
     require_kafka(settings)  # where the uploads go again
     require_s3(settings)  # the records
+    require_topics(settings, {"topic_images": settings.topic_images})
     if only == "other-version":
         require_triton(settings)  # which model version is served
     s = relabel(settings, only=only, rate=rate, restart=restart, limit=limit, progress=not quiet)

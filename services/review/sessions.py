@@ -14,7 +14,7 @@ from sqlalchemy import String, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from services.review.queue import Base, UTCDateTime
+from services.review.tables import Base, UTCDateTime
 
 
 class LoginSession(Base):
