@@ -17,6 +17,7 @@ from typing import IO
 import click
 from tqdm import tqdm
 
+from autolabel.labels import LEGEND, label_cell
 from deploy.local.processes import WorkerProcess
 from services.publisher import collect, publish_files
 from services.settings import load_settings
@@ -135,24 +136,25 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
         return
     first = next(iter(got.values()))
     click.echo(f"\nmodel {first.model.name} version {first.model.version}: {first.model.backbone} with {first.model.weights_source} weights")
-    head = f"{'product':<9} {'style':<16} {'gender':<13} {'season':<18} {'review':<6} {'scope':<6} {'read':<11}  catalog says"
+    head = f"{'product':<9} {'style':<20} {'gender':<17} {'season':<27} {'review':<6} {'scope':<6} {'read':<11}  catalog says"
     click.echo(head)
     click.echo("-" * len(head) + "-" * 30)
     for event in sorted(got.values(), key=lambda e: e.product_id):
-        cells = {t: f"{lab.label} {lab.confidence:.2f}" for t, lab in event.labels.items()}
+        cells = {t: label_cell(lab) for t, lab in event.labels.items()}
         row = catalog.get(event.product_id, {})
         says = " / ".join(x for x in (row.get("usage"), row.get("gender"), row.get("season")) if x)
         review = "yes" if event.needs_review else "no"
         read = "+".join(event.inputs)
         scope = "-" if event.scope is None else "in" if event.scope.in_scope else "OUT"
         says = " / ".join(x for x in (row.get("masterCategory"), says) if x)
-        click.echo(f"{event.product_id:<9} {cells['style']:<16} {cells['gender']:<13} {cells['season']:<18} {review:<6} {scope:<6} "
+        click.echo(f"{event.product_id:<9} {cells['style']:<20} {cells['gender']:<17} {cells['season']:<27} {review:<6} {scope:<6} "
                    f"{read:<11}  {says}")
     reviewed = sum(e.needs_review for e in got.values())
     outside = [e for e in got.values() if e.scope is not None and not e.scope.in_scope]
     how = ("labeled by the heads for other categories, each under its own threshold" if any(e.scope.other_heads for e in outside)  # type: ignore[union-attr]
            else "not a product the heads were trained for: every label to review")
     click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review" + (f"; {len(outside)} out of scope ({how})" if outside else ""))
+    click.echo(LEGEND)
 
 
 def _print_thresholds(got: dict, models_dir: Path) -> None:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import click
 
-from services.events import ProductLabeled
+from services.events import ProductLabeled, TaskLabel
 from services.endpoints import require_kafka
 from services.settings import load_settings
 from services.topics import read_labels
 
 
+# what became of each task's label: accepted (no person needed), waiting for a person, or published as advisory only
+MARKS = {"accepted": "ok", "review": "review", "advisory": "advisory"}
+LEGEND = "each label: ok = accepted, review = waits for a person, advisory = under its threshold, not queued (AUTOLABEL_REVIEW_POLICY)"
+
+
+def label_cell(lab: TaskLabel) -> str:
+    return f"{lab.label} {lab.confidence:.2f} {MARKS[lab.status]}"
+
+
 def format_row(e: ProductLabeled) -> str:
     cells = [f"{e.product_id:<14}"]
     for task in ("style", "gender", "season"):
-        lab = e.labels[task]
-        cells.append(f"{lab.label + ' ' + format(lab.confidence, '.2f'):<18}")
+        cells.append(f"{label_cell(e.labels[task]):<27}")
     review = "yes" if e.needs_review else "no"
     if e.scope is not None and not e.scope.in_scope:  # every label flagged for that, or judged by the other categories' heads
         review += f" (out of scope, P {e.scope.probability:.2f}{': other heads' if e.scope.other_heads else ''})"
@@ -22,7 +30,7 @@ def format_row(e: ProductLabeled) -> str:
     return " ".join(cells)
 
 
-HEADER = f"{'product_id':<14} {'style':<18} {'gender':<18} {'season':<18} needs_review"
+HEADER = f"{'product_id':<14} {'style':<27} {'gender':<27} {'season':<27} needs_review"
 
 
 @click.command("labels")
@@ -42,4 +50,4 @@ def labels_command(follow: bool, product_id: str | None, as_json: bool, review: 
         count += 1
         click.echo(event.model_dump_json() if as_json else format_row(event))
     if not as_json and not follow:
-        click.echo(f"({count} label event(s))", err=True)
+        click.echo(f"({count} label event(s); {LEGEND})", err=True)

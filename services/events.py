@@ -112,13 +112,36 @@ class ProductImageUploaded(_Event):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+ReviewPolicy = Literal["threshold", "advisory", "always"]
+LabelStatus = Literal["accepted", "review", "advisory"]
+
+
 class TaskLabel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     label: str
     confidence: float = Field(ge=0, le=1)
     probabilities: dict[str, float]
     threshold: float = Field(ge=0, le=1)
-    needs_review: bool
+    needs_review: bool = Field(description="The label waits for a person (status `review`).")
+    # optional, newer: records written before it existed have `accepted` or `review` (from needs_review)
+    status: LabelStatus = Field(
+        None, validate_default=False,  # type: ignore[arg-type] - filled in from needs_review below
+        description="accepted: at or above its threshold, no person needed; review: waits for a person (under its threshold, "
+        "or its task's policy is `always`); advisory: under its threshold, but its task's policy is `advisory` (published "
+        "with its probabilities, not queued, not to be trusted as accepted).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_from_needs_review(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("status") is None and "needs_review" in data:
+            return {**data, "status": "review" if data["needs_review"] else "accepted"}
+        return data
+
+    @model_validator(mode="after")
+    def _status_agrees(self) -> "TaskLabel":
+        if self.needs_review != (self.status == "review"):
+            raise ValueError("needs_review must be true exactly when the status is review")
+        return self
 
 
 class ModelInfo(BaseModel):
@@ -185,8 +208,8 @@ class ProductLabeled(_Event):
         if self.needs_review != any(t.needs_review for t in self.labels.values()):
             raise ValueError("needs_review must be true exactly when a task needs review")
         if (self.scope is not None and not self.scope.in_scope and not self.scope.other_heads
-                and not all(t.needs_review for t in self.labels.values())):
-            raise ValueError("a photo out of scope has every task flagged needs_review (unless the model has heads for it)")
+                and any(t.status == "accepted" for t in self.labels.values())):
+            raise ValueError("a photo out of scope has no task accepted (unless the model has heads for it)")
         return self
 
 

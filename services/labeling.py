@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from services.events import ScopeCheck, TaskLabel
+from services.events import ReviewPolicy, ScopeCheck, TaskLabel
 
 FALLBACK_THRESHOLD = 0.5  # a model that ships no threshold (older builds, test models), no override set
 
@@ -51,6 +51,7 @@ def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float,
             probabilities=dict(zip(classes, row, strict=True)),
             threshold=cut,
             needs_review=confidence < cut,
+            status="review" if confidence < cut else "accepted",
         ))
     return out
 
@@ -84,8 +85,30 @@ def with_scope(labels: dict[str, TaskLabel], check: ScopeCheck | None, others: M
     own = others if check.other_heads and others else {}
     if check.in_scope and not own:
         return labels
-    return {t: lab.model_copy(update={"threshold": own[t], "needs_review": lab.confidence < own[t]}) if t in own
-            else lab.model_copy(update={"needs_review": True}) for t, lab in labels.items()}
+    return {t: _judged(lab, own[t]) if t in own else _judged(lab, None) for t, lab in labels.items()}
+
+
+def _judged(lab: TaskLabel, threshold: float | None) -> TaskLabel:
+    """``lab`` judged by ``threshold`` (None: review, whatever its confidence)."""
+    if threshold is None:
+        return lab.model_copy(update={"needs_review": True, "status": "review"})
+    sure = lab.confidence >= threshold
+    return lab.model_copy(update={"threshold": threshold, "needs_review": not sure, "status": "accepted" if sure else "review"})
+
+
+def with_policy(labels: dict[str, TaskLabel], policies: Mapping[str, ReviewPolicy]) -> dict[str, TaskLabel]:
+    """Each task's review policy applied to its judged label: ``threshold`` (the default) keeps it; ``advisory``
+    never queues the task (a label under its threshold is published as advisory: not accepted, not queued);
+    ``always`` queues the task whatever its confidence."""
+    out = {}
+    for task, lab in labels.items():
+        policy = policies.get(task, "threshold")
+        if policy == "advisory" and lab.needs_review:
+            lab = lab.model_copy(update={"needs_review": False, "status": "advisory"})
+        elif policy == "always" and not lab.needs_review:
+            lab = lab.model_copy(update={"needs_review": True, "status": "review"})
+        out[task] = lab
+    return out
 
 
 def resolve_other_thresholds(overrides: Mapping[str, float | None], shipped: Mapping[str, float]) -> dict[str, float]:

@@ -34,6 +34,7 @@ from services.labeling import (
     resolve_other_thresholds,
     resolve_thresholds,
     resolve_title_thresholds,
+    with_policy,
     scope_checks,
     with_scope,
 )
@@ -254,7 +255,8 @@ class Pipeline:
         others = self.other_thresholds  # the served graph gives their heads' labels above its routing threshold
         route = served.others_route if served.others_route is not None else served.scope_threshold
         checks = scope_checks(probs.get(SCOPE_OUTPUT), self.scope_threshold, len(labels), route if others else None)
-        return [(with_scope(lab, check, others), check) for lab, check in zip(labels, checks, strict=True)]
+        policy = self.settings.review_policy
+        return [(with_policy(with_scope(lab, check, others), policy), check) for lab, check in zip(labels, checks, strict=True)]
 
     async def close(self) -> None:
         """At shutdown: stop the pools and close the Triton client."""

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     )
     threshold_gender: float | None = Field(None, ge=0, le=1, description="As `AUTOLABEL_THRESHOLD_STYLE`, for gender.")
     threshold_season: float | None = Field(None, ge=0, le=1, description="As `AUTOLABEL_THRESHOLD_STYLE`, for season.")
+    review_policy: Annotated[dict[str, Literal["threshold", "advisory", "always"]], NoDecode] = Field(
+        default_factory=dict,
+        description="Per task, when its label goes to review, as `task=policy,...` (e.g. `season=advisory`): `threshold` (the "
+        "default) when under its threshold; `advisory` never (a label under its threshold is published as advisory, not "
+        "accepted, and does not send the product to review); `always` whatever its confidence.",
+    )
     scope_threshold: float | None = Field(
         None, ge=0, le=1,
         description="Every label goes to review when the scope gate's P(out of scope) is above this (a photo of a product "
@@ -217,6 +223,18 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("review_policy", mode="before")
+    @classmethod
+    def _split_policies(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p.strip() for p in value.split(",") if p.strip()]
+            if any("=" not in p for p in pairs):
+                raise ValueError("expected task=policy pairs separated by commas, e.g. season=advisory")
+            value = {t.strip(): v.strip() for t, _, v in (p.partition("=") for p in pairs)}
+        if isinstance(value, dict) and set(value) - set(TASKS):
+            raise ValueError(f"unknown task(s) {sorted(set(value) - set(TASKS))}; the tasks are {list(TASKS)}")
+        return value
 
     @field_validator("url_allow_hosts", mode="before")
     @classmethod

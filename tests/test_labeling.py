@@ -122,3 +122,62 @@ def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
         event(ScopeCheck(in_scope=False, probability=0.97, threshold=0.3), flag=False)
     other = ScopeCheck(in_scope=False, probability=0.97, threshold=0.3, other_heads=True)  # ... unless heads made for it judged it
     assert format_row(event(other, flag=False)).endswith("no (out of scope, P 0.97: other heads)")  # every label above its threshold
+
+
+def test_review_policies_per_task() -> None:
+    from services.labeling import with_policy
+
+    classes = {"style": ("casual", "formal", "sports"), "gender": ("men", "women"), "season": ("spring-fall", "summer", "winter")}
+    probs = {"style": np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]]), "gender": np.array([[0.99, 0.01], [0.99, 0.01]]),
+             "season": np.array([[0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])}
+    sure_style, unsure_style = label_batch(probs, classes, {"style": 0.6, "gender": 0.6, "season": 0.6})
+    assert [lab.status for lab in sure_style.values()] == ["accepted", "accepted", "review"]
+    assert with_policy(sure_style, {}) == sure_style  # the default: queued when under its threshold
+    advisory = with_policy(sure_style, {"season": "advisory"})
+    assert advisory["season"].status == "advisory" and not advisory["season"].needs_review
+    assert advisory["season"].label == "spring-fall" and advisory["season"].probabilities == sure_style["season"].probabilities
+    assert not any(lab.needs_review for lab in advisory.values())  # the product skips review
+    assert with_policy(unsure_style, {"season": "advisory"})["season"].status == "accepted"  # a sure label stays accepted
+    assert with_policy(unsure_style, {"season": "advisory"})["style"].status == "review"  # another task still queues
+    always = with_policy(sure_style, {"gender": "always"})
+    assert always["gender"].status == "review" and always["gender"].needs_review
+
+
+def test_a_label_status_agrees_with_needs_review_and_older_records_get_one() -> None:
+    from services.events import TaskLabel
+
+    old = TaskLabel.model_validate_json('{"label": "men", "confidence": 0.9, "probabilities": {"men": 0.9, "women": 0.1}, '
+                                        '"threshold": 0.5, "needs_review": false}')
+    assert old.status == "accepted"
+    assert TaskLabel(label="men", confidence=0.4, probabilities={"men": 0.4, "women": 0.6}, threshold=0.5, needs_review=True).status == "review"
+    with pytest.raises(ValueError, match="status"):
+        TaskLabel(label="men", confidence=0.4, probabilities={"men": 0.4}, threshold=0.5, needs_review=True, status="advisory")
+
+
+def test_policies_are_settings_and_an_unknown_task_or_policy_is_refused(monkeypatch) -> None:
+    from services.settings import Settings
+
+    monkeypatch.setenv("AUTOLABEL_REVIEW_POLICY", "season=advisory, style=always")
+    assert Settings().review_policy == {"season": "advisory", "style": "always"}
+    for bad in ("colour=advisory", "season=sometimes", "season"):
+        monkeypatch.setenv("AUTOLABEL_REVIEW_POLICY", bad)
+        with pytest.raises(ValueError):
+            Settings()
+
+
+def test_an_out_of_scope_photo_may_carry_an_advisory_label_but_not_an_accepted_one() -> None:
+    from autolabel.labels import format_row
+    from services.events import ImageLocation, ModelInfo, ProductLabeled, S3Location, ScopeCheck
+    from services.labeling import with_policy, with_scope
+
+    classes = {"style": ("casual", "formal", "sports"), "gender": ("men", "women"), "season": ("spring-fall", "summer", "winter")}
+    probs = {"style": np.array([[0.9, 0.05, 0.05]]), "gender": np.array([[0.99, 0.01]]), "season": np.array([[0.2, 0.7, 0.1]])}
+    scope = ScopeCheck(in_scope=False, probability=0.97, threshold=0.3)
+    labels = with_policy(with_scope(label_batch(probs, classes, {"style": 0.5, "gender": 0.5, "season": 0.5})[0], scope),
+                         {"season": "advisory"})
+    event = ProductLabeled(product_id="p1", source_event_id="e1", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/x.jpg")),
+                           labels=labels, model=ModelInfo(name="m", version="v", backbone="b", weights_source="w"),
+                           needs_review=True, latency_ms=1.0, scope=scope)
+    assert [lab.status for lab in event.labels.values()] == ["review", "review", "advisory"]
+    row = format_row(event)
+    assert "casual 0.90 review" in row and "summer 0.70 advisory" in row

@@ -274,3 +274,22 @@ def test_with_heads_for_other_categories_a_photo_out_of_scope_keeps_the_labels_a
     strict = Worker(FakeLabeler(p_out=[0.9], other_thresholds=others), threshold_style=0.9)
     strict.run([_event("shoe", "images/1.jpg")])
     assert ProductLabeled.model_validate_json(strict.on("labels")[0]).labels["style"].needs_review
+
+
+def test_a_task_set_to_advisory_never_sends_the_product_to_review() -> None:
+    """style 0.8, gender 0.7, season 0.6 from the fake model: season under 0.65 is unsure."""
+    strict = Worker(threshold_style=0.5, threshold_gender=0.5, threshold_season=0.65)
+    strict.run([_event("p0", "images/0.jpg")])
+    [flagged] = [ProductLabeled.model_validate_json(v) for v in strict.on("labels")]
+    assert flagged.needs_review and flagged.labels["season"].status == "review"
+    assert len(strict.on("review")) == 1
+    advisory = Worker(threshold_style=0.5, threshold_gender=0.5, threshold_season=0.65, review_policy={"season": "advisory"})
+    advisory.run([_event("p0", "images/0.jpg")])
+    [event] = [ProductLabeled.model_validate_json(v) for v in advisory.on("labels")]
+    assert not event.needs_review and advisory.on("review") == []
+    assert {t: lab.status for t, lab in event.labels.items()} == {"style": "accepted", "gender": "accepted", "season": "advisory"}
+    assert event.labels["season"].probabilities == flagged.labels["season"].probabilities  # published with its probabilities
+    always = Worker(threshold_style=0.5, threshold_gender=0.5, threshold_season=0.5, review_policy={"gender": "always"})
+    always.run([_event("p0", "images/0.jpg")])
+    assert ProductLabeled.model_validate_json(always.on("labels")[0]).labels["gender"].status == "review"
+    assert len(always.on("review")) == 1

@@ -44,6 +44,7 @@ class TaskView(BaseModel):
     probabilities: dict[str, float]
     threshold: float
     needs_review: bool
+    status: str = Field(description="accepted, review (waits for a person) or advisory (under its threshold, not queued).")
 
 
 class QueueItem(BaseModel):
@@ -84,7 +85,7 @@ def item_json(request: Request, item: Item) -> dict[str, Any]:
         product_id=item.product_id, source_event_id=item.source_event_id, uploaded_at=ev.upload_order()[0],
         photo_url=str(request.url_for("photo", product_id=validate_product_id(item.product_id))),
         labels={t: TaskView(label=lab.label, confidence=lab.confidence, probabilities=lab.probabilities, threshold=lab.threshold,
-                            needs_review=lab.needs_review) for t, lab in ev.labels.items()},
+                            needs_review=lab.needs_review, status=lab.status) for t, lab in ev.labels.items()},
         metadata=ev.metadata or {}, model=ev.model, inputs=list(ev.inputs), scope=ev.scope, claimed_until=item.claimed_until,
     ).model_dump(mode="json")
 
