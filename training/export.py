@@ -44,6 +44,7 @@ from training.triton_config import (
     default_tuning,
     with_overrides,
 )
+from training.quantize import DEFAULT_CALIBRATION, DEFAULT_CHECK
 from training.untrained import make_tiny_models, write_untrained_models
 
 __all__ = ["build_repository", "make_tiny_models", "write_untrained_models", "models", "ModelsError", "BUILD_INFO"]
@@ -213,16 +214,17 @@ def build_repository(
     serving: str = "ensemble",
     tensorrt: bool = False,
     precision: str | None = None,
-    quantize: Callable[[Servable, Any], Any] | None = None,
+    quantize: Callable[..., Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build the served repository for ``target`` from ``models_dir``; return ``out_dir``.
 
     ``precision`` (cpu-openvino): ``bf16``, ``f32`` or ``int8``; None: bf16 where the CPU has it.
-    ``quantize`` (int8): ``(servable, openvino.Model) -> openvino.Model`` for each converted model
-    (training/quantize.py). Raises :class:`ModelsError` (no trained heads, inconsistent files) and
-    ``ValueError`` (bad target/serving/tuning). Model folders this build does not own are left in place.
+    ``quantize`` (int8): ``(openvino.Model, heads, precision hint) -> openvino.Model`` for the backbone
+    (training/quantize.py: calibrated, checked on validation); the other image models get bf16.
+    Raises :class:`ModelsError` (no trained heads, inconsistent files) and ``ValueError`` (bad target/serving/tuning).
+    Model folders this build does not own are left in place.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -251,6 +253,7 @@ def build_repository(
 
         precision = choose_precision(precision, log)
     precision = precision or "f32"
+    float_precision = "bf16" if precision == "int8" and _has_bf16() else ("f32" if precision == "int8" else precision)
     graphs = build_graphs(models)
     todo = servables(graphs, fused=serving == "fused")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,8 +263,10 @@ def build_repository(
         for s in tqdm(todo, desc=f"export {target}", unit="model", disable=not progress):
             spec, labels = _model_spec(s, models)
             spec = replace(spec, openvino=converts_to_openvino(s, target))
-            _write_model(staging / s.name, spec, labels, target, tuning, tensorrt, precision)
-            transform = (lambda m, s=s: quantize(s, m)) if spec.openvino and precision == "int8" and quantize else None  # noqa: E731
+            int8 = spec.openvino and precision == "int8" and s.name == "backbone"
+            own = precision if precision != "int8" or int8 else float_precision
+            _write_model(staging / s.name, spec, labels, target, tuning, tensorrt, own)
+            transform = (lambda m: quantize(m, _feature_heads(graphs), float_precision)) if int8 and quantize else None
             _export(s, staging / s.name / "1", target, transform)
         if serving == "ensemble":
             spec, labels = _ensemble_spec(models, graphs.input_shape)
@@ -289,6 +294,7 @@ def build_repository(
         "tuning": {k: list(v) if isinstance(v, tuple) else v for k, v in tuning.__dict__.items()},
         "tensorrt": tensorrt,
         **({"precision": precision, "openvino": _openvino_version()} if target == "cpu-openvino" else {}),
+        **({"int8_check": quantize.result.to_dict()} if getattr(quantize, "result", None) is not None else {}),  # type: ignore[union-attr]
         "from": str(models.root),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -300,6 +306,22 @@ def build_repository(
     log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "
         f"autolabel ({layout}); standalone {', '.join(models.tasks)}")
     return out_dir
+
+
+def _has_bf16() -> bool:
+    from training.openvino_export import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
+def _feature_heads(graphs: Any) -> dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]]:
+    """Per shared task: its classes and features (numpy) -> served probabilities (photo only), for the int8 check."""
+    import tensorflow as tf
+
+    from training.servables import head_fns
+
+    fns = head_fns(graphs, with_title=False)
+    return {t: (tuple(graphs.models.tasks[t].classes), lambda f, fn=fn: fn(tf.constant(f))["probs"].numpy()) for t, fn in fns.items()}
 
 
 def _openvino_version() -> str:
@@ -336,11 +358,21 @@ def models() -> None:
 @click.option("--ov-streams", type=click.IntRange(1, 64), default=None, help="cpu-openvino: OpenVINO streams per instance (NUM_STREAMS).")
 @click.option("--ov-threads", type=click.IntRange(0, 256), default=None,
               help="cpu-openvino: OpenVINO threads per instance (INFERENCE_NUM_THREADS; 0 = all cores).")
+@click.option("--data", default=None, help="int8: the labeled photos (KIND:PATH, e.g. fpi:PATH) the split's keys name.")
+@click.option("--split", "split_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="int8: the split whose training part calibrates and validation part checks (default: MODELS/split.json).")
+@click.option("--calibration-photos", type=click.IntRange(1), default=DEFAULT_CALIBRATION, show_default=True,
+              help="int8: photos of the training part NNCF calibrates on (seeded).")
+@click.option("--check-photos", type=click.IntRange(1), default=DEFAULT_CHECK, show_default=True,
+              help="int8: validation photos (Apparel, Men/Women) the int8 backbone is checked on.")
+@click.option("--calibration-seed", type=int, default=0, show_default=True, help="int8: seed of both samples.")
+@click.option("--force-int8", is_flag=True, help="int8: build even if a task loses more than 0.01 balanced accuracy on validation (warns).")
 @click.option("--tensorrt", is_flag=True, help="gpu-onnx: enable the TensorRT execution accelerator (FP32).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(models_dir: Path, out: Path | None, target: str, precision: str | None, serving: str, max_batch: int | None,
           queue_delay_us: int | None, preferred_batch: str | None, instances: int | None, head_instances: int | None,
-          tf_threads: int | None, ov_streams: int | None, ov_threads: int | None, tensorrt: bool, quiet: bool) -> None:
+          tf_threads: int | None, ov_streams: int | None, ov_threads: int | None, data: str | None, split_file: Path | None,
+          calibration_photos: int, check_photos: int, calibration_seed: int, force_int8: bool, tensorrt: bool, quiet: bool) -> None:
     """Put the trained task models into the repository, with configs and label files."""
     if out is None:
         from services.settings import load_settings
@@ -360,8 +392,18 @@ def build(models_dir: Path, out: Path | None, target: str, precision: str | None
         tuning = with_overrides(default_tuning(target), max_batch_size=max_batch, max_queue_delay_us=queue_delay_us,
                                 preferred_batch_sizes=preferred, backbone_instances=instances, head_instances=head_instances,
                                 intra_op_threads=tf_threads, ov_streams=ov_streams, ov_threads=ov_threads)
+        quantize = None
+        if precision == "int8":
+            if not data:
+                raise click.BadParameter("int8 calibrates on photos of the split's training part: give --data KIND:PATH", param_hint="--data")
+            from training.quantize_data import int8_backbone
+
+            m = read_models(models_dir)
+            quantize = int8_backbone(data, split_file or models_dir / "split.json", m.backbone.input_size, m.resize,
+                                     {t: e.classes for t, e in m.tasks.items() if e.shared}, calibration=calibration_photos,
+                                     check=check_photos, seed=calibration_seed, force=force_int8, log=click.echo)
         build_repository(models_dir, out, target, tuning=tuning, serving=serving, tensorrt=tensorrt, precision=precision,
-                         progress=not quiet, log=click.echo)
+                         quantize=quantize, progress=not quiet, log=click.echo)
     except (ModelsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
