@@ -159,16 +159,10 @@ class InProcess:
 
     def _openvino(self, folder: Path):  # noqa: ANN202
         """The IR compiled as the Python backend's model.py compiles it (training/triton_openvino_model.py)."""
-        import openvino as ov
+        from training.openvino_runtime import openvino_runner
 
-        from training.evaluate import read_config_parameters
-        from training.openvino_export import compile_properties, cpu_has_bf16
-
-        props = compile_properties(read_config_parameters(folder / "config.pbtxt"), cpu_has_bf16())
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(folder / "1" / "model.xml")), "CPU", props)
-        request = compiled.create_infer_request()
-        return lambda image: {"features": self._tf.constant(request.infer({"image": image.numpy()})["features"])}
+        run, _, _ = openvino_runner(folder)
+        return lambda image: {"features": self._tf.constant(run(image.numpy()))}
 
     def __call__(self, x: np.ndarray) -> Outputs:
         f = self.backbone(image=self._tf.constant(x))["features"]

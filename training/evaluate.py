@@ -98,12 +98,14 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
     repo = Path(repo)
     if not repo.is_dir():
         raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
+    from training.openvino_runtime import ir_file, openvino_runner
+
     ens = read_config_parameters(repo / "autolabel" / "config.pbtxt")
-    backbone_dir = _model_dir(repo, "backbone")
+    backbone_dir = _model_dir(repo, "backbone") or ir_file(repo / "backbone")  # a SavedModel, or OpenVINO IR (cpu-openvino)
     backbone_run = None
     models = []
     for task in tasks:
-        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task)
+        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task) or ir_file(repo / task)
         params = {**ens, **read_config_parameters(repo / task / "config.pbtxt")}
         labels = params.get("labels") or params.get(f"labels_{task}")
         if not labels and manifest and task in manifest.get("tasks", {}):
@@ -114,7 +116,9 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         threshold = parse_threshold(params.get(f"threshold_{task}"))
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
-            if backbone_run is None:
+            if backbone_run is None and backbone_dir.suffix == ".xml":
+                backbone_run, size, _ = openvino_runner(repo / "backbone")
+            elif backbone_run is None:
                 sig, i, o, shape = _savedmodel(backbone_dir)
                 backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
             hsig, hi, ho, _ = _savedmodel(head_dir)
@@ -133,6 +137,9 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
                 models.append(TaskModel(task, classes, run, size, resize, origin, backbone_run, cut, what))
         elif standalone is not None and set(inputs) != {"image"}:
             raise ModelsError(f"{repo}: {task} is served standalone, photo only (--inputs image)")
+        elif standalone is not None and standalone.suffix == ".xml":
+            run, size_, how = openvino_runner(repo / task)
+            models.append(TaskModel(task, classes, run, size_, resize, f"{repo}/{task} ({how})", threshold=threshold))
         elif standalone is not None:
             sig, i, o, shape = _savedmodel(standalone)
             models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",

@@ -53,19 +53,6 @@ def choose_precision(requested: str | None, log: Callable[[str], None] = print) 
     return requested
 
 
-def compile_properties(params: dict[str, str], bf16: bool) -> dict[str, object]:
-    """OpenVINO compile properties from a config's ``ov_*`` parameters, as the served model.py sets them
-    (training/triton_openvino_model.py, which stands alone in the repository, does the same)."""
-    precision = params.get("ov_precision", "f32") or "f32"
-    hint = "bf16" if precision in ("bf16", "int8") and bf16 else "f32"
-    streams = max(1, int(params.get("ov_streams", "1") or 1))
-    props: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "NUM_STREAMS": streams,
-                                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
-    if int(params.get("ov_threads", "0") or 0):
-        props["INFERENCE_NUM_THREADS"] = int(params["ov_threads"])
-    return props
-
-
 def convert_savedmodel(saved_model: Path) -> Any:
     """The SavedModel's ``serving_default`` as an ``openvino.Model`` (tensor names kept)."""
     return _openvino().convert_model(str(saved_model))

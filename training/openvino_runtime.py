@@ -1,0 +1,51 @@
+"""Running a ``cpu-openvino`` repository's IR models in process (evaluate, benchmarks), compiled as Triton runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def compile_properties(params: dict[str, str], bf16: bool) -> dict[str, object]:
+    """OpenVINO compile properties from a config's ``ov_*`` parameters, as the served model.py sets them
+    (training/triton_openvino_model.py, which stands alone in the repository, does the same)."""
+    precision = params.get("ov_precision", "f32") or "f32"
+    hint = "bf16" if precision in ("bf16", "int8") and bf16 else "f32"
+    streams = max(1, int(params.get("ov_streams", "1") or 1))
+    props: dict[str, object] = {"INFERENCE_PRECISION_HINT": hint, "NUM_STREAMS": streams,
+                                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
+    if int(params.get("ov_threads", "0") or 0):
+        props["INFERENCE_NUM_THREADS"] = int(params["ov_threads"])
+    return props
+
+
+def ir_file(model_dir: Path) -> Path | None:
+    """The newest version's ``model.xml`` of a repository model folder, if it is an OpenVINO one."""
+    versions = sorted((p for p in model_dir.glob("*/model.xml") if p.parent.name.isdigit()), key=lambda p: int(p.parent.name))
+    return versions[-1] if versions else None
+
+
+def openvino_runner(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int], str]:
+    """(uint8 images -> the model's one output, input (H, W), what runs it) for an IR model folder of the repository."""
+    import openvino as ov
+
+    from training.evaluate import read_config_parameters
+    from training.openvino_export import cpu_has_bf16
+
+    xml = ir_file(model_dir)
+    if xml is None:
+        raise FileNotFoundError(f"{model_dir}: no <version>/model.xml")
+    params = read_config_parameters(model_dir / "config.pbtxt")
+    props = compile_properties(params, cpu_has_bf16())
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", props)
+    request = compiled.create_infer_request()
+    shape = compiled.input(0).get_partial_shape()
+    size = (shape[1].get_length(), shape[2].get_length())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.uint8)})[0])
+
+    return run, size, f"OpenVINO {params.get('ov_precision', 'f32')} ({props['INFERENCE_PRECISION_HINT']})"
