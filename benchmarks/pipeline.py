@@ -315,10 +315,15 @@ def write_doc(path: Path, section: str) -> None:
                    " the worker's S3; s3: Tansu writes every produce request to SeaweedFS on these same cores.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True)
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
+@click.option("--openvino", "openvino", type=click.Choice(["bf16", "f32", "int8"]), default=None,
+              help="Also run each pipeline round with the backbone converted by OpenVINO at this precision (the same heads, "
+                   "served beside TensorFlow's: `autolabel_ov_P`), interleaved with TensorFlow's rounds.")
+@click.option("--data", default=None, help="--openvino int8: the labeled photos (KIND:PATH) the split's training part calibrates on.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
 def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,
-             concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
+             concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, openvino: str | None, data: str | None,
+             json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
@@ -334,6 +339,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
     size = tuple(manifest.backbone.input_size)
     repo = build_repository(models, work / "repo", target="cpu")
     write_trivial_repository(repo, name="trivial", size=size)  # type: ignore[arg-type]
+    variant = None
+    if openvino:
+        from benchmarks.serving import build_openvino_variants
+        from training.triton_config import default_tuning
+
+        variant = "autolabel_" + build_openvino_variants(models, work, repo, [openvino], default_tuning("cpu-openvino"), data, False, True,
+                                                         click.echo)[0]
     settings = Settings(state_dir=work / "state", model_repository=repo, stack_timeout_s=900, stack_broker_storage=broker_storage)  # type: ignore[arg-type]
     stack = Stack(settings)
     click.echo(f"starting the embedded stack (broker log: {broker_storage}; loads the TensorFlow models: minutes on 2 cores)")
@@ -360,12 +372,17 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
             click.echo(f"  {run['images_per_s']:.2f} images/s")
             return run
 
-        directs, piped = [direct("")], []
+        directs, piped, piped_ov = [direct("")], [], []
         for r in range(rounds):  # interleaved, so a drift in the machine's speed hits both paths alike
             click.echo(f"pipeline, round {r + 1}/{rounds}: {n_events} events through the worker")
             piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers,
                                       concurrency=concurrency))
             click.echo(f"  {piped[-1]['events_per_s']:.2f} events/s")
+            if variant:
+                click.echo(f"pipeline with {variant}, round {r + 1}/{rounds}: {n_events} events through the worker")
+                piped_ov.append(run_pipeline(live, env, variant, images, n_events, batch, work, warmup=2 * batch, servers=servers,
+                                             concurrency=concurrency))
+                click.echo(f"  {piped_ov[-1]['events_per_s']:.2f} events/s")
             directs.append(direct(f", round {r + 1}/{rounds}"))
         click.echo(f"pipeline, trivial model: a burst of {trivial_events} events")
         trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
@@ -387,6 +404,12 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         "direct": direct_all, "pipeline": piped_all, "pipeline_runs": piped, "trivial": trivial, "sustained": sustained,
         "ratio_pipeline_direct": piped_all["events_per_s"] / direct_all["images_per_s"],
     }
+    if variant:
+        ov_all = _pooled(piped_ov, "events")
+        result.update({"openvino": openvino, "pipeline_openvino": ov_all, "pipeline_openvino_runs": piped_ov,
+                       "ratio_openvino_tensorflow": ov_all["events_per_s"] / piped_all["events_per_s"]})
+        click.echo(f"pipeline with OpenVINO {openvino} ({variant}): {ov_all['events_per_s']:.2f} events/s against TensorFlow's "
+                   f"{piped_all['events_per_s']:.2f}: {result['ratio_openvino_tensorflow']:.2f}x")
     table = markdown(result)
     click.echo(table)
     if json_path:
