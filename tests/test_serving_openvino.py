@@ -131,3 +131,32 @@ def test_openvino_served_by_tritonserver_gives_tensorflows_outputs(built: dict[s
         assert np.ptp(reference["style"], axis=0).max() > 1e-3, "the photos should not get identical probabilities"
     finally:
         stack.down(log=lambda m: None)
+
+
+def test_evaluate_runs_the_openvino_repository_as_served(built: dict[str, Path], photos: np.ndarray,
+                                                         reference: dict[str, np.ndarray]) -> None:
+    from training.evaluate import load_repository
+
+    for precision, tol in (("f32", TOL), ("bf16", BF16_TOL)):
+        models = {m.task: m for m in load_repository(built[precision], TASKS)}
+        for t in TASKS:
+            m = models[t]
+            assert m.backbone is not None and m.input_size == (32, 32)
+            probs = m.predict(m.backbone(photos))
+            assert np.abs(probs - reference[t]).max() <= tol, (precision, t)
+
+
+def test_agreement_counts_equal_labels_and_auto_accepted_ones() -> None:
+    from training.agreement import agreement
+
+    keys = np.array(["a", "b", "c", "d"])
+    y = np.array([0, 1, 1, 0])
+    this = {"gender": {"keys": keys, "y": y, "classes": np.array(["men", "women"]), "threshold": np.array(0.8),
+                       "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]])}}
+    other = {"gender": {**this["gender"], "keys": keys[::-1],  # the same photos in another order
+                        "probs": np.array([[0.45, 0.55], [0.3, 0.7], [0.1, 0.9], [0.95, 0.05]])}}  # d, c, b, a
+    r = agreement(this, other)["gender"]
+    assert r["photos"] == 4 and r["labels_equal"] == 0.5  # c and d changed
+    assert r["auto_accepted_by_either"] == 2 and r["auto_accepted_equal"] == 1.0  # a and b, equal in both
+    assert r["balanced_accuracy_other"] == r["balanced_accuracy"] == 0.75 and r["balanced_accuracy_change"] == 0.0
+    assert abs(r["max_probability_change"] - 0.3) < 1e-12
