@@ -50,6 +50,9 @@ from training.untrained import make_tiny_models, write_untrained_models
 __all__ = ["build_repository", "make_tiny_models", "write_untrained_models", "models", "ModelsError", "BUILD_INFO"]
 
 SERVING_MODES = ("ensemble", "fused")
+# What `autolabel models build` (and so `make demo`, `autolabel stack up`, `autolabel evaluate`) serves by default: OpenVINO's
+# labels equal TensorFlow's on the honest test split (docs/accuracy.md, "OpenVINO"); `--target cpu` is TensorFlow.
+DEFAULT_TARGET = "cpu-openvino"
 BUILD_INFO = "autolabel-build.json"  # beside the models; Triton ignores files at the top level
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 OPENVINO_MODEL = Path(__file__).with_name("triton_openvino_model.py")
@@ -342,7 +345,7 @@ def models() -> None:
 @click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
               help="manifest.json + heads/ written by `autolabel train`.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Repository folder (default: AUTOLABEL_MODEL_REPOSITORY).")
-@click.option("--target", type=click.Choice(TARGETS), default="cpu", show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default=DEFAULT_TARGET, show_default=True,
               help="cpu: embedded tritonserver (Python backend, TensorFlow); cpu-openvino: the same server, image models in OpenVINO "
                    "(+ configs for Triton's openvino backend); gpu-tf: Triton <= 25.02 TF backend; gpu-onnx: ONNX Runtime backend.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
