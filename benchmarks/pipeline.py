@@ -28,10 +28,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks.openvino_variants import openvino_result, pipeline_variant
+from benchmarks.pipeline_report import markdown, write_doc
 from benchmarks.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_START, DOC_END = "<!-- bench-pipeline:start -->", "<!-- bench-pipeline:end -->"
 
 
 def cpu_seconds(pid: int | tuple[int, ...]) -> float:
@@ -240,62 +241,16 @@ def _pooled(runs: list[dict], count: str = "images") -> dict[str, float]:
                 "concurrency": runs[0]["concurrency"]} if count == "events" else {})}
 
 
-def _cpu_line(run: dict) -> str:
-    return ", ".join(f"{name} {ms:.2f}" for name, ms in run["cpu_ms_per_event"].items())
-
-
-def markdown(result: dict) -> str:
-    d, p, t, u = result["direct"], result["pipeline"], result["trivial"], result["sustained"]
-    ratio = result["ratio_pipeline_direct"]
-    rates = lambda runs: ", ".join(f"{r:.2f}" for r in runs)  # noqa: E731
-    verdict = "kept up" if u["kept_up"] else "fell behind"
-    lines = [
-        DOC_START,
-        f"Measured {result['date']} on {result['machine']} with `{result['command']}`.",
-        f"Model: {result['model']}. Worker batch size {p['batch']} ({t['batch']} for the trivial model), {p.get('concurrency', 1)} batches in flight;"
-        f" photos: the {result['photos']} samples in `samples/`; the broker's log: {result['broker_storage']}.",
-        "",
-        "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
-        "|---|---|---|---|---|---|",
-        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f}"
-        f" | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
-        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f}"
-        f" | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
-        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f}"
-        f" | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
-        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f}"
-        f" | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
-        "",
-        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s;"
-        f" pipeline runs: {rates(p['runs'])} events/s.",
-        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}**"
-        " (target: sustain 500 per worker) —"
-        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end;"
-        f" the last label {u['drain_s']:.1f} s after the last event was sent.",
-        f"- trivial model, burst of {t['events']}: {t['events_per_s']:.0f} events/s end to end.",
-        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained"
-        f" ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
-        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model"
-        f" (batches of {p['batch']}).",
-        "- CPU ms per event of each process (2 cores in all):",
-        f"  real model: {_cpu_line(p)};",
-        f"  trivial burst: {_cpu_line(t)};",
-        f"  trivial sustained: {_cpu_line(u)} (tritonserver's own process: its Python-backend model stubs are separate processes).",
-        "- Burst latency is upload-to-label for events produced all at once, so it includes queueing behind the",
-        "  whole burst: those rows are throughput runs, not latency-under-light-load figures.",
-        DOC_END,
-    ]
-    return "\n".join(lines)
-
-
-def write_doc(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + section + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Pipeline\n\n" + section + "\n"
-    path.write_text(text)
+def _endpoints(settings, state):  # noqa: ANN001, ANN202 - (worker environment, Settings) of the started stack
+    env = {
+        "AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS": state.components["broker"].endpoint,
+        "AUTOLABEL_S3_ENDPOINT_URL": state.components["s3"].endpoint,
+        "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
+        "AUTOLABEL_STATE_DIR": str(settings.state_dir),
+    }
+    live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
+                                       "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+    return env, live
 
 
 @click.command("pipeline")
@@ -339,26 +294,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
     size = tuple(manifest.backbone.input_size)
     repo = build_repository(models, work / "repo", target="cpu")
     write_trivial_repository(repo, name="trivial", size=size)  # type: ignore[arg-type]
-    variant = None
-    if openvino:
-        from benchmarks.serving import build_openvino_variants
-        from training.triton_config import default_tuning
-
-        variant = "autolabel_" + build_openvino_variants(models, work, repo, [openvino], default_tuning("cpu-openvino"), data, False, True,
-                                                         click.echo)[0]
+    variant = pipeline_variant(models, work, repo, openvino, data, click.echo) if openvino else None
     settings = Settings(state_dir=work / "state", model_repository=repo, stack_timeout_s=900, stack_broker_storage=broker_storage)  # type: ignore[arg-type]
     stack = Stack(settings)
     click.echo(f"starting the embedded stack (broker log: {broker_storage}; loads the TensorFlow models: minutes on 2 cores)")
     state = stack.up(log=click.echo)
     try:
-        env = {
-            "AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS": state.components["broker"].endpoint,
-            "AUTOLABEL_S3_ENDPOINT_URL": state.components["s3"].endpoint,
-            "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
-            "AUTOLABEL_STATE_DIR": str(settings.state_dir),
-        }
-        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
-                                           "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+        env, live = _endpoints(settings, state)
         photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
         storage = Storage(live)
         images = [storage.put_image(p) for p in photos]
@@ -405,11 +347,7 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         "ratio_pipeline_direct": piped_all["events_per_s"] / direct_all["images_per_s"],
     }
     if variant:
-        ov_all = _pooled(piped_ov, "events")
-        result.update({"openvino": openvino, "pipeline_openvino": ov_all, "pipeline_openvino_runs": piped_ov,
-                       "ratio_openvino_tensorflow": ov_all["events_per_s"] / piped_all["events_per_s"]})
-        click.echo(f"pipeline with OpenVINO {openvino} ({variant}): {ov_all['events_per_s']:.2f} events/s against TensorFlow's "
-                   f"{piped_all['events_per_s']:.2f}: {result['ratio_openvino_tensorflow']:.2f}x")
+        result.update(openvino_result(openvino, variant, _pooled(piped_ov, "events"), piped_ov, piped_all, click.echo))  # type: ignore[arg-type]
     table = markdown(result)
     click.echo(table)
     if json_path:

@@ -46,9 +46,10 @@ from benchmarks.inference_paths import (
     run_clients,
     sample_titles,
 )
+from benchmarks.openvino_variants import PATH_NAMES, build_openvino_variants, cpu_flags, label, parse_precisions, variant_ratios
 from services.settings import TASKS
 
-PATHS = {"a": "standalone", "b": "shared", "c": "inprocess", "d": "shared+title", "e": "shared-no-scope"}
+PATHS = PATH_NAMES
 NO_SCOPE = "autolabel_noscope"  # path e: the `autolabel` ensemble without its scope_head step
 
 
@@ -99,37 +100,6 @@ def start_external_triton(binary: Path, repo: Path, log_path: Path, log: Callabl
         raise click.ClickException(f"{binary} did not become ready; see {log_path}")
     log(f"{binary} ready in {time.monotonic() - t0:.0f}s")
     return proc, f"127.0.0.1:{grpc}"
-
-
-def label(key: str) -> str:
-    """``b`` -> ``shared``; ``b@ov_bf16`` -> ``shared (OpenVINO bf16)``."""
-    letter, _, variant = key.partition("@")
-    return PATHS[letter] + (f" (OpenVINO {variant.removeprefix('ov_')})" if variant else "")
-
-
-def build_openvino_variants(src: Path, work: Path, repository: Path, precisions: Sequence[str], tuning: object, data: str | None,
-                            force_int8: bool, quiet: bool, log: Callable[[str], None]) -> list[str]:
-    """Build ``cpu-openvino`` at each precision and serve its backbone beside ``repository``'s; the variants' names."""
-    from training.export import build_repository
-    from training.repository_variants import add_backbone_variant
-    from training.serving_models import read_models
-
-    out = []
-    for p in precisions:
-        quantize = None
-        if p == "int8":
-            if not data:
-                raise click.BadParameter("int8 calibrates on photos of the split's training part: give --data KIND:PATH", param_hint="--data")
-            from training.quantize_data import int8_backbone
-
-            m = read_models(src)
-            quantize = int8_backbone(data, src / "split.json", m.backbone.input_size, m.resize,
-                                     {t: e.classes for t, e in m.tasks.items() if e.shared}, force=force_int8, log=log)
-        built = build_repository(src, work / f"repo-ov-{p}", "cpu-openvino", tuning=tuning, precision=p,  # type: ignore[arg-type]
-                                 quantize=quantize, progress=not quiet, log=log)
-        add_backbone_variant(repository, built, f"ov_{p}")
-        out.append(f"ov_{p}")
-    return out
 
 
 def _max_diff(x: Outputs, y: Outputs) -> float:
@@ -245,20 +215,14 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
         raise click.BadParameter(f"choose from a, b, c, d, e (got {paths!r})", param_hint="--paths")
     if triton_url and repository is None:
         raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
-    precisions = [p.strip() for p in openvino.split(",") if p.strip()]
-    if any(p not in ("bf16", "f32", "int8") for p in precisions):
-        raise click.BadParameter(f"choose from bf16, f32, int8 (got {openvino!r})", param_hint="--openvino")
-    if precisions and (repository is not None or serving != "ensemble"):
-        raise click.BadParameter("--openvino builds its variants beside the repository it builds: drop --repository, keep the ensemble",
-                                 param_hint="--openvino")
+    precisions = parse_precisions(openvino, repository is not None or serving != "ensemble")
     if target not in ("cpu", "cpu-openvino") and not (tritonserver_bin or triton_url):
         raise click.BadParameter("the embedded tritonserver has the Python backend only: give --tritonserver for gpu-* targets",
                                  param_hint="--target")
     log = click.echo
     work = Path(tempfile.mkdtemp(prefix="autolabel-bench-"))
     stack = proc = None
-    inprocess_repo = repository
-    variants: list[str] = []
+    inprocess_repo, variants = repository, []
     try:
         heads = "prebuilt"
         if repository is None:
@@ -314,7 +278,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
             "heads": heads, "target": info.get("target"), "weights": info.get("weights"), "model_version": info.get("model_version"),
             "serving": info.get("serving"), "tuning": info.get("tuning"), "input_size": list(size), "images": origin,
             "concurrency": concurrency, "request_batch": request_batch, "rounds": rounds,
-            "results": {label(p): s for p, s in summary.items()}, "cpu_flags": _cpu_flags(), "ratios": ratios, "max_abs_diff": diffs,
+            "results": {label(p): s for p, s in summary.items()}, "cpu_flags": cpu_flags(), "ratios": ratios, "max_abs_diff": diffs,
             "loadavg_1m": [load_before[0], load_after[0]], "machine": _machine(),
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -358,22 +322,7 @@ def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
         ratios["d/b"] = round(summary["d"]["images_per_s"] / summary["b"]["images_per_s"], 3)
     if "e" in summary and "b" in summary:  # < 1: what the scope gate costs per photo
         ratios["b/e"] = round(summary["b"]["images_per_s"] / summary["e"]["images_per_s"], 3)
-    for key in summary:  # OpenVINO variants: against TensorFlow's shared path, and shared against their own in-process path
-        letter, _, v = key.partition("@")
-        if v and letter == "b" and "b" in summary:
-            ratios[f"{key}/b"] = round(summary[key]["images_per_s"] / summary["b"]["images_per_s"], 3)
-        if v and letter == "b" and f"c@{v}" in summary:
-            ratios[f"{key}/c@{v}"] = round(summary[key]["images_per_s"] / summary[f"c@{v}"]["images_per_s"], 3)
-    return ratios
-
-
-def _cpu_flags() -> list[str]:
-    """The CPU's bf16/int8 instruction sets (AMX, AVX-512 BF16/VNNI): what decides OpenVINO's speed-up."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))  # noqa: SIM115
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith("amx") or f in ("avx512_bf16", "avx512_vnni", "avx512f", "avx2"))
+    return ratios | variant_ratios(summary)
 
 
 def _stop(stack, proc) -> None:  # noqa: ANN001 - the embedded stack, or an external tritonserver process

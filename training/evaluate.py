@@ -25,6 +25,7 @@ from training.calibration import accepted_mask
 from training.datasets import Dataset, Sample
 from training.errors import ModelsError
 from training.metrics import classification_metrics, confusion
+from training.openvino_runtime import image_runner, ir_file
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -98,8 +99,6 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
     repo = Path(repo)
     if not repo.is_dir():
         raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
-    from training.openvino_runtime import ir_file, openvino_runner
-
     ens = read_config_parameters(repo / "autolabel" / "config.pbtxt")
     backbone_dir = _model_dir(repo, "backbone") or ir_file(repo / "backbone")  # a SavedModel, or OpenVINO IR (cpu-openvino)
     backbone_run = None
@@ -116,11 +115,8 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         threshold = parse_threshold(params.get(f"threshold_{task}"))
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
-            if backbone_run is None and backbone_dir.suffix == ".xml":
-                backbone_run, size, _ = openvino_runner(repo / "backbone")
-            elif backbone_run is None:
-                sig, i, o, shape = _savedmodel(backbone_dir)
-                backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
+            if backbone_run is None:
+                backbone_run, size = image_runner(backbone_dir)
             hsig, hi, ho, _ = _savedmodel(head_dir)
             takes_title = "title" in hsig.structured_input_signature[1]
             origin = f"{repo}/backbone + {repo}/{task}_head"
@@ -137,13 +133,9 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
                 models.append(TaskModel(task, classes, run, size, resize, origin, backbone_run, cut, what))
         elif standalone is not None and set(inputs) != {"image"}:
             raise ModelsError(f"{repo}: {task} is served standalone, photo only (--inputs image)")
-        elif standalone is not None and standalone.suffix == ".xml":
-            run, size_, how = openvino_runner(repo / task)
-            models.append(TaskModel(task, classes, run, size_, resize, f"{repo}/{task} ({how})", threshold=threshold))
         elif standalone is not None:
-            sig, i, o, shape = _savedmodel(standalone)
-            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",
-                                    threshold=threshold))
+            run, size_ = image_runner(standalone)
+            models.append(TaskModel(task, classes, run, size_, resize, f"{repo}/{task}", threshold=threshold))
         else:
             raise ModelsError(f"{repo} serves no model for {task} (neither {task}/ nor backbone/ + {task}_head/)")
     return models

@@ -27,6 +27,7 @@ import click
 from tqdm import tqdm
 
 from services.settings import SCOPE_CLASSES, SCOPE_OUTPUT, TASKS
+from training.openvino_build import build_info, converts_to_openvino, feature_heads, precisions
 from training.repository_check import check_repository
 from training.servables import Servable, servables
 from training.serving_models import ModelsError, ModelSet, build_graphs, describe_weights, read_models, weights_source
@@ -184,12 +185,6 @@ def export_savedmodel(servable: Servable, path: Path) -> Path:
     return path
 
 
-def converts_to_openvino(s: Servable, target: str) -> bool:
-    """cpu-openvino converts the image models (backbone, standalone tasks); the small heads, and anything
-    that reads the title (TensorFlow string ops), stay SavedModels run by TensorFlow."""
-    return target == "cpu-openvino" and s.input_name == "image" and not s.title
-
-
 def _export(s: Servable, version_dir: Path, target: str, transform: Callable[[Any], Any] | None = None) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     if converts_to_openvino(s, target):
@@ -206,6 +201,26 @@ def _export(s: Servable, version_dir: Path, target: str, transform: Callable[[An
     export_savedmodel(s, version_dir / "model.savedmodel")
     if target in ("cpu", "cpu-openvino"):
         shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
+
+
+def _write_info(out_dir: Path, models: ModelSet, target: str, serving: str, built: list[str], tuning: Tuning, tensorrt: bool,
+                extra: dict[str, Any]) -> None:
+    """``autolabel-build.json``: what was built from what, with which tuning."""
+    info = {
+        "target": target,
+        "serving": serving,
+        "model_version": models.version,
+        "backbone": models.backbone.to_dict(),
+        "weights": describe_weights(models.backbone),
+        "resize": models.resize,
+        "models": built,
+        "tuning": {k: list(v) if isinstance(v, tuple) else v for k, v in tuning.__dict__.items()},
+        "tensorrt": tensorrt,
+        **extra,
+        "from": str(models.root),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def build_repository(
@@ -227,8 +242,7 @@ def build_repository(
     ``quantize`` (int8): ``(openvino.Model, heads, precision hint) -> openvino.Model`` for the backbone
     (training/quantize.py: calibrated, checked on validation); the other image models get bf16.
     Raises :class:`ModelsError` (no trained heads, inconsistent files) and ``ValueError`` (bad target/serving/tuning).
-    Model folders this build does not own are left in place.
-    """
+    Model folders this build does not own are left in place."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if precision is not None and (target != "cpu-openvino" or precision not in PRECISIONS):
@@ -251,12 +265,7 @@ def build_repository(
         if not entry.shared:
             own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone, entry.fine_tuned)  # type: ignore[arg-type]
             log(f"{task}: does not share the base ({own}): served standalone, the ensemble calls `{task}`")
-    if target == "cpu-openvino":
-        from training.openvino_export import choose_precision
-
-        precision = choose_precision(precision, log)
-    precision = precision or "f32"
-    float_precision = "bf16" if precision == "int8" and _has_bf16() else ("f32" if precision == "int8" else precision)
+    precision, float_precision = precisions(target, precision, log)
     graphs = build_graphs(models)
     todo = servables(graphs, fused=serving == "fused")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +278,7 @@ def build_repository(
             int8 = spec.openvino and precision == "int8" and s.name == "backbone"
             own = precision if precision != "int8" or int8 else float_precision
             _write_model(staging / s.name, spec, labels, target, tuning, tensorrt, own)
-            transform = (lambda m: quantize(m, _feature_heads(graphs), float_precision)) if int8 and quantize else None
+            transform = (lambda m: quantize(m, feature_heads(graphs), float_precision)) if int8 and quantize else None
             _export(s, staging / s.name / "1", target, transform)
         if serving == "ensemble":
             spec, labels = _ensemble_spec(models, graphs.input_shape)
@@ -286,22 +295,7 @@ def build_repository(
             (staging / name).rename(out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    info = {
-        "target": target,
-        "serving": serving,
-        "model_version": models.version,
-        "backbone": models.backbone.to_dict(),
-        "weights": describe_weights(models.backbone),
-        "resize": models.resize,
-        "models": built,
-        "tuning": {k: list(v) if isinstance(v, tuple) else v for k, v in tuning.__dict__.items()},
-        "tensorrt": tensorrt,
-        **({"precision": precision, "openvino": _openvino_version()} if target == "cpu-openvino" else {}),
-        **({"int8_check": quantize.result.to_dict()} if getattr(quantize, "result", None) is not None else {}),  # type: ignore[union-attr]
-        "from": str(models.root),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    _write_info(out_dir, models, target, serving, built, tuning, tensorrt, build_info(target, precision, quantize))
     layout = "ensemble: backbone -> " + ", ".join([*(f"{t}_head" if e.shared else t for t, e in models.tasks.items()),
                                                    *(["scope_head"] if models.scope is not None else [])])
     if serving == "fused":
@@ -309,28 +303,6 @@ def build_repository(
     log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "
         f"autolabel ({layout}); standalone {', '.join(models.tasks)}")
     return out_dir
-
-
-def _has_bf16() -> bool:
-    from training.openvino_export import cpu_has_bf16
-
-    return cpu_has_bf16()
-
-
-def _feature_heads(graphs: Any) -> dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]]:
-    """Per shared task: its classes and features (numpy) -> served probabilities (photo only), for the int8 check."""
-    import tensorflow as tf
-
-    from training.servables import head_fns
-
-    fns = head_fns(graphs, with_title=False)
-    return {t: (tuple(graphs.models.tasks[t].classes), lambda f, fn=fn: fn(tf.constant(f))["probs"].numpy()) for t, fn in fns.items()}
-
-
-def _openvino_version() -> str:
-    import openvino as ov
-
-    return ov.get_version()
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -49,3 +49,15 @@ def openvino_runner(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
         return np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.uint8)})[0])
 
     return run, size, f"OpenVINO {params.get('ov_precision', 'f32')} ({props['INFERENCE_PRECISION_HINT']})"
+
+
+def image_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
+    """uint8 images -> the model's output, and its input (H, W), for a repository model file: a version's
+    ``model.savedmodel`` (TensorFlow) or ``model.xml`` (OpenVINO, compiled as served)."""
+    if path.suffix == ".xml":
+        run, size, _ = openvino_runner(path.parent.parent)
+        return run, size
+    from training.evaluate import _runner, _savedmodel
+
+    sig, i, o, shape = _savedmodel(path)
+    return _runner(sig, i, o), (int(shape[1]), int(shape[2]))
