@@ -72,7 +72,7 @@ def test_the_openvino_repository_checks_out(built: dict[str, Path]) -> None:
         assert (repo / name / "1" / "model.xml").is_file() and (repo / name / "1" / "model.bin").is_file()
         assert "openvino" in (repo / name / "1" / "model.py").read_text()
         params = {k: v.string_value for k, v in parse_config(repo / name / "config.pbtxt").parameters.items()}
-        assert params["ov_precision"] == "bf16" and params["ov_streams"] == "1"
+        assert params["ov_precision"] == "bf16" and params["ov_streams"] == "2"  # CPU_TUNING: 2 streams
         native = parse_config(repo / name / "configs" / "openvino.pbtxt")
         assert native.backend == "openvino" and native.name == name
         assert {k: v.string_value for k, v in native.parameters.items()}["HINT_BF16"] == "YES"

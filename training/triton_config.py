@@ -58,8 +58,10 @@ class Tuning:
 # ~0.5 s of VGG16 per image) lets requests that arrive together share a batch. Batches
 # bigger than the concurrency gain nothing on a CPU; 32 leaves room for the worker's
 # request batches (AUTOLABEL_BATCH_MAX_SIZE, split to max_batch_size by the worker).
+# cpu-openvino: 2 OpenVINO streams of 1 thread each (a batch is split over them) measured 8 and 15 % more images/s than
+# 1 stream of 2 threads in two interleaved in-process runs of the bf16 backbone, batches of 4 (docs/benchmarks.md).
 CPU_TUNING = Tuning(max_batch_size=32, preferred_batch_sizes=(), max_queue_delay_us=2000,
-                    backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1)
+                    backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1, ov_streams=2, ov_threads=0)
 # GPU starting point, not yet measured on a GPU (deploy/gpu/bench_serving.sh measures it).
 GPU_TUNING = Tuning(max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=1000,
                     backbone_instances=2, head_instances=1)
@@ -178,7 +180,7 @@ def openvino_backend_parameters(tuning: Tuning, precision: str) -> dict[str, str
     That backend has no key for f32 on a CPU with bf16 (OpenVINO's default there is bf16): an ``f32``
     build served by it may run in bf16; the Python backend honours ``ov_precision`` exactly.
     """
-    params = {"NUM_STREAMS": str(tuning.ov_streams), "PERFORMANCE_HINT": "LATENCY"}
+    params = {"NUM_STREAMS": str(tuning.ov_streams), "PERFORMANCE_HINT": "LATENCY" if tuning.ov_streams == 1 else "THROUGHPUT"}
     if tuning.ov_threads:
         params["INFERENCE_NUM_THREADS"] = str(tuning.ov_threads)
     if precision in ("bf16", "int8"):  # int8: the quantized IR; what stays float runs in bf16
