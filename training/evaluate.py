@@ -25,6 +25,7 @@ from training.calibration import accepted_mask
 from training.datasets import Dataset, Sample
 from training.errors import ModelsError
 from training.metrics import classification_metrics, confusion
+from training.openvino_runtime import image_runner, ir_file
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -99,11 +100,11 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
     if not repo.is_dir():
         raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
     ens = read_config_parameters(repo / "autolabel" / "config.pbtxt")
-    backbone_dir = _model_dir(repo, "backbone")
+    backbone_dir = _model_dir(repo, "backbone") or ir_file(repo / "backbone")  # a SavedModel, or OpenVINO IR (cpu-openvino)
     backbone_run = None
     models = []
     for task in tasks:
-        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task)
+        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task) or ir_file(repo / task)
         params = {**ens, **read_config_parameters(repo / task / "config.pbtxt")}
         labels = params.get("labels") or params.get(f"labels_{task}")
         if not labels and manifest and task in manifest.get("tasks", {}):
@@ -115,8 +116,7 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
             if backbone_run is None:
-                sig, i, o, shape = _savedmodel(backbone_dir)
-                backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
+                backbone_run, size = image_runner(backbone_dir)
             hsig, hi, ho, _ = _savedmodel(head_dir)
             takes_title = "title" in hsig.structured_input_signature[1]
             origin = f"{repo}/backbone + {repo}/{task}_head"
@@ -134,9 +134,8 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         elif standalone is not None and set(inputs) != {"image"}:
             raise ModelsError(f"{repo}: {task} is served standalone, photo only (--inputs image)")
         elif standalone is not None:
-            sig, i, o, shape = _savedmodel(standalone)
-            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",
-                                    threshold=threshold))
+            run, size_ = image_runner(standalone)
+            models.append(TaskModel(task, classes, run, size_, resize, f"{repo}/{task}", threshold=threshold))
         else:
             raise ModelsError(f"{repo} serves no model for {task} (neither {task}/ nor backbone/ + {task}_head/)")
     return models

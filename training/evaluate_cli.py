@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from training.cli import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, data_options
 
@@ -28,10 +29,15 @@ from training.cli import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, da
 @click.option("--inputs", "inputs_", default="image", show_default=True,
               help="What the served heads read: image, title, image+title, or several comma-separated (one backbone pass); "
                    "title needs heads trained with `autolabel train-title`.")
+@click.option("--predictions", "predictions_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Save the headline rows' per-photo probabilities (photo only) as .npz, for --agree-with.")
+@click.option("--agree-with", "agree_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Compare the labels with another run's --predictions file (e.g. OpenVINO bf16 against TensorFlow).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
              from_heads: bool, models_dir: Path, split_file: Path | None, all_rows: bool, part: str, scope: str,
-             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, quiet: bool) -> None:
+             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, predictions_file: Path | None,
+             agree_file: Path | None, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
     from training.evaluate import by_category, evaluate as run_eval, in_scope, load_gate, product_summary, subset
@@ -65,10 +71,25 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
         click.echo(f"\nScope gate (P(out of scope) > {gate.threshold:.3f}: every label to review), share of photos flagged:")  # type: ignore[union-attr]
         for cat, g in gated["by_category"].items():
             click.echo(f"  {cat:<22} {g['flagged']:>7.1%} of {g['photos']}")
+    agreed = None
+    if predictions_file or agree_file:
+        from training.agreement import agreement, agreement_lines, load_predictions, save_predictions
+
+        photo = {m.task: results[m.key] for m in models if m.inputs == "image"}
+        if predictions_file:
+            save_predictions(predictions_file, photo)
+        if agree_file:
+            mine = {t: {"keys": np.asarray(r.keys), "y": r.y, "probs": r.probs, "classes": np.asarray(r.classes),
+                        "threshold": np.asarray(r.threshold if isinstance(r.threshold, (int, float)) else np.nan)} for t, r in photo.items()}
+            agreed = agreement(mine, load_predictions(agree_file))
+            click.echo(f"\nAgreement with {agree_file} (this run against it, same photos):")
+            for line in agreement_lines(agreed):
+                click.echo(line)
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat,
-                                         "scope_gate": gated}, indent=2) + "\n")
+                                         "scope_gate": gated, **({"agreement": {"with": str(agree_file), "tasks": agreed}} if agreed else {})},
+                                        indent=2) + "\n")
     if report_dir:
         rows = f"the {part} part of {split_file}" if keys is not None else "every labeled row"
         _write_report(report_dir, data, models_dir, models, results, metrics, f"Rows: {rows}; scope {scope}.")
