@@ -21,7 +21,6 @@ from tqdm import tqdm
 from services.errors import BadInput
 from services.images import ResizeMode, prepare
 from services.inference import parse_class_thresholds, parse_threshold
-from training.calibration import accepted_mask
 from training.datasets import Dataset, Sample
 from training.errors import ModelsError
 from training.metrics import classification_metrics, confusion
@@ -263,27 +262,6 @@ def subset(ev: TaskEvaluation, keep: set[str]) -> TaskEvaluation:
     idx = [i for i, k in enumerate(ev.keys) if k in keep]
     probs = ev.probs[idx] if len(idx) else np.zeros((0, len(ev.classes)))
     return score(ev.classes, [ev.keys[i] for i in idx], ev.y[idx], probs, ev.threshold)
-
-
-def product_summary(results: dict[str, TaskEvaluation]) -> dict[str, Any]:
-    """Over the products scored for every task: how many no task flags for review, and how many
-    of those have every label right (what a store gets from the labels that skip review)."""
-    tasks = list(results)
-    if not tasks or any(r.threshold is None for r in results.values()):
-        return {}
-    per = {t: {k: i for i, k in enumerate(r.keys)} for t, r in results.items()}
-    common = sorted(set.intersection(*(set(p) for p in per.values())))
-    unflagged = right = 0
-    for k in common:
-        ok_all, sure_all = True, True
-        for t, r in results.items():
-            i = per[t][k]
-            sure_all &= bool(accepted_mask(r.probs[i : i + 1], r.threshold)[0])
-            ok_all &= bool(r.probs[i].argmax() == r.y[i])
-        unflagged += sure_all
-        right += sure_all and ok_all
-    return {"products": len(common), "unflagged": unflagged, "unflagged_share": unflagged / len(common) if common else 0.0,
-            "unflagged_all_right": right, "unflagged_all_right_share": right / unflagged if unflagged else float("nan")}
 
 
 def _rows(dataset: Dataset, m: TaskModel, keys: dict[str, set[str]] | None, skipped: dict[str, int]) -> list[Sample]:
