@@ -30,9 +30,9 @@ def label(key: str) -> str:
 def build_openvino_variants(src: Path, work: Path, repository: Path, precisions: Sequence[str], tuning: object, data: str | None,
                             force_int8: bool, quiet: bool, log: Callable[[str], None]) -> list[str]:
     """Build ``cpu-openvino`` at each precision and serve its backbone beside ``repository``'s; the variants' names."""
-    from training.export import build_repository
-    from training.repository_variants import add_backbone_variant
-    from training.serving_models import read_models
+    from training.serving.repository import build_repository
+    from training.serving.repository_variants import add_backbone_variant
+    from training.manifest.read import read_models
 
     out = []
     for p in precisions:
@@ -40,7 +40,7 @@ def build_openvino_variants(src: Path, work: Path, repository: Path, precisions:
         if p == "int8":
             if not data:
                 raise click.BadParameter("int8 calibrates on photos of the split's training part: give --data KIND:PATH", param_hint="--data")
-            from training.quantize_data import int8_backbone
+            from training.serving.quantize_data import int8_backbone
 
             m = read_models(src)
             quantize = int8_backbone(data, src / "split.json", m.backbone.input_size, m.resize,
@@ -75,7 +75,7 @@ def cpu_flags() -> list[str]:
 
 def pipeline_variant(models: Path, work: Path, repo: Path, precision: str, data: str | None, log: Callable[[str], None]) -> str:
     """`bench pipeline --openvino P`: the OpenVINO backbone beside TensorFlow's; the model name the worker calls for it."""
-    from training.triton_config import default_tuning
+    from training.serving.triton_config import default_tuning
 
     return "autolabel_" + build_openvino_variants(models, work, repo, [precision], default_tuning("cpu-openvino"), data, False, True, log)[0]
 

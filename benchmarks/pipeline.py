@@ -285,8 +285,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
     from services.settings import Settings
     from services.storage import Storage
     from benchmarks.serving import prepare_models
-    from training.export import build_repository
-    from training.serving_models import read_models
+    from training.serving.repository import build_repository
+    from training.manifest.read import read_models
 
     work = Path(tempfile.mkdtemp(prefix="autolabel-bench-pipeline-"))
     models, kind = prepare_models(models_dir, work, input_size, click.echo)

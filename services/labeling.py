@@ -35,7 +35,7 @@ def _rows(probs: np.ndarray, classes: Sequence[str], threshold: float,
     """(N, C) probabilities -> N labels; the numpy work is done once for the whole batch.
 
     ``per_class``: thresholds by predicted class, used for the rows where ``use_per_class`` is
-    true (labels read from photo and title; training/title.py says why one per class)."""
+    true (labels read from photo and title; training/heads/title.py says why one per class)."""
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"expected {len(classes)} probabilities per row, got shape {probs.shape}")
     clipped = np.clip(probs.astype(np.float64), 0.0, 1.0)

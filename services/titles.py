@@ -22,7 +22,7 @@ from collections.abc import Mapping
 TITLE_KEY = "title"
 TITLE_MAX_CHARS = 256
 _SPACES = re.compile(r"\s+")
-WORD_CHARS = "a-z0-9"  # what the served graph keeps of a title after ASCII lower-casing (training/text.py)
+WORD_CHARS = "a-z0-9"  # what the served graph keeps of a title after ASCII lower-casing (training/features/text.py)
 _WORD = re.compile(f"[{WORD_CHARS}]", re.ASCII | re.IGNORECASE)
 
 

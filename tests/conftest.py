@@ -2,7 +2,7 @@
 
 No server is mocked: the broker is Tansu, S3 is SeaweedFS, inference is tritonserver.
 The served repository holds the numpy ``trivial`` model and the tiny TensorFlow models
-built by ``training.export`` (same contract as the real VGG16 models, on a tiny backbone);
+built by ``training.serving.repository`` (same contract as the real VGG16 models, on a tiny backbone);
 a failure to build them fails the session, it never falls back to the trivial model.
 """
 
@@ -36,7 +36,7 @@ def _build_repository(repo: Path) -> str:
     """Write the served models; return the name the worker should call."""
     from deploy.local.trivial import write_trivial_repository
 
-    from training.export import build_repository, make_tiny_models
+    from training.serving.repository import build_repository, make_tiny_models
 
     write_trivial_repository(repo, name="trivial", size=(32, 32))
     models_dir = make_tiny_models(repo.parent / "tiny-models", input_size=(32, 32))

@@ -593,9 +593,9 @@ def test_served_model_names_agree_with_the_model_contract() -> None:
 
 
 def test_served_model_names_agree_with_the_repository_build() -> None:
-    """The names `autolabel models build` writes (training.export, no TensorFlow needed)
+    """The names `autolabel models build` writes (training.serving.repository, no TensorFlow needed)
     include the model the workers call, and match the contract's table."""
-    from training import export
+    from training.serving import repository as export
 
     built = export.managed_names()
     assert default_of("triton_model") in built
@@ -653,9 +653,9 @@ def test_docker_compose_config_passes() -> None:
 
 
 def test_built_configs_run_on_the_triton_that_serves_them(services: dict) -> None:
-    """Render a config.pbtxt for each compose build target (training.triton_config, no
+    """Render a config.pbtxt for each compose build target (training.serving.triton_config, no
     TensorFlow) and check the Triton serving that volume can run it."""
-    from training import triton_config as tc
+    from training.serving import triton_config as tc
 
     spec = tc.ModelSpec(
         name=default_of("triton_model") + "_probe",

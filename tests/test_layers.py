@@ -81,7 +81,7 @@ def test_no_module_or_function_is_too_long() -> None:
 
 
 def test_the_checks_can_fail() -> None:
-    bad = {"services/x.py": "import os\n\ndef f():\n    from training.export import build_repository\n",
+    bad = {"services/x.py": "import os\n\ndef f():\n    from training.serving.repository import build_repository\n",
            "services/y.py": "from deploy.local import stack\nfrom . import settings\n"}
     assert layer_violations("services", bad) == ["services/x.py:4 imports training", "services/y.py:1 imports deploy"]
     assert layer_violations("benchmarks", bad) == []

@@ -1,4 +1,4 @@
-"""The int8 guard (training/quantize.py): calibration only from the training part, enough of it,
+"""The int8 guard (training/serving/quantize.py): calibration only from the training part, enough of it,
 and a build refused (or forced, loudly) when the int8 backbone loses balanced accuracy on validation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.quantize import (
+from training.serving.quantize import (
     MIN_CALIBRATION,
     CalibrationError,
     Int8Backbone,
@@ -16,7 +16,7 @@ from training.quantize import (
     calibration_keys,
     check_calibration,
 )
-from training.split import Split
+from training.data.split import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_the_guard_refuses_photos_of_another_part(split: Split, part: str) -> No
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
     import openvino as ov
 
-    from training.export import build_repository, make_tiny_models
+    from training.serving.repository import build_repository, make_tiny_models
 
     work = tmp_path_factory.mktemp("int8")
     repo = build_repository(make_tiny_models(work / "models", input_size=(32, 32)), work / "repo", "cpu-openvino", precision="f32",

@@ -253,7 +253,7 @@ def test_the_page_says_when_a_photo_was_labeled_by_the_heads_for_other_categorie
 def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, worker_factory, review_app):
     settings, env = stack_settings
     if stack["model"] == "trivial":
-        pytest.skip("needs a second served model (training.export not importable)")
+        pytest.skip("needs a second served model (training.serving.repository not importable)")
     old = worker_factory("old", AUTOLABEL_TRITON_MODEL="trivial", **ALL_FLAGGED)
     files = collect([SAMPLES])[:5]
     summary = publish_files(settings, files, progress=False)

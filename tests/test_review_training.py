@@ -24,10 +24,10 @@ def _review(settings, event, labels: dict[str, str]) -> None:
 
 def test_train_uses_reviewed_labels_human_over_catalog(stack_settings, tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
-    from training import cli
-    from training.datasets import load
-    from training.reviewed import add_reviewed
-    from training.synthetic import make_fpi
+    from training.cli import train as cli
+    from training.data.datasets import load
+    from training.data.reviewed import add_reviewed
+    from training.data.synthetic import make_fpi
 
     settings, env = stack_settings
     data = tmp_path / "fpi"
@@ -60,7 +60,7 @@ def test_train_uses_reviewed_labels_human_over_catalog(stack_settings, tmp_path,
     assert (out / "manifest.json").is_file()
 
     # with a saved split made before the review, the reviewers' new photo joins train
-    from training.split import Split, make_split
+    from training.data.split import Split, make_split
 
     make_split(load(f"fpi:{data}", progress=False), 0, progress=False).save(tmp_path / "before.json")
     again = CliRunner().invoke(cli.train, ["--data", f"fpi:{data}", "--reviewed", "--backbone", "tiny", "--weights", "random",

@@ -3,7 +3,7 @@
 The tiny models (same contract as the served VGG16 set) are built three ways: ``cpu``
 (TensorFlow, the reference, run in process), ``cpu-openvino`` in f32 and in bf16. One
 tritonserver serves the f32 build and, beside it, the bf16 backbone behind ``autolabel_bf16``
-(training/repository_variants.py). Through Triton, on the sample photos: f32 OpenVINO gives
+(training/serving/repository_variants.py). Through Triton, on the sample photos: f32 OpenVINO gives
 TensorFlow's probabilities within 1e-4; bf16 within a bf16 tolerance and with TensorFlow's labels.
 """
 
@@ -23,7 +23,7 @@ BF16_TOL = 0.05  # bf16 keeps 8 bits of mantissa: probabilities move by up to a 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from training.export import build_repository, make_tiny_models
+    from training.serving.repository import build_repository, make_tiny_models
 
     work = tmp_path_factory.mktemp("openvino")
     tiny = make_tiny_models(work / "models", input_size=(32, 32))
@@ -62,7 +62,7 @@ def reference(built: dict[str, Path], photos: np.ndarray) -> dict[str, np.ndarra
 def test_the_openvino_repository_checks_out(built: dict[str, Path]) -> None:
     import json
 
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository_check import check_repository, parse_config
 
     repo = built["bf16"]
     assert check_repository(repo) == []
@@ -84,7 +84,7 @@ def test_the_openvino_repository_checks_out(built: dict[str, Path]) -> None:
 def test_the_check_command_accepts_the_openvino_target(built: dict[str, Path]) -> None:
     from click.testing import CliRunner
 
-    from training.export import models
+    from training.serving.repository import models
 
     r = CliRunner().invoke(models, ["check", str(built["f32"])])
     assert r.exit_code == 0 and "ok (target cpu-openvino" in r.output, r.output
@@ -97,7 +97,7 @@ def test_openvino_served_by_tritonserver_gives_tensorflows_outputs(built: dict[s
 
     from deploy.local.stack import Stack
     from services.settings import Settings
-    from training.repository_variants import add_backbone_variant
+    from training.serving.repository_variants import add_backbone_variant
 
     repo = built["f32"]
     add_backbone_variant(repo, built["bf16"], "bf16")
@@ -135,7 +135,7 @@ def test_openvino_served_by_tritonserver_gives_tensorflows_outputs(built: dict[s
 
 def test_evaluate_runs_the_openvino_repository_as_served(built: dict[str, Path], photos: np.ndarray,
                                                          reference: dict[str, np.ndarray]) -> None:
-    from training.evaluate import load_repository
+    from training.evaluation.scoring import load_repository
 
     for precision, tol in (("f32", TOL), ("bf16", BF16_TOL)):
         models = {m.task: m for m in load_repository(built[precision], TASKS)}
@@ -147,7 +147,7 @@ def test_evaluate_runs_the_openvino_repository_as_served(built: dict[str, Path],
 
 
 def test_agreement_counts_equal_labels_and_auto_accepted_ones() -> None:
-    from training.agreement import agreement
+    from training.evaluation.agreement import agreement
 
     keys = np.array(["a", "b", "c", "d"])
     y = np.array([0, 1, 1, 0])

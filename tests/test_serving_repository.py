@@ -22,14 +22,14 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.export import make_tiny_models
+    from training.serving.repository import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("serving") / "models", input_size=(32, 32))
 
 
 @pytest.fixture(scope="module")
 def repos(tiny: Path) -> dict[str, Path]:
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     return {t: build_repository(tiny, tiny.parent / f"repo-{t}", t, progress=False, log=lambda m: None) for t in ("cpu", "gpu-tf", "gpu-onnx")}
 
@@ -63,7 +63,7 @@ def params_of(config) -> dict[str, str]:
 def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], target: str) -> None:
     from tritonclient.grpc import model_config_pb2
 
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository_check import check_repository, parse_config
 
     repo = repos[target]
     assert check_repository(repo) == []
@@ -93,7 +93,7 @@ def test_every_config_parses_and_matches_its_model(repos: dict[str, Path], targe
 
 
 def test_the_check_catches_a_config_that_does_not_match(repos: dict[str, Path], tmp_path: Path) -> None:
-    from training.repository_check import check_repository
+    from training.serving.repository_check import check_repository
 
     bad = tmp_path / "bad"
     shutil.copytree(repos["cpu"], bad)
@@ -145,8 +145,8 @@ def test_onnx_models_give_tensorflows_probabilities(repos: dict[str, Path], test
 
 
 def test_tensorrt_accelerator_is_optional_and_parses(tiny: Path, tmp_path: Path) -> None:
-    from training.export import build_repository
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository, parse_config
 
     repo = build_repository(tiny, tmp_path / "trt", "gpu-onnx", tensorrt=True, progress=False, log=lambda m: None)
     assert check_repository(repo) == []
@@ -158,8 +158,8 @@ def test_a_task_that_left_the_shared_base_is_served_standalone(tiny: Path, tmp_p
     """A fine-tuned full model for one task: no head for it; the ensemble calls its model."""
     import keras
 
-    from training.export import build_repository
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository, parse_config
 
     models = tmp_path / "models"
     shutil.copytree(tiny, models)
@@ -189,8 +189,8 @@ def test_a_task_that_left_the_shared_base_is_served_standalone(tiny: Path, tmp_p
 
 
 def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, test_images: np.ndarray, repos: dict[str, Path]) -> None:
-    from training.export import build_repository
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository, parse_config
 
     repo = build_repository(tiny, tmp_path / "fused", "cpu", serving="fused", progress=False, log=lambda m: None)
     assert check_repository(repo) == []
@@ -216,7 +216,7 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
 
 
 def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_path: Path) -> None:
-    from training.export import models
+    from training.serving.repository import models
 
     runner = CliRunner()
     r = runner.invoke(models, ["build", "--models-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r0")])
@@ -236,7 +236,7 @@ def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_
 
 
 def test_build_keeps_models_it_does_not_own(tiny: Path, tmp_path: Path) -> None:
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     repo = tmp_path / "repo"
     (repo / "trivial" / "1").mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_a_title_moves_the_labels_and_no_title_keeps_the_photos_exactly(repos: d
 def test_the_bench_path_without_the_scope_gate_is_the_same_ensemble_less_one_step(repos: dict[str, Path], tmp_path: Path) -> None:
     """`bench serving --paths b,e`: path e's ensemble has every step and output of `autolabel` but the gate's."""
     from benchmarks.serving import NO_SCOPE, write_without_scope
-    from training.repository_check import check_repository, parse_config
+    from training.serving.repository_check import check_repository, parse_config
 
     repo = tmp_path / "repo"
     shutil.copytree(repos["cpu"], repo)

@@ -6,7 +6,7 @@ import numpy as np
 def test_backbone_model_saves_and_reloads(tmp_path):
     import keras
 
-    from training.backbones import BackboneSpec, build_backbone
+    from training.features.backbones import BackboneSpec, build_backbone
 
     model = build_backbone(BackboneSpec("tiny", "random", (32, 32)))
     x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)

@@ -1,11 +1,11 @@
-"""Temperature scaling, calibration error and the auto-accept threshold (training.calibration)."""
+"""Temperature scaling, calibration error and the auto-accept threshold (training.heads.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.calibration import (
+from training.heads.calibration import (
     accept_stats,
     choose_threshold,
     coverage_curve,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.datasets import DatasetError, cap_per_class, is_child_product, load, map_fpi_labels, parse_spec
-from training.synthetic import make_fpi, make_folders, make_manifest
+from training.data.datasets import DatasetError, cap_per_class, is_child_product, load, map_fpi_labels, parse_spec
+from training.data.synthetic import make_fpi, make_folders, make_manifest
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training import cli, evaluate_cli
-from training.backbones import FINE_TUNE_BLOCKS, BackboneSpec
-from training.synthetic import make_fpi
+from training.cli import evaluate as evaluate_cli, train as cli
+from training.features.backbones import FINE_TUNE_BLOCKS, BackboneSpec
+from training.data.synthetic import make_fpi
 
 VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--readout", "none", "--quiet"]
 SPEC = BackboneSpec("vgg16", "random", (32, 32))
@@ -69,7 +69,7 @@ def test_the_manifest_records_the_fine_tuning(tuned: dict) -> None:
 
 
 def test_only_the_top_block_changed(tuned: dict) -> None:
-    from training.backbones import _base
+    from training.features.backbones import _base
 
     before, _ = _base(SPEC)
     after, _ = _base(BackboneSpec("vgg16", f"file:{tuned['models'] / 'backbones' / 'style.weights.h5'}", (32, 32)))
@@ -99,9 +99,9 @@ def test_the_built_repository_serves_the_fine_tuned_backbone(tuned: dict, tmp_pa
     import keras
     import tensorflow as tf
 
-    from training.backbones import build_backbone
-    from training.export import build_repository
-    from training.repository_check import check_repository, parse_config
+    from training.features.backbones import build_backbone
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository, parse_config
 
     models: Path = tuned["models"]
     repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda m: None)
@@ -128,7 +128,7 @@ def test_the_built_repository_serves_the_fine_tuned_backbone(tuned: dict, tmp_pa
 
 
 def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, tmp_path: Path) -> None:
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     models: Path = tuned["models"]
     repo = build_repository(models, tmp_path / "repo", "cpu", progress=False, log=lambda m: None)
@@ -147,7 +147,7 @@ def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, 
 
 
 def test_a_missing_fine_tuned_backbone_says_how_to_rebuild_it(tuned: dict, tmp_path: Path) -> None:
-    from training.export import models as models_cli
+    from training.serving.repository import models as models_cli
 
     models = tmp_path / "models"
     shutil.copytree(tuned["models"], models, ignore=shutil.ignore_patterns("backbones"))  # as in a fresh clone
@@ -171,7 +171,7 @@ def test_retraining_without_fine_tuning_returns_the_task_to_the_shared_base(tune
 def test_each_cut_is_the_layer_just_below_its_blocks(name: str) -> None:
     import keras
 
-    from training.backbones import _base
+    from training.features.backbones import _base
 
     if name == "tiny":
         base, _ = _base(BackboneSpec("tiny", "random", (32, 32)))
@@ -193,7 +193,7 @@ def test_each_cut_is_the_layer_just_below_its_blocks(name: str) -> None:
 def test_top_on_cut_features_equals_the_backbone(spec: BackboneSpec) -> None:
     import keras
 
-    from training.backbones import build_backbone, build_top, cut_layer
+    from training.features.backbones import build_backbone, build_top, cut_layer
 
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     full = build_backbone(spec).predict(images, verbose=0)
@@ -221,7 +221,7 @@ def test_train_rejects_bad_fine_tuning_clearly(args: list[str], message: str) ->
 
 
 def test_the_default_cache_key_is_unchanged_and_the_cut_has_its_own(tmp_path: Path) -> None:
-    from training.features import FeatureCache
+    from training.features.cache import FeatureCache
 
     tiny = BackboneSpec("tiny", "random", (48, 48))
     plain = FeatureCache(tmp_path, tiny, "pad")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datasets import load
-from training.grouping import DEFAULT_MAX_DISTANCE, group_rows, hamming_pairs, hash_photos, photo_hash, title_key
-from training.split import PARTS, Split, group_parts, make_split
+from training.data.datasets import load
+from training.data.grouping import DEFAULT_MAX_DISTANCE, group_rows, hamming_pairs, hash_photos, photo_hash, title_key
+from training.data.split import PARTS, Split, group_parts, make_split
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FIELDS = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage", "productDisplayName"]
@@ -146,7 +146,7 @@ def test_extend_split_adds_new_rows_to_train_unless_they_copy_a_held_out_row(cat
     variant of a validation or test product, which is left out (validation and test stay unseen)."""
     from dataclasses import replace
 
-    from training.split import extend_split
+    from training.data.split import extend_split
 
     full = load(f"fpi:{catalog}", progress=False)
     originals = {r["id"] for r in _sample_rows()}

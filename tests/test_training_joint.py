@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training import cli, evaluate_cli
-from training.backbones import BackboneSpec, Readout, build_backbone
-from training.calibration import softmax
-from training.evaluate import read_config_parameters
-from training.joint import TUNED_FILE, logits_of
-from training.synthetic import make_fpi
+from training.cli import evaluate as evaluate_cli, train as cli
+from training.features.backbones import BackboneSpec, Readout, build_backbone
+from training.heads.calibration import softmax
+from training.evaluation.scoring import read_config_parameters
+from training.heads.joint import TUNED_FILE, logits_of
+from training.data.synthetic import make_fpi
 
 READOUT = "grid2:block4_pool,block5_conv3+colour"
 PLAIN = "grid2:block4_pool,block5_conv3"
@@ -88,7 +88,7 @@ def test_heads_output_the_temperature_scaled_softmax(joint: dict[str, Path]) -> 
 
 
 def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(joint: dict[str, Path]) -> None:
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     models, repo = joint["models"], joint["base"] / "repo"
     build_repository(models, repo, "cpu", progress=False, log=lambda _: None)
@@ -118,7 +118,7 @@ def test_served_repository_scores_like_the_heads_and_carries_the_thresholds(join
 
 
 def test_a_readout_without_colour_fine_tunes_and_serves_too(joint: dict[str, Path], tmp_path: Path) -> None:
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     models = tmp_path / "models"
     args = ["--data", f"fpi:{joint['data']}", *VGG, "--readout", PLAIN, "--cache-dir", str(joint["cache"]), "--out", str(models),
@@ -135,7 +135,7 @@ def test_the_onnx_build_computes_the_same_readout_and_probabilities(joint: dict[
     import onnxruntime as ort
     import tensorflow as tf
 
-    from training.export import build_repository
+    from training.serving.repository import build_repository
 
     onnx_repo = build_repository(joint["models"], joint["base"] / "repo-onnx", "gpu-onnx", progress=False, log=lambda _: None)
     tf_repo = build_repository(joint["models"], joint["base"] / "repo-tf", "gpu-tf", progress=False, log=lambda _: None)
@@ -163,8 +163,8 @@ def test_train_title_adds_the_title_and_evaluate_scores_each_input(joint: dict[s
     built repository: the photo-only scores are the heads' own; the synthetic titles name the style."""
     import shutil
 
-    from training import title_cli
-    from training.export import build_repository
+    from training.cli import addons as title_cli
+    from training.serving.repository import build_repository
 
     models = tmp_path / "models"
     shutil.copytree(joint["models"], models)
@@ -207,9 +207,9 @@ def test_train_scope_adds_the_gate_and_the_repository_serves_it(joint: dict[str,
     import csv
     import shutil
 
-    from training import title_cli
-    from training.export import build_repository
-    from training.repository_check import check_repository
+    from training.cli import addons as title_cli
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository
 
     data, models = tmp_path / "fpi", tmp_path / "models"
     shutil.copytree(joint["data"], data)
@@ -249,12 +249,12 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
     function of a task gives the other head's probabilities for the photos the gate flags, the apparel head's for the rest."""
     import keras
 
-    from training import title_cli
-    from training.evaluate import _routed_head
-    from training.export import build_repository
-    from training.repository_check import check_repository
-    from training.servables import servables
-    from training.serving_models import build_graphs, read_models
+    from training.cli import addons as title_cli
+    from training.evaluation.scoring import _routed_head
+    from training.serving.repository import build_repository
+    from training.serving.repository_check import check_repository
+    from training.serving.servables import servables
+    from training.manifest.read import build_graphs, read_models
 
     import csv
 

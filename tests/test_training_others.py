@@ -1,11 +1,11 @@
-"""The other categories' heads (training/others.py): fitted per task on the readout, served = numpy, routed to by the gate."""
+"""The other categories' heads (training/heads/others.py): fitted per task on the readout, served = numpy, routed to by the gate."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.others import OtherHead, fit_head, head_metrics, metrics_table, route_threshold, routed
+from training.heads.others import OtherHead, fit_head, head_metrics, metrics_table, route_threshold, routed
 
 
 def _clouds(k: int, seed: int = 0, n: int = 1500, dims: int = 12) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

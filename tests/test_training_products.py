@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from training.products import product_summary
+from training.evaluation.products import product_summary
 
 
 def _task(keys, probs, y, threshold):

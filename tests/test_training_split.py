@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.split import Grouping, Split, group_parts
+from training.data.split import Grouping, Split, group_parts
 
 
 def test_bad_fractions() -> None:

