@@ -33,7 +33,7 @@ COMMANDS: dict[str, str] = {
     "train-others": "training.cli.addons:train_others_command",
     "sweep": "training.cli.train:sweep",
     "evaluate": "training.cli.evaluate:evaluate",
-    "models": "training.serving.repository:models",
+    "models": "training.cli.models:models",
     "bench": "autolabel.cli:bench",
     "review": "autolabel.review:review_command",
     "relabel": "autolabel.review:relabel_command",

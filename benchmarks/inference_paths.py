@@ -159,7 +159,7 @@ class InProcess:
 
     def _openvino(self, folder: Path):  # noqa: ANN202
         """The IR compiled as the Python backend's model.py compiles it (training/serving/triton_openvino_model.py)."""
-        from training.evaluation.openvino_runtime import openvino_runner
+        from training.evaluation.runners import openvino_runner
 
         run, _, _ = openvino_runner(folder)
         return lambda image: {"features": self._tf.constant(run(image.numpy()))}

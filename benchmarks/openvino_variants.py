@@ -30,9 +30,9 @@ def label(key: str) -> str:
 def build_openvino_variants(src: Path, work: Path, repository: Path, precisions: Sequence[str], tuning: object, data: str | None,
                             force_int8: bool, quiet: bool, log: Callable[[str], None]) -> list[str]:
     """Build ``cpu-openvino`` at each precision and serve its backbone beside ``repository``'s; the variants' names."""
+    from training.manifest.read import read_models
     from training.serving.repository import build_repository
     from training.serving.repository_variants import add_backbone_variant
-    from training.manifest.read import read_models
 
     out = []
     for p in precisions:

@@ -216,8 +216,8 @@ def backlog_summary(samples: list[tuple[float, int, int]], rate: float) -> dict:
 
 
 def run_direct(repo: Path, photos: list[bytes], size: tuple[int, int], resize: str, n_images: int, batch: int) -> dict[str, float]:
-    from services.images import prepare
     from benchmarks.inference_paths import InProcess, run_batched
+    from services.images import prepare
     from services.settings import TASKS
 
     arrays = [prepare(p, size, resize) for p in photos]  # type: ignore[arg-type]
@@ -280,13 +280,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
              concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, openvino: str | None, data: str | None,
              json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
+    from benchmarks.serving import prepare_models
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
     from services.settings import Settings
     from services.storage import Storage
-    from benchmarks.serving import prepare_models
-    from training.serving.repository import build_repository
     from training.manifest.read import read_models
+    from training.serving.repository import build_repository
 
     work = Path(tempfile.mkdtemp(prefix="autolabel-bench-pipeline-"))
     models, kind = prepare_models(models_dir, work, input_size, click.echo)

@@ -290,9 +290,9 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
 def write_without_scope(repository: Path) -> Path:
     """Path e: an ensemble ``autolabel_noscope`` with the `autolabel` ensemble's steps but the scope gate's,
     in the same repository (the same step models serve both: measured side by side)."""
-    from training.serving.repository_check import parse_config
-
     from google.protobuf import text_format
+
+    from training.serving.repository_check import parse_config
 
     cfg = parse_config(repository / "autolabel" / "config.pbtxt")
     if cfg.platform != "ensemble" or not any(s.model_name == "scope_head" for s in cfg.ensemble_scheduling.step):

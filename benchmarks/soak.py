@@ -35,7 +35,6 @@ from benchmarks.outcomes import LagReader, outcomes
 from benchmarks.stats import percentile
 from deploy.local.processes import WorkerProcess
 
-
 # --- the runs --------------------------------------------------------------------------
 
 

@@ -24,10 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from services.images import prepare
+from training.data.synthetic import photo
 from training.features.backbones import BackboneSpec, build_backbone
 from training.features.cache import FeatureCache, extract
 from training.heads.keras_heads import STUDY_CHAMPIONS, HeadConfig, build_head, make_optimizer, train_head
-from training.data.synthetic import photo
 
 TASK_CLASSES = {"style": 3, "gender": 2, "season": 3}
 

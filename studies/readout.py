@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.features.backbones import BackboneSpec, _base
-from training.features.colour import COLOUR
 from training.data.datasets import load
-from training.features.cache import DEFAULT_CACHE_DIR, FeatureCache, extract_paths
-from training.heads.metrics import classification_metrics
 from training.data.split import Split
+from training.features.backbones import BackboneSpec, base_model
+from training.features.cache import DEFAULT_CACHE_DIR, FeatureCache, extract_paths
+from training.features.colour import COLOUR
+from training.heads.metrics import classification_metrics
 
 CUT = "block4_pool"
 VARIANTS = {  # name -> the blocks of features it concatenates
@@ -40,7 +40,7 @@ def readout_blocks(spec: BackboneSpec, cache: FeatureCache, digests: list[str], 
     """Every candidate block of features for ``digests``, from the maps cached at the cut."""
     import keras
 
-    base, _ = _base(spec)
+    base, _ = base_model(spec)
     names = [layer.name for layer in base.layers]
     cut_in = keras.Input(shape=tuple(int(d) for d in base.get_layer(CUT).output.shape[1:]))
     x, maps = cut_in, {}

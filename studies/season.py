@@ -149,13 +149,13 @@ def _learning_curve(x: object, tr: np.ndarray, va: np.ndarray, y: np.ndarray, im
 def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None = None) -> str:
     from sklearn.metrics import balanced_accuracy_score
 
-    from training.features.backbones import cut_layer
     from training.data.datasets import load
+    from training.data.split import Split
+    from training.features.backbones import cut_layer
+    from training.features.text import present_buckets, tfidf
     from training.heads.joint import cut_features
     from training.manifest.read import read_models
-    from training.data.split import Split
-    from training.features.text import present_buckets, tfidf
-    from training.heads.title import image_logits
+    from training.steps.train_title import image_logits
 
     kind, _, path = data.partition(":")
     if kind != "fpi":

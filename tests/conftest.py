@@ -35,8 +35,8 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _build_repository(repo: Path) -> str:
     """Write the served models; return the name the worker should call."""
     from deploy.local.trivial import write_trivial_repository
-
-    from training.serving.repository import build_repository, make_tiny_models
+    from training.serving.repository import build_repository
+    from training.manifest.untrained import make_tiny_models
 
     write_trivial_repository(repo, name="trivial", size=(32, 32))
     models_dir = make_tiny_models(repo.parent / "tiny-models", input_size=(32, 32))
@@ -70,8 +70,8 @@ def stack(stack_dir: Path) -> Iterator[dict[str, object]]:
 @pytest.fixture()
 def stack_settings(stack: dict[str, object]):
     """Settings pointing at the session stack, with fresh topics and group for this test."""
-    from services.settings import Settings
     from benchmarks.harness import isolated_env
+    from services.settings import Settings
     from services.topics import ensure_topics
 
     suffix = uuid.uuid4().hex[:8]

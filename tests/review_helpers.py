@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from conftest import wait_for
 from kafka import KafkaProducer
 
-from conftest import wait_for
+from autolabel.review import ReviewProcess
 from deploy.local.processes import free_ports
 from services.events import ImageLocation, ModelInfo, ProductLabeled, TaskLabel
-from autolabel.review import ReviewProcess
 from services.storage import Storage
 
 TOKENS = {"alice": "tok-alice-7c1f", "bob": "tok-bob-29ae"}

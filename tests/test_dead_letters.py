@@ -23,8 +23,7 @@ from pydantic import ValidationError
 
 from services.dead_letters import MAX_KEY_CHARS, build_dead_letter
 from services.errors import BadInput, TransientError, classify_publish_error
-from services.events import DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductLabeled, S3Location, TaskLabel
-from services.events import RawMessage
+from services.events import DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductLabeled, RawMessage, S3Location, TaskLabel
 from services.output import Output
 from services.retry import Retry
 from services.settings import Settings

@@ -17,7 +17,6 @@ from pathlib import Path
 import promql_parser as promql
 import pytest
 import yaml
-
 from settings_helpers import default_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 from pydantic import SecretStr
+from settings_helpers import default_of, field_of
 
 from services.settings import ENV_PREFIX, TASKS, Settings
-from settings_helpers import default_of, field_of
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

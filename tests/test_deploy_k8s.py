@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from settings_helpers import default_of, field_of
 
 from services.settings import ENV_PREFIX, Settings
-from settings_helpers import default_of, field_of
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"

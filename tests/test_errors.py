@@ -9,7 +9,13 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from tritonclient.utils import InferenceServerException
 
 from services.errors import (
-    BadInput, InferenceError, ModelMissing, TransientError, classify_s3_error, classify_triton_error, s3_outage,
+    BadInput,
+    InferenceError,
+    ModelMissing,
+    TransientError,
+    classify_s3_error,
+    classify_triton_error,
+    s3_outage,
     transient_http_status,
 )
 from services.events import ErrorCode

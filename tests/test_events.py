@@ -4,7 +4,15 @@ import pytest
 from pydantic import ValidationError
 
 from services.events import (
-    DeadLetter, ErrorCode, ImageLocation, ModelInfo, ProductImageUploaded, ProductLabeled, S3Location, TaskLabel, label_key,
+    DeadLetter,
+    ErrorCode,
+    ImageLocation,
+    ModelInfo,
+    ProductImageUploaded,
+    ProductLabeled,
+    S3Location,
+    TaskLabel,
+    label_key,
 )
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.processes import WorkerProcess
 from benchmarks.harness import Feeder, LocalStack, upload_images
 from benchmarks.outcomes import Outcome, enable_versioning, outcomes
+from deploy.local.processes import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(900)]
 

@@ -2,11 +2,11 @@ import io
 
 import numpy as np
 import pytest
+from corpus import bad_images, hard_but_valid_images, sample_jpeg
 from PIL import Image
 
-from corpus import bad_images, hard_but_valid_images, sample_jpeg
-from services.events import ErrorCode
 from services.errors import BadInput
+from services.events import ErrorCode
 from services.images import ImageLimits, decode, prepare, resize
 
 

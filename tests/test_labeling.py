@@ -102,8 +102,8 @@ def test_with_heads_for_other_categories_an_out_of_scope_label_is_judged_by_thei
 
 def test_the_labels_table_says_when_a_photo_was_out_of_scope() -> None:
     from autolabel.labels import format_row
-    from services.labeling import with_scope
     from services.events import ImageLocation, ModelInfo, ProductLabeled, S3Location, ScopeCheck
+    from services.labeling import with_scope
 
     classes = {"style": ("casual", "formal", "sports"), "gender": ("men", "women"), "season": ("spring-fall", "summer", "winter")}
     probs = {"style": np.array([[0.9, 0.05, 0.05]]), "gender": np.array([[0.99, 0.01]]), "season": np.array([[0.2, 0.7, 0.1]])}

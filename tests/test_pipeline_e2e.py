@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
-
 from conftest import SAMPLES, wait_for
 from corpus import bad_images, hard_but_valid_images
+from kafka import KafkaProducer
+
 from services.events import DeadLetter, ErrorCode, ImageLocation, ProductImageUploaded, ProductLabeled, S3Location
-from services.topics import read_labels
 from services.publisher import collect, publish_files
 from services.storage import Storage
-from services.topics import read_topic
+from services.topics import read_labels, read_topic
 
 pytestmark = pytest.mark.stack
 

@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLES
 
 EXAMPLES = ROOT / "examples"

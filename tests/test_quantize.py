@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.data.split import Split
 from training.serving.quantize import (
     MIN_CALIBRATION,
     CalibrationError,
@@ -16,7 +17,6 @@ from training.serving.quantize import (
     calibration_keys,
     check_calibration,
 )
-from training.data.split import Split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,8 @@ def test_the_guard_refuses_photos_of_another_part(split: Split, part: str) -> No
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):
     import openvino as ov
 
-    from training.serving.repository import build_repository, make_tiny_models
+    from training.serving.repository import build_repository
+    from training.manifest.untrained import make_tiny_models
 
     work = tmp_path_factory.mktemp("int8")
     repo = build_repository(make_tiny_models(work / "models", input_size=(32, 32)), work / "repo", "cpu-openvino", precision="f32",

@@ -3,24 +3,23 @@ ProductLabelsReviewed + human labels in the S3 record; restarts; access control;
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
-import io
 from datetime import timedelta
 
 import httpx
 import pytest
+from conftest import ROOT, SAMPLES, wait_for
 from kafka import KafkaProducer
 from PIL import Image
-
-from conftest import ROOT, SAMPLES, wait_for
 from review_helpers import csrf_of, flagged_event, review_apps, send_flagged
+
 from services.events import ProductLabeled, ProductLabelsReviewed
-from services.topics import read_labels
 from services.publisher import collect, publish_files
 from services.storage import Storage
-from services.topics import read_topic
+from services.topics import read_labels, read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -304,9 +303,9 @@ def test_relabel_with_a_new_model_keeps_human_labels(stack, stack_settings, work
 def test_demo_keep_running_starts_the_review_app_with_the_stack(stack, monkeypatch):
     """`autolabel demo --keep-running` ends with the review app up, a URL and a token that
     works; the stack's state lists it, so `autolabel stack down` stops it too."""
+    from autolabel.review import start_for_demo
     from deploy.local.processes import free_ports, pid_alive, stop_pid
     from deploy.local.stack import Stack
-    from autolabel.review import start_for_demo
     from services.settings import load_settings
 
     for k, v in stack["env"].items():

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
-
 from conftest import SAMPLES
+from hypothesis import HealthCheck, given, settings
 from review_helpers import TOKENS, ReviewApp, flagged_event, send_flagged
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 pytestmark = pytest.mark.stack
 

@@ -23,11 +23,11 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from conftest import SAMPLES, wait_for
 from kafka import KafkaProducer
 from PIL import Image
-
-from conftest import SAMPLES, wait_for
 from review_helpers import TOKENS, ReviewApp, csrf_of, flagged_event, send_flagged
+
 from services.events import ImageLocation, ProductLabelsReviewed, S3Location
 from services.review.queue import ReviewQueue
 from services.storage import Storage

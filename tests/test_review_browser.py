@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES, wait_for
 from review_helpers import TOKENS, flagged_event, review_apps, send_flagged
+
 from services.events import ImageLocation, ProductLabelsReviewed, S3Location
 from services.storage import Storage
 from services.topics import read_topic

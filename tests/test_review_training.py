@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SAMPLES
 from review_helpers import flagged_event, send_flagged
+
 from services.events import HumanLabel
 from services.storage import Storage
 

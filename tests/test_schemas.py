@@ -9,9 +9,9 @@ import subprocess
 import sys
 from typing import Literal
 
+from conftest import ROOT
 from pydantic import BaseModel
 
-from conftest import ROOT
 from services import schemas
 
 

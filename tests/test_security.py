@@ -21,11 +21,10 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from services.errors import BadInput, TransientError
 from services.events import ErrorCode, ImageLocation, ProductImageUploaded, S3Location, label_key
-from services.errors import BadInput
 from services.settings import Settings
 from services.sources import check_url, fetch_url
-from services.errors import TransientError
 from services.storage import image_key
 
 # --- S3 keys derived from product ids ---------------------------------------------------
@@ -322,13 +321,12 @@ def test_workers_never_log_or_dead_letter_credentials(stack_settings, worker_fac
     nor the access key id, shows up in their output or in any dead-letter record."""
     import time
 
+    from conftest import SAMPLES, STACK_S3_ACCESS_KEY_ID, STACK_S3_SECRET_ACCESS_KEY, wait_for
     from kafka import KafkaProducer
 
-    from conftest import SAMPLES, STACK_S3_ACCESS_KEY_ID, STACK_S3_SECRET_ACCESS_KEY, wait_for
     from services.events import DeadLetter
-    from services.topics import read_labels
     from services.storage import Storage
-    from services.topics import read_topic
+    from services.topics import read_labels, read_topic
 
     settings, _ = stack_settings
     secrets = [STACK_S3_SECRET_ACCESS_KEY, STACK_S3_ACCESS_KEY_ID, SASL_PASSWORD, WRONG_S3_SECRET]

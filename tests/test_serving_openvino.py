@@ -23,7 +23,8 @@ BF16_TOL = 0.05  # bf16 keeps 8 bits of mantissa: probabilities move by up to a 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from training.serving.repository import build_repository, make_tiny_models
+    from training.serving.repository import build_repository
+    from training.manifest.untrained import make_tiny_models
 
     work = tmp_path_factory.mktemp("openvino")
     tiny = make_tiny_models(work / "models", input_size=(32, 32))
@@ -84,7 +85,7 @@ def test_the_openvino_repository_checks_out(built: dict[str, Path]) -> None:
 def test_the_check_command_accepts_the_openvino_target(built: dict[str, Path]) -> None:
     from click.testing import CliRunner
 
-    from training.serving.repository import models
+    from training.cli.models import models
 
     r = CliRunner().invoke(models, ["check", str(built["f32"])])
     assert r.exit_code == 0 and "ok (target cpu-openvino" in r.output, r.output
@@ -135,7 +136,7 @@ def test_openvino_served_by_tritonserver_gives_tensorflows_outputs(built: dict[s
 
 def test_evaluate_runs_the_openvino_repository_as_served(built: dict[str, Path], photos: np.ndarray,
                                                          reference: dict[str, np.ndarray]) -> None:
-    from training.evaluation.scoring import load_repository
+    from training.evaluation.served import load_repository
 
     for precision, tol in (("f32", TOL), ("bf16", BF16_TOL)):
         models = {m.task: m for m in load_repository(built[precision], TASKS)}

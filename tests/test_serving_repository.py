@@ -22,7 +22,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.serving.repository import make_tiny_models
+    from training.manifest.untrained import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("serving") / "models", input_size=(32, 32))
 
@@ -216,7 +216,7 @@ def test_fused_serving_is_one_multi_output_model(tiny: Path, tmp_path: Path, tes
 
 
 def test_cli_build_says_which_weights_and_refuses_without_heads(tiny: Path, tmp_path: Path) -> None:
-    from training.serving.repository import models
+    from training.cli.models import models
 
     runner = CliRunner()
     r = runner.invoke(models, ["build", "--models-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r0")])

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from training.data.augment import apply, augmented_key, balance_plan, draw_params
-from training.heads.keras_heads import class_weights
 from training.data.synthetic import photo
+from training.heads.keras_heads import class_weights
 
 
 def test_copies_are_deterministic_and_differ_from_each_other() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.data.datasets import DatasetError, cap_per_class, is_child_product, load, map_fpi_labels, parse_spec
-from training.data.synthetic import make_fpi, make_folders, make_manifest
+from training.data.synthetic import make_folders, make_fpi, make_manifest
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training.cli import evaluate as evaluate_cli, train as cli
-from training.serving.repository import build_repository
+from training.cli import evaluate as evaluate_cli
+from training.cli import train as cli
 from training.data.synthetic import make_fpi
+from training.serving.repository import build_repository
 
 
 def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_export_build_evaluate_matches_the_heads(tmp_path: Path) -> None:
 def test_evaluate_reports_the_served_scope_gate_per_category(tmp_path: Path) -> None:
     """`autolabel evaluate` runs the repository's scope_head in the same backbone pass and says, per
     category, which share of the photos the gate sends to review whole (at the served threshold)."""
-    from training.serving.repository import make_tiny_models
+    from training.manifest.untrained import make_tiny_models
 
     data = tmp_path / "fpi"
     make_fpi(data, n_per_combo=1)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.data.synthetic import photo
 from training.features.backbones import BackboneSpec
 from training.features.cache import FeatureCache, extract_paths
-from training.data.synthetic import photo
 
 SPEC = BackboneSpec("tiny", "random", (48, 48))
 

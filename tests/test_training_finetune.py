@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training.cli import evaluate as evaluate_cli, train as cli
-from training.features.backbones import FINE_TUNE_BLOCKS, BackboneSpec
+from training.cli import evaluate as evaluate_cli
+from training.cli import train as cli
 from training.data.synthetic import make_fpi
+from training.features.backbones import FINE_TUNE_BLOCKS, BackboneSpec
 
 VGG = ["--backbone", "vgg16", "--weights", "random", "--input-size", "32", "--readout", "none", "--quiet"]
 SPEC = BackboneSpec("vgg16", "random", (32, 32))
@@ -69,10 +70,10 @@ def test_the_manifest_records_the_fine_tuning(tuned: dict) -> None:
 
 
 def test_only_the_top_block_changed(tuned: dict) -> None:
-    from training.features.backbones import _base
+    from training.features.backbones import base_model
 
-    before, _ = _base(SPEC)
-    after, _ = _base(BackboneSpec("vgg16", f"file:{tuned['models'] / 'backbones' / 'style.weights.h5'}", (32, 32)))
+    before, _ = base_model(SPEC)
+    after, _ = base_model(BackboneSpec("vgg16", f"file:{tuned['models'] / 'backbones' / 'style.weights.h5'}", (32, 32)))
     changed = set()
     for a, b in zip(before.layers, after.layers, strict=True):
         for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
@@ -147,7 +148,7 @@ def test_evaluate_scores_the_served_fine_tuned_task_like_the_heads(tuned: dict, 
 
 
 def test_a_missing_fine_tuned_backbone_says_how_to_rebuild_it(tuned: dict, tmp_path: Path) -> None:
-    from training.serving.repository import models as models_cli
+    from training.cli.models import models as models_cli
 
     models = tmp_path / "models"
     shutil.copytree(tuned["models"], models, ignore=shutil.ignore_patterns("backbones"))  # as in a fresh clone
@@ -171,10 +172,10 @@ def test_retraining_without_fine_tuning_returns_the_task_to_the_shared_base(tune
 def test_each_cut_is_the_layer_just_below_its_blocks(name: str) -> None:
     import keras
 
-    from training.features.backbones import _base
+    from training.features.backbones import base_model
 
     if name == "tiny":
-        base, _ = _base(BackboneSpec("tiny", "random", (32, 32)))
+        base, _ = base_model(BackboneSpec("tiny", "random", (32, 32)))
     else:
         cls = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
                "efficientnetb7": keras.applications.EfficientNetB7}[name]

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from training.cli import evaluate as evaluate_cli, train as cli
+from training.cli import evaluate as evaluate_cli
+from training.cli import train as cli
+from training.data.synthetic import make_fpi
+from training.evaluation.runners import read_config_parameters
 from training.features.backbones import BackboneSpec, Readout, build_backbone
 from training.heads.calibration import softmax
-from training.evaluation.scoring import read_config_parameters
-from training.heads.joint import TUNED_FILE, logits_of
-from training.data.synthetic import make_fpi
+from training.heads.joint import logits_of
+from training.manifest.write import TUNED_FILE
 
 READOUT = "grid2:block4_pool,block5_conv3+colour"
 PLAIN = "grid2:block4_pool,block5_conv3"
@@ -247,16 +249,17 @@ def test_train_scope_adds_the_gate_and_the_repository_serves_it(joint: dict[str,
 def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, tmp_path: Path) -> None:
     """`autolabel train-others` after train-scope: a head per task for the Footwear rows, and every served
     function of a task gives the other head's probabilities for the photos the gate flags, the apparel head's for the rest."""
+    import csv
+
     import keras
 
     from training.cli import addons as title_cli
-    from training.evaluation.scoring import _routed_head
+    from training.evaluation.served import routed_head
+    from training.manifest.read import read_models
+    from training.serving.graphs import build_graphs
     from training.serving.repository import build_repository
     from training.serving.repository_check import check_repository
     from training.serving.servables import servables
-    from training.manifest.read import build_graphs, read_models
-
-    import csv
 
     with (data / "styles.csv").open(newline="") as f:  # two rows in three Footwear: enough of each class in validation
         rows = list(csv.DictReader(f))
@@ -308,5 +311,5 @@ def _train_others_and_serve_the_mixture(data: Path, models: Path, cache: Path, t
         assert np.allclose(np.asarray(head_out), want, atol=1e-5)  # no title: the apparel head's own, or the other head's
         assert np.allclose(np.asarray(served[task].fn(images)["probs"]), want, atol=1e-5)  # standalone: the same
         assert np.allclose(np.asarray(fused[task]), want, atol=1e-5)  # fused: the same
-        from_heads = _routed_head(keras.models.load_model(models / _manifest(models)["tasks"][task]["head"]), read_models(models), task)
+        from_heads = routed_head(keras.models.load_model(models / _manifest(models)["tasks"][task]["head"]), read_models(models), task)
         assert np.allclose(from_heads.predict_on_batch(np.asarray(feats)), want, atol=1e-5)  # evaluate --from-heads: the same

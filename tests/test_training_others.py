@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.heads.others import OtherHead, fit_head, head_metrics, metrics_table, route_threshold, routed
+from training.heads.others import OtherHead, fit_head, head_metrics, route_threshold
+from training.serving.servables import routed
+from training.steps.train_others import metrics_table
 
 
 def _clouds(k: int, seed: int = 0, n: int = 1500, dims: int = 12) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

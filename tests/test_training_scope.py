@@ -51,7 +51,7 @@ def test_an_unseparable_gate_flags_no_more_than_its_budget() -> None:
 def test_a_retraining_says_how_to_refit_the_gate(tmp_path) -> None:
     import json
 
-    from training.heads.scope import previous_gate
+    from training.steps.train_scope import previous_gate
 
     assert previous_gate(tmp_path) is None  # no models yet
     (tmp_path / "manifest.json").write_text(json.dumps({"tasks": {}}))
@@ -65,7 +65,7 @@ def test_a_retraining_says_how_to_refit_the_gate(tmp_path) -> None:
 def test_a_part_without_both_kinds_of_photo_is_refused_and_an_empty_share_printed_as_a_dash() -> None:
     import pytest
 
-    from training.heads.scope import metrics_table
+    from training.steps.train_scope import metrics_table
 
     x, out, parts, _ = _data(3, n=300)
     only_in = parts | {"val": np.array([i for i in parts["val"] if not out[i]])}

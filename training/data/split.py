@@ -8,6 +8,8 @@ photos, titles, keys and seed (not on the row order) and is saved so later runs 
 
 from __future__ import annotations
 
+from training.data.datasets import Sample
+
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -151,3 +153,17 @@ def extend_split(split: Split, dataset: Dataset, max_distance: int = DEFAULT_MAX
         extra = [s.key for s in (dataset.labeled(task) if task in dataset.tasks else []) if s.key in keep]
         tasks[task] = {**parts, "train": tuple(sorted({*parts["train"], *extra}))}
     return Split(split.seed, split.fractions, tasks, split.grouping), Extension(len(keep), len(new) - len(keep))
+
+
+def in_scope(sample: Sample, scope: str) -> bool:
+    """The headline rows: Apparel of Men/Women products (what the taxonomy describes) for
+    ``apparel-mw``, every row for ``all``. Rows without catalog facts (manifest, folders)
+    are in every scope."""
+    if scope == "all" or not sample.meta.get("category"):
+        return True
+    return sample.meta.get("category") == "Apparel" and sample.meta.get("catalog_gender") in ("Men", "Women")
+
+
+def category_of(sample: Sample) -> str:
+    cat = sample.meta.get("category") or "(none)"
+    return f"Apparel ({sample.meta.get('catalog_gender') or '?'})" if cat == "Apparel" else cat

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from training.features.colour import COLOUR, ColourHistogram
 
@@ -165,7 +166,7 @@ def top_block_prefixes(name: str, blocks: int) -> tuple[str, ...]:
     return tuple(p for prefixes, _ in FINE_TUNE_BLOCKS[name][:blocks] for p in prefixes)
 
 
-def _base(spec: BackboneSpec):  # noqa: ANN202 - (keras.Model, preprocess: tensor -> tensor)
+def base_model(spec: BackboneSpec) -> tuple[Any, Any]:
     """The keras.applications (or tiny) model without top, its weights loaded, and its preprocessing."""
     import keras
     from keras import applications as apps
@@ -253,7 +254,7 @@ def build_backbone(spec: BackboneSpec, output_layer: str | None = None):  # noqa
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     if output_layer == COLOUR:
         return keras.Model(inputs, ColourHistogram(name=COLOUR)(x), name=f"{spec.name}_colour")
-    base, pre = _base(spec)
+    base, pre = base_model(spec)
     if output_layer is not None:
         base = keras.Model(base.input, base.get_layer(output_layer).output, name=f"{base.name}_to_{output_layer}")
     elif spec.readout is not None:
@@ -299,7 +300,7 @@ def build_readout_top(spec: BackboneSpec, cut: str, base=None):  # noqa: ANN001,
     if readout is None:
         raise ValueError("build_readout_top needs a BackboneSpec with a readout")
     if base is None:
-        base, _ = _base(spec)
+        base, _ = base_model(spec)
         base.trainable = False
     cut_in = keras.Input(shape=tuple(int(d) for d in base.get_layer(cut).output.shape[1:]), name="cut_features")
     names = [layer.name for layer in base.layers]
@@ -335,7 +336,7 @@ def build_top(spec: BackboneSpec, blocks: int):  # noqa: ANN201 - (keras.Model, 
 
     cut = cut_layer(spec.name, blocks)
     prefixes = top_block_prefixes(spec.name, blocks)
-    base, _ = _base(spec)
+    base, _ = base_model(spec)
     names = [layer.name for layer in base.layers]
     above = names[names.index(cut) + 1 :]
     stray = [n for n in above if not n.startswith(prefixes)]

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from training.data.datasets import Dataset, Sample
+from training.data.split import PARTS, Split
 from training.features.backbones import BackboneSpec, build_readout_top
 from training.features.colour import COLOUR
+from training.features.readout import Features, top_inputs, cut_features
 from training.heads.calibration import (
     DEFAULT_TARGET_PRECISION,
     Threshold,
@@ -40,11 +43,8 @@ from training.heads.calibration import (
     fit_temperature,
     softmax,
 )
-from training.data.datasets import Dataset, Sample
-from training.features.cache import FeatureCache, extract_paths
-from training.heads.keras_heads import History, _fit, class_weights, make_optimizer
+from training.heads.keras_heads import History, fit_model, class_weights, make_optimizer
 from training.heads.metrics import classification_metrics
-from training.data.split import PARTS, Split
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,6 @@ class JointConfig:
 
 
 @dataclass
-class Features:
-    """Per sample (readable photos only): the cut maps (float16, only when fine-tuning), colour, readout."""
-
-    samples: list[Sample]
-    colour: np.ndarray
-    readout: np.ndarray
-    maps: np.ndarray | None = None
-
-
-@dataclass
 class TaskOutcome:
     task: str
     classes: tuple[str, ...]
@@ -85,59 +75,6 @@ class TaskOutcome:
     history: History
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # part -> classification metrics (+ calibration)
     n_train: int = 0
-
-
-def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any, keep_maps: bool, progress: bool = True) -> Features:
-    """Readout vectors of every readable sample from the cut cache (computing what it lacks).
-
-    The frozen readout vectors are cached too (a rerun of the heads then reads 4k numbers a
-    photo instead of running block5 again); the cut maps are read only when they are needed."""
-    paths, digests = [s.path for s in dataset.samples], [s.digest for s in dataset.samples]
-    colour_cache = FeatureCache(cache_dir, replace(spec, tuned=""), "pad", COLOUR)  # pixels only: no tuned layers in it
-    colour, ok_c, _ = extract_paths(paths, digests, colour_cache, progress=progress)
-    readout_cache = FeatureCache(cache_dir, spec, "pad")
-    have = readout_cache.keys()
-    if not keep_maps and have >= {d for d, ok in zip(digests, ok_c) if ok}:
-        keep = np.nonzero(ok_c)[0]
-        vectors = np.stack([readout_cache.get(digests[i]) for i in keep])
-        return Features([dataset.samples[i] for i in keep], colour[keep], vectors)
-    # the cut lies below the fine-tuned top block: its maps do not depend on the tuned layers
-    cut_cache = FeatureCache(cache_dir, replace(spec, tuned=""), "pad", cut)
-    cached = cut_cache.keys()
-    todo = [i for i, d in enumerate(digests) if d not in cached]
-    if todo:  # compute and cache the missing maps; all maps are then read shard by shard (too big to hold at once)
-        extract_paths([paths[i] for i in todo], [digests[i] for i in todo], cut_cache, progress=progress, collect=False)
-    top = build_readout_top(spec, cut)
-    row = {d: i for i, d in enumerate(digests)}
-    readout = np.zeros((len(digests), int(top.output.shape[-1])), np.float32)
-    maps: np.ndarray | None = None
-    seen = np.zeros(len(digests), bool)
-    bar = tqdm(total=len(digests), desc=f"readout from cached {cut}", unit="img", disable=not progress)
-    for shard_digests, feats in cut_cache.shards():
-        pairs = [(j, row[d]) for j, d in enumerate(shard_digests) if d in row and not seen[row[d]]]
-        if not pairs:
-            continue
-        js, idx = [j for j, _ in pairs], [i for _, i in pairs]
-        readout[idx] = top.predict(_top_inputs(spec, feats[js], colour[idx]), batch_size=64, verbose=0)
-        if keep_maps:
-            if maps is None:
-                maps = np.zeros((len(digests), *feats.shape[1:]), np.float16)
-            maps[idx] = feats[js]
-        seen[idx] = True
-        bar.update(len(idx))
-    bar.close()
-    ok = ok_c & seen
-    keep = np.nonzero(ok)[0]
-    fresh = [i for i in keep if digests[i] not in have]
-    for start in range(0, len(fresh), 4096):
-        part = fresh[start : start + 4096]
-        readout_cache.put([digests[i] for i in part], readout[part])
-    return Features([dataset.samples[i] for i in keep], colour[keep], readout[keep], None if maps is None else maps[keep])
-
-
-def _top_inputs(spec: BackboneSpec, maps: Any, colour: Any) -> list[Any]:
-    """The inputs of :func:`build_readout_top`'s model: the cut maps, and the colour features if read out."""
-    return [maps, colour] if spec.readout is not None and spec.readout.colour else [maps]
 
 
 def _labels(samples: Sequence[Sample], task: str, classes: Sequence[str]) -> np.ndarray:
@@ -205,7 +142,7 @@ def train_heads(feats: Features, dataset: Dataset, split: Split, cfg: JointConfi
         head = build_head(x.shape[1], len(classes), cfg, x[tr].mean(0), x[tr].var(0) + 1e-6, f"{task}_head")
         head.compile(optimizer=make_optimizer("adam", cfg.learning_rate), loss="sparse_categorical_crossentropy",
                      metrics=["accuracy"])
-        hist = _fit(head, x[tr], y[tr], x[va], y[va], cfg.epochs, cfg.batch_size, class_weights(y[tr], len(classes)),
+        hist = fit_model(head, x[tr], y[tr], x[va], y[va], cfg.epochs, cfg.batch_size, class_weights(y[tr], len(classes)),
                     True, f"train {task} head", progress)
         heads[task] = (head, hist)
     return heads
@@ -229,9 +166,9 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     tasks = list(heads)
     maps_in = keras.Input(shape=feats.maps.shape[1:], dtype="float16", name="cut_maps")
     colour_in = keras.Input(shape=(feats.colour.shape[1],), name=COLOUR)
-    vec = top(_top_inputs(spec, keras.layers.Activation("linear", dtype="float32", name="to_float32")(maps_in), colour_in))
+    vec = top(top_inputs(spec, keras.layers.Activation("linear", dtype="float32", name="to_float32")(maps_in), colour_in))
     outputs = {t: heads[t][0](vec) for t in tasks}
-    model = keras.Model(_top_inputs(spec, maps_in, colour_in), outputs, name="joint_fine_tune")
+    model = keras.Model(top_inputs(spec, maps_in, colour_in), outputs, name="joint_fine_tune")
     keras.utils.set_random_seed(cfg.seed)
     model.compile(optimizer=make_optimizer("adam", cfg.fine_tune_lr), loss={t: "sparse_categorical_crossentropy" for t in tasks})
 
@@ -254,7 +191,7 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
 
     def data(idx: np.ndarray, part: str):  # noqa: ANN202
         sw = {t: weights[t][part][idx] for t in tasks}
-        return _top_inputs(spec, feats.maps[idx], feats.colour[idx]), {t: labels[t][idx] for t in tasks}, sw
+        return top_inputs(spec, feats.maps[idx], feats.colour[idx]), {t: labels[t][idx] for t in tasks}, sw
 
     x_tr, y_tr, w_tr = data(tr, "train")
     x_va, y_va, w_va = data(va, "val")
@@ -327,7 +264,7 @@ def train_joint(dataset: Dataset, split: Split, spec: BackboneSpec, cfg: JointCo
         base, ft_hist = fine_tune_jointly(feats, dataset, split, spec, cut, heads, cfg, progress)
         top = build_readout_top(spec, cut, base)
         feats.readout = np.concatenate([
-            np.asarray(top.predict_on_batch(_top_inputs(spec, feats.maps[i : i + 64].astype(np.float32), feats.colour[i : i + 64])))
+            np.asarray(top.predict_on_batch(top_inputs(spec, feats.maps[i : i + 64].astype(np.float32), feats.colour[i : i + 64])))
             for i in range(0, len(feats.samples), 64)
         ])
         feats.maps = None
@@ -335,55 +272,3 @@ def train_joint(dataset: Dataset, split: Split, spec: BackboneSpec, cfg: JointCo
     return JointResult(spec, outcomes, base, ft_hist, len(feats.samples), time.perf_counter() - started)
 
 
-TUNED_FILE = "backbone/tuned-layers.npz"  # under the models folder: only the fine-tuned layers (committed)
-
-
-def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data_source: str, command: str) -> Any:
-    """heads/<task>.keras (calibrated), the tuned layers if any, and manifest.json (docs/model-repository.md)."""
-    import json
-    from pathlib import Path
-
-    from training.features.backbones import save_tuned_layers, top_block_prefixes
-    from training.heads.per_task import MANIFEST_FORMAT, git_version, save_head
-
-    out_dir = Path(out_dir)
-    (out_dir / "heads").mkdir(parents=True, exist_ok=True)
-    spec = result.spec
-    tuned = out_dir / TUNED_FILE
-    if result.base is not None:
-        save_tuned_layers(result.base, top_block_prefixes(spec.name, 1), tuned)
-        spec = replace(spec, tuned=TUNED_FILE)
-    elif tuned.is_file():
-        tuned.unlink()
-    tasks: dict[str, Any] = {}
-    for t, o in result.outcomes.items():
-        save_head(o.head, out_dir / "heads" / f"{t}.keras")
-        tasks[t] = {
-            "classes": list(o.classes),
-            "head": f"heads/{t}.keras",
-            "hidden": list(cfg.hidden), "dropout": cfg.dropout, "optimizer": "adam", "learning_rate": cfg.learning_rate,
-            "epochs": cfg.epochs, "kept_epoch": o.history.best_epoch, "balance": "class_weight",
-            "calibration": {"method": "temperature", "temperature": round(o.temperature, 6),
-                            "ece_val": o.metrics["val"]["ece"], "ece_val_uncalibrated": o.metrics["val"]["ece_uncalibrated"]},
-            "threshold": o.threshold.to_dict() | {"chosen_on": "val"},
-            "trained_on": {"data": data_source, "train_rows": o.n_train},
-            "metrics": {p: {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n", "ece")} | {"auto_accept": m["auto_accept"]}
-                        for p, m in o.metrics.items() if p in ("val", "test")},
-        }
-    ft = None
-    if result.fine_tune_history is not None:
-        h = result.fine_tune_history
-        ft = {"layers": [f"{p}*" for p in top_block_prefixes(spec.name, 1)], "epochs": cfg.fine_tune_epochs,
-              "learning_rate": cfg.fine_tune_lr, "kept_epoch": h.best_epoch, "val_loss": h.val_loss, "jointly": list(result.outcomes)}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "model_version": git_version(),
-        "backbone": spec.to_dict(),
-        "resize": "pad",
-        "trained_with": {"command": command, "config": cfg.to_dict(), "photos": result.n_photos,
-                         "seconds": round(result.seconds), **({"fine_tuned": ft} if ft else {})},
-        "tasks": tasks,
-    }
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path

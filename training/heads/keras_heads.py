@@ -152,7 +152,7 @@ def _progress_callback(total: int, desc: str, enabled: bool):  # noqa: ANN202
     return TqdmEpochs()
 
 
-def _fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, epochs: int,  # noqa: ANN001
+def fit_model(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, epochs: int,  # noqa: ANN001
          batch_size: int, weights: Mapping[int, float] | None, restore_best: bool, desc: str, progress: bool) -> History:
     """``model.fit`` with a progress bar; with validation rows and ``restore_best`` the
     weights of the epoch with the lowest validation loss are kept."""
@@ -204,7 +204,7 @@ def train_head(
 
     keras.utils.set_random_seed(seed)
     model = build_head(x_train.shape[1:], n_classes, cfg, name=name, seed=seed)
-    hist = _fit(model, x_train, y_train, x_val, y_val, cfg.epochs, cfg.batch_size, weights, cfg.restore_best, f"train {name}", progress)
+    hist = fit_model(model, x_train, y_train, x_val, y_val, cfg.epochs, cfg.batch_size, weights, cfg.restore_best, f"train {name}", progress)
     return model, hist
 
 
@@ -237,7 +237,7 @@ def fine_tune(
     inputs = keras.Input(shape=x_train.shape[1:], name="cut_features")
     model = keras.Model(inputs, head(top(inputs)), name=f"{name.replace(' ', '_')}")
     model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    hist = _fit(model, x_train, y_train, x_val, y_val, epochs, batch_size, weights, restore_best, name, progress)
+    hist = fit_model(model, x_train, y_train, x_val, y_val, epochs, batch_size, weights, restore_best, name, progress)
     return model, hist
 
 

@@ -11,11 +11,8 @@ and the task gets its own backbone weights, ``models/backbones/<task>.weights.h5
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +20,14 @@ import numpy as np
 
 from services.images import ResizeMode
 from training.data.augment import augmented_array, augmented_key, balance_plan
-from training.features.backbones import BackboneSpec, build_top, cut_layer, fine_tune_blocks_error
-from training.features.backbones import top_block_prefixes as top_prefixes
 from training.data.datasets import Dataset, Sample
+from training.data.split import Split, make_split
+from training.features.backbones import BackboneSpec, build_top, cut_layer, fine_tune_blocks_error
 from training.features.cache import DEFAULT_CACHE_DIR, ExtractReport, FeatureCache, extract, extract_paths
 from training.heads.keras_heads import OPTIMIZERS, STUDY_CHAMPIONS, HeadConfig, History, class_weights, fine_tune, predict, train_head
 from training.heads.metrics import classification_metrics
-from training.data.split import Split, make_split
 
 BALANCE_MODES = ("augment", "class_weight", "none")
-MANIFEST_FORMAT = 1
-BACKBONES_DIR = "backbones"  # fine-tuned backbone weights, under the models folder (git-ignored: ~59 MB for VGG16)
 
 
 @dataclass(frozen=True)
@@ -213,91 +207,4 @@ def train_task(
         data.y["test"], p_test, model, ft, ft_hist, base,
     )
 
-
-def git_version() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "nogit"
-    return f"{datetime.now(timezone.utc):%Y.%m.%d}-{sha}"
-
-
-def addon_version(addon: Path) -> str:
-    """The model version after an add-on (title model, scope gate) was fitted beside trained heads:
-    :func:`git_version` and a digest of the add-on's file, so two fits at one commit differ."""
-    import hashlib
-
-    return f"{git_version()}-{hashlib.sha256(Path(addon).read_bytes()).hexdigest()[:6]}"
-
-
-def save_head(model: Any, path: Path) -> Path:
-    """Save a head without its optimizer state (a third of the size; serving needs none)."""
-    import keras
-
-    clean = keras.Model.from_config(model.get_config())  # uncompiled: no optimizer variables
-    clean.set_weights(model.get_weights())
-    clean.save(path)
-    return path
-
-
-def fine_tuned_weights(task: str) -> str:
-    """Where a task's fine-tuned backbone weights go, relative to the models folder."""
-    return f"{BACKBONES_DIR}/{task}.weights.h5"
-
-
-def write_models(
-    results: Sequence[TaskResult], cfg: TrainConfig, out_dir: Path, data_source: str, rebuild: str | None = None
-) -> Path:
-    """Save heads and the manifest (docs/model-repository.md); tasks not retrained are kept.
-
-    A fine-tuned task also gets its backbone weights (``backbones/<task>.weights.h5``) and a
-    ``backbone`` + ``fine_tuned`` entry; ``rebuild`` is the command that retrains it (kept in
-    the manifest: the weights file is too big to commit, a build without it says to run it)."""
-    heads_dir = out_dir / "heads"
-    heads_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
-    old: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    same_backbone = old.get("backbone") == cfg.backbone.to_dict() and old.get("resize") == cfg.resize
-    tasks: dict[str, Any] = dict(old.get("tasks", {})) if same_backbone else {}
-    for r in results:
-        save_head(r.model, heads_dir / f"{r.task}.keras")
-        own: dict[str, Any] = {}
-        weights_file = out_dir / fine_tuned_weights(r.task)
-        if r.fine_tune is not None and r.base is not None:
-            weights_file.parent.mkdir(parents=True, exist_ok=True)
-            r.base.save_weights(weights_file)
-            hist = r.fine_tune_history
-            own = {
-                "backbone": {**cfg.backbone.to_dict(), "weights": f"file:{fine_tuned_weights(r.task)}"},
-                "fine_tuned": {
-                    **r.fine_tune.to_dict(),
-                    "layers": [f"{p}*" for p in top_prefixes(cfg.backbone.name, r.fine_tune.blocks)],
-                    "cut_layer": cfg.cut_layer,
-                    "from_weights": cfg.backbone.weights,
-                    "kept_epoch": hist.best_epoch if hist else r.fine_tune.epochs,
-                    **({"rebuild": rebuild} if rebuild else {}),
-                },
-            }
-        elif weights_file.is_file():
-            weights_file.unlink()  # the task is back on the shared frozen base
-        tasks[r.task] = {
-            "classes": list(r.classes),
-            "head": f"heads/{r.task}.keras",
-            **{k: v for k, v in r.config.to_dict().items() if k in ("hidden", "dropout", "pooling", "optimizer", "learning_rate", "epochs")},
-            "balance": r.balance,
-            "trained_on": {"data": data_source, "train_rows": r.n_train, "augmented_rows": r.n_augmented},
-            "metrics": {k: r.test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")},
-            **own,
-        }
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "model_version": git_version(),
-        "backbone": cfg.backbone.to_dict(),
-        "resize": cfg.resize,
-        "tasks": {t: tasks[t] for t in sorted(tasks, key=lambda t: ("style", "gender", "season", t).index(t))},
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest_path
 

@@ -19,13 +19,14 @@ the fine-tuned readout is overconfident, and falls far below both signals (seaso
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training.features.text import TextConfig, fit_idf, present_buckets, tfidf
 from training.heads.calibration import (
     DEFAULT_TARGET_PRECISION,
     ClassThresholds,
@@ -36,7 +37,6 @@ from training.heads.calibration import (
     softmax,
 )
 from training.heads.metrics import classification_metrics
-from training.features.text import TextConfig, fit_idf, present_buckets, tfidf
 
 TITLE_FILE = "heads/title.npz"  # under the models folder
 STRENGTHS = (0.1, 0.3, 1.0, 3.0)  # logistic regression C, chosen on validation
@@ -196,115 +196,9 @@ def fit_title_model(titles: Sequence[str], image_logits: Mapping[str, np.ndarray
     return TitleModel(text, idf, tasks)
 
 
-def manifest_entry(model: TitleModel, command: str) -> dict[str, Any]:
-    """The manifest's ``title`` record (docs/model-repository.md)."""
-    keep = ("accuracy", "balanced_accuracy", "macro_f1", "n", "ece", "auto_accept")
-    return {
-        "file": TITLE_FILE,
-        "text": model.text.to_dict(),
-        "method": "late fusion: a*image_logits + b*title_logits + c per class, fitted on val; image-only where the title has no words",
-        "trained_with": command,
-        "tasks": {t: {"strength": m.strength, "title_temperature": round(m.title_temperature, 6),
-                      "fused_temperature": round(m.fused_temperature, 6),
-                      "threshold": (m.threshold.to_dict() | {"chosen_on": "val"}) if m.threshold else None,
-                      "metrics": {inputs: {p: {k: v for k, v in pm.items() if k in keep} for p, pm in parts.items()}
-                                  for inputs, parts in m.metrics.items()}}
-                  for t, m in model.tasks.items()},
-    }
-
-
 # --- the served graph ------------------------------------------------------------------------
-
-
-def fused_probs(image_probs: Any, image_logits: Any, titles: Any, text: TextConfig, idf: Any, task: TaskTitle) -> tuple[Any, Any]:
-    """TensorFlow: (fused probabilities, title-only probabilities) of a batch.
-
-    ``image_logits`` are the calibrated image logits, ``image_probs`` the image head's output:
-    where a title has no words the output is ``image_probs`` itself, bit for bit."""
-    import tensorflow as tf
-
-    from training.features.text import title_vectors
-
-    x = title_vectors(titles, text, idf)
-    zt = tf.matmul(x, tf.constant(task.weights, tf.float32)) + tf.constant(task.bias, tf.float32)
-    has_words = tf.reduce_any(x != 0, axis=-1, keepdims=True)
-    fused = (tf.constant(task.fuse_image, tf.float32) * image_logits + tf.constant(task.fuse_title, tf.float32) * zt
-             + tf.constant(task.fuse_bias, tf.float32)) / task.fused_temperature
-    k = len(task.classes)
-    probs = tf.where(has_words, tf.nn.softmax(fused), image_probs)
-    return tf.ensure_shape(probs, [None, k]), tf.ensure_shape(tf.nn.softmax(zt / task.title_temperature), [None, k])
 
 
 # --- training on a models folder ---------------------------------------------------------------
 
 
-def image_logits(models_dir: Path, dataset: Any, cache_dir: Path, progress: bool = True) -> tuple[list[Any], dict[str, np.ndarray]]:
-    """The served image model's calibrated logits for every readable sample: (samples, task -> logits).
-
-    The readout vectors come from the cut cache through the tuned top block (cached too)."""
-    import keras
-
-    from training.features.backbones import cut_layer
-    from training.heads.joint import cut_features, logits_of
-    from training.manifest.read import read_models
-
-    models = read_models(models_dir, tuple(t for t in dataset.tasks))
-    feats = cut_features(dataset, models.backbone, cut_layer(models.backbone.name, 1), cache_dir, keep_maps=False, progress=progress)
-    out = {}
-    for task, entry in models.tasks.items():
-        head = keras.models.load_model(entry.head, compile=False)
-        scale = float(head.get_layer("temperature").scale)
-        out[task] = logits_of(head, feats.readout) * scale  # logits / temperature
-    return feats.samples, out
-
-
-def train_title(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str, text: TextConfig | None = None,
-                target_precision: float = DEFAULT_TARGET_PRECISION, progress: bool = True) -> tuple[TitleModel, dict[str, int]]:
-    """Fit the title models on ``split`` beside the image heads in ``models_dir``; write them and the manifest entry.
-
-    Returns the model and, per task, how many training rows had a title."""
-    import json
-
-    from training.data.split import PARTS
-
-    manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    samples, logits = image_logits(models_dir, dataset, cache_dir, progress)
-    titles = [s.title for s in samples]
-    row = {s.key: i for i, s in enumerate(samples)}
-    labels, parts, classes = {}, {}, {}
-    for task in logits:
-        classes[task] = dataset.classes[task]
-        labels[task] = np.array([classes[task].index(s.label(task)) if s.label(task) in classes[task] else -1 for s in samples])
-        parts[task] = {p: np.array(sorted(row[k] for k in split.keys(task, p) if k in row and labels[task][row[k]] >= 0 and titles[row[k]]),
-                                   np.int64) for p in PARTS}
-    thresholds = {t: (manifest["tasks"][t].get("threshold") or {}).get("threshold") for t in logits}
-    model = fit_title_model(titles, logits, labels, parts, classes, text or TextConfig(), target_precision, thresholds)
-    from training.heads.per_task import addon_version
-
-    model.save(models_dir / TITLE_FILE)
-    manifest["title"] = manifest_entry(model, command)
-    manifest["model_version"] = addon_version(models_dir / TITLE_FILE)  # the served model changed: label events and `relabel` tell them apart
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return model, {t: len(p["train"]) for t, p in parts.items()}
-
-
-def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict[str, Any]]:
-    """features, titles -> fused ``probs`` (the image head's own where a title has no words) and ``title_probs``."""
-    import keras
-
-    import tensorflow as tf
-
-    names = {layer.name for layer in head.layers}
-    # logits / temperature (a trained head); an untrained test head has none: its log-probabilities
-    both = keras.Model(head.input, [head.get_layer("temperature").output if "temperature" in names else head.output, head.output])
-    model = title.tasks[task]
-
-    def fn(features: Any, titles: Any) -> dict[str, Any]:
-        logits, image_probs = both(features, training=False)
-        if "temperature" not in names:
-            logits = tf.math.log(tf.clip_by_value(image_probs, 1e-12, 1.0))
-        probs, title_probs = fused_probs(image_probs, logits, titles, title.text, title.idf, model)
-        return {"probs": probs, "title_probs": title_probs}
-
-    return fn

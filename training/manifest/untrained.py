@@ -48,9 +48,10 @@ def _random_title(models_dir: Path, seed: int) -> dict[str, object]:
     """A seeded random title model (1,024 buckets) and its manifest entry: the served contract with a title."""
     import numpy as np
 
-    from training.heads.calibration import ClassThresholds
     from training.features.text import TextConfig
-    from training.heads.title import TITLE_FILE, TaskTitle, TitleModel, manifest_entry
+    from training.heads.calibration import ClassThresholds
+    from training.heads.title import TITLE_FILE, TaskTitle, TitleModel
+    from training.manifest.write import manifest_entry
 
     rng = np.random.default_rng(seed)
     text = TextConfig(buckets=2**10)

@@ -30,8 +30,8 @@ def int8_backbone(data: str, split_file: Path, size: tuple[int, int], resize: st
                   force: bool = False, minimum: int = MIN_CALIBRATION, log: Callable[[str], None] = print) -> Int8Backbone:
     """Load ``data`` (``KIND:PATH``), draw the calibration photos (checked) and the validation photos of the check."""
     from training.data.datasets import load
-    from training.evaluation.scoring import in_scope
     from training.data.split import Split
+    from training.data.split import in_scope
 
     split = Split.load(split_file)
     keys = calibration_keys(split, calibration, seed)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.settings import SCOPE_OUTPUT
-from training.manifest.read import ServingGraphs
+from training.features.text import TextConfig
+from training.heads.title import TaskTitle
+from training.serving.graphs import ServingGraphs
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,6 @@ class Servable:
 
 def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any, threshold: float) -> Callable[..., dict[str, Any]]:
     """``fn``'s ``probs``, or ``other``'s for the photos above ``threshold`` on the gate (the first argument is the features)."""
-    from training.heads.others import routed
 
     def route(features: Any, *rest: Any) -> dict[str, Any]:
         res = dict(fn(features, *rest))
@@ -64,7 +65,6 @@ def _with_others(fn: Callable[..., dict[str, Any]], scope: Any, other: Any, thre
 def head_fns(graphs: ServingGraphs, with_title: bool = True) -> dict[str, Callable[..., dict[str, Any]]]:
     """Per shared task: features (and titles, where the model reads them and ``with_title``) -> ``probs``
     (``title_probs`` too with a title), the other categories' head for the photos routed to it where there is one."""
-    from training.heads.title import title_head_fn
 
     title, out = graphs.title, {}
     for task, head in graphs.heads.items():
@@ -117,3 +117,52 @@ def servables(graphs: ServingGraphs, fused: bool = False) -> list[Servable]:
         outputs = classes | ({SCOPE_OUTPUT: (2,)} if scope is not None else {})
         out.append(Servable("autolabel", all_tasks, "image", image, "uint8", outputs, keep, title=bool(titled)))
     return out
+
+
+def fused_probs(image_probs: Any, image_logits: Any, titles: Any, text: TextConfig, idf: Any, task: TaskTitle) -> tuple[Any, Any]:
+    """TensorFlow: (fused probabilities, title-only probabilities) of a batch.
+
+    ``image_logits`` are the calibrated image logits, ``image_probs`` the image head's output:
+    where a title has no words the output is ``image_probs`` itself, bit for bit."""
+    import tensorflow as tf
+
+    from training.features.text import title_vectors
+
+    x = title_vectors(titles, text, idf)
+    zt = tf.matmul(x, tf.constant(task.weights, tf.float32)) + tf.constant(task.bias, tf.float32)
+    has_words = tf.reduce_any(x != 0, axis=-1, keepdims=True)
+    fused = (tf.constant(task.fuse_image, tf.float32) * image_logits + tf.constant(task.fuse_title, tf.float32) * zt
+             + tf.constant(task.fuse_bias, tf.float32)) / task.fused_temperature
+    k = len(task.classes)
+    probs = tf.where(has_words, tf.nn.softmax(fused), image_probs)
+    return tf.ensure_shape(probs, [None, k]), tf.ensure_shape(tf.nn.softmax(zt / task.title_temperature), [None, k])
+
+
+
+def title_head_fn(head: Any, title: Any, task: str) -> Callable[[Any, Any], dict[str, Any]]:
+    """features, titles -> fused ``probs`` (the image head's own where a title has no words) and ``title_probs``."""
+    import keras
+    import tensorflow as tf
+
+    names = {layer.name for layer in head.layers}
+    # logits / temperature (a trained head); an untrained test head has none: its log-probabilities
+    both = keras.Model(head.input, [head.get_layer("temperature").output if "temperature" in names else head.output, head.output])
+    model = title.tasks[task]
+
+    def fn(features: Any, titles: Any) -> dict[str, Any]:
+        logits, image_probs = both(features, training=False)
+        if "temperature" not in names:
+            logits = tf.math.log(tf.clip_by_value(image_probs, 1e-12, 1.0))
+        probs, title_probs = fused_probs(image_probs, logits, titles, title.text, title.idf, model)
+        return {"probs": probs, "title_probs": title_probs}
+
+    return fn
+
+
+def routed(p_out: Any, apparel: Any, others: Any, threshold: float) -> Any:
+    """Per photo, ``others`` where ``p_out`` > ``threshold``, else ``apparel``, each row exactly as given
+    (TF tensors or Keras inputs, as served; ``p_out`` [batch], probabilities [batch, classes])."""
+    import keras
+
+    flagged = keras.ops.greater(keras.ops.expand_dims(p_out, 1), threshold)
+    return keras.ops.where(flagged, others, apparel)

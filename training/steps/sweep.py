@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from training.features.backbones import BackboneSpec
 from training.data.datasets import Dataset
+from training.features.backbones import BackboneSpec
 from training.heads.keras_heads import STUDY_CHAMPIONS, STUDY_TEST_ACCURACY, HeadConfig
 from training.heads.per_task import BALANCE_MODES, TrainConfig, prepare, train_task
 

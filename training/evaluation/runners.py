@@ -1,6 +1,9 @@
-"""Running a ``cpu-openvino`` repository's IR models in process (evaluate, benchmarks), compiled as Triton runs them."""
+"""Running a repository's models in process (evaluate, benchmarks): SavedModels with TensorFlow, IR models compiled as Triton runs them."""
 
 from __future__ import annotations
+
+from typing import Any
+import re
 
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +34,6 @@ def openvino_runner(model_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray]
     """(uint8 images -> the model's one output, input (H, W), what runs it) for an IR model folder of the repository."""
     import openvino as ov
 
-    from training.evaluation.scoring import read_config_parameters
     from training.serving.openvino_export import cpu_has_bf16
 
     xml = ir_file(model_dir)
@@ -68,7 +70,35 @@ def image_runner(path: Path) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[
     if path.suffix == ".xml":
         run, size, _ = openvino_runner(path.parent.parent)
         return run, size
-    from training.evaluation.scoring import _runner, _savedmodel
+    sig, i, o, shape = load_savedmodel(path)
+    return savedmodel_runner(sig, i, o), (int(shape[1]), int(shape[2]))
 
-    sig, i, o, shape = _savedmodel(path)
-    return _runner(sig, i, o), (int(shape[1]), int(shape[2]))
+
+def read_config_parameters(config: Path) -> dict[str, str]:
+    """``parameters { key: "k" value: { string_value: "v" } }`` entries of a config.pbtxt."""
+    text = config.read_text() if config.is_file() else ""
+    pattern = re.compile(r'key:\s*"([^"]+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', re.S)
+    return dict(pattern.findall(text))
+
+
+
+def load_savedmodel(path: Path) -> tuple[Any, str, str, tuple[int, ...]]:
+    """Load a SavedModel; return (signature, input name, output name, input shape)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    sig = loaded.signatures["serving_default"]
+    _, inputs = sig.structured_input_signature
+    (in_name, spec), *_ = inputs.items()
+    outputs = sig.structured_outputs
+    out_name = next((n for n in ("probs", "features") if n in outputs), next(iter(outputs)))
+    sig._autolabel_keepalive = loaded  # noqa: SLF001 - keep the trackable alive with the signature
+    return sig, in_name, out_name, tuple(spec.shape)
+
+
+
+def savedmodel_runner(sig: Any, in_name: str, out_name: str) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    dtype = sig.structured_input_signature[1][in_name].dtype
+    return lambda x: np.asarray(sig(**{in_name: tf.constant(x, dtype=dtype)})[out_name])
