@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from training.manifest.folder import load_manifest, manifest_file
+
 import json
 from pathlib import Path
 
@@ -53,8 +55,8 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     task_list = parse_tasks(tasks)
     inputs = _inputs(inputs_, from_heads)
     manifest = None
-    if (models_dir / "manifest.json").is_file():
-        manifest = json.loads((models_dir / "manifest.json").read_text())
+    if manifest_file(models_dir).is_file():
+        manifest = load_manifest(models_dir)
     ds = load_dataset(data, categories, per_class, seed)
     task_list = [t for t in task_list if t in ds.tasks]
     if not task_list:

@@ -1,4 +1,4 @@
-"""`autolabel models build|check`: click only; the work is :func:`training.serving.repository.build_repository` and :func:`training.serving.repository_check.check_repository`."""
+"""`autolabel models build|check`: click only; the work is in training.serving (repository, repository_check)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ from typing import Any
 from services.settings import TASKS
 from training.errors import ModelsError
 from training.features.backbones import BackboneSpec
+from training.manifest.folder import MANIFEST
 
-MANIFEST = "manifest.json"
 TRAIN_HINT = "run autolabel train --data KIND:PATH --out {dir} (docs/model-repository.md)"
 
 WEIGHT_NOTES = {

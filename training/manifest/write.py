@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from training.manifest.folder import load_manifest, manifest_file, save_manifest
+
 from training.features.backbones import top_block_prefixes as top_prefixes
 
-import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,7 +23,6 @@ TUNED_FILE = "backbone/tuned-layers.npz"  # under the models folder: only the fi
 
 def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data_source: str, command: str) -> Any:
     """heads/<task>.keras (calibrated), the tuned layers if any, and manifest.json (docs/model-repository.md)."""
-    import json
     from pathlib import Path
 
     from training.features.backbones import save_tuned_layers, top_block_prefixes
@@ -65,9 +65,7 @@ def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data
                          "seconds": round(result.seconds), **({"fine_tuned": ft} if ft else {})},
         "tasks": tasks,
     }
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return save_manifest(out_dir, manifest)
 
 
 MANIFEST_FORMAT = 1
@@ -125,8 +123,8 @@ def write_models(
     the manifest: the weights file is too big to commit, a build without it says to run it)."""
     heads_dir = out_dir / "heads"
     heads_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
-    old: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest_path = manifest_file(out_dir)
+    old: dict[str, Any] = load_manifest(out_dir) if manifest_path.is_file() else {}
     same_backbone = old.get("backbone") == cfg.backbone.to_dict() and old.get("resize") == cfg.resize
     tasks: dict[str, Any] = dict(old.get("tasks", {})) if same_backbone else {}
     for r in results:
@@ -166,7 +164,7 @@ def write_models(
         "resize": cfg.resize,
         "tasks": {t: tasks[t] for t in sorted(tasks, key=lambda t: ("style", "gender", "season", t).index(t))},
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(out_dir, manifest)
     return manifest_path
 
 

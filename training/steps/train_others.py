@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+from training.manifest.folder import load_manifest, save_manifest
+
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -94,12 +95,11 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
         record[task] = {"head": path, "classes": classes, "strength": head.strength, "temperature": round(head.temperature, 6),
                         "chosen_on": head.chosen_on, "threshold": threshold,
                         "rows": {p: len(idx) for p, idx in parts.items()}, "metrics": metrics}
-    manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(models_dir)
     manifest["others"] = {"categories": sorted({c for c in categories if c}), "route_threshold": round(route, 6),
                           "route_budget": route_budget, "routed_val": routed_val, "trained_with": command, "tasks": record}
     manifest["model_version"] = addon_version(models_dir / f"{HEADS_DIR}/{next(iter(record))}.keras")
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(models_dir, manifest)
     return record
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from training.manifest.folder import load_manifest, manifest_file, save_manifest
+
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -54,13 +56,12 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     gate = fit_gate(feats.readout, out, parts, max_false_flags)
     metrics = {p: gate_metrics(gate, feats.readout, out, categories, idx) for p, idx in parts.items() if len(idx)}
     gate.keras_head().save(models_dir / SCOPE_HEAD)
-    manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(models_dir)
     manifest["scope"] = {"head": SCOPE_HEAD, "classes": list(CLASSES), "in_scope": list(in_scope), "threshold": round(gate.threshold, 6),
                          "max_false_flags": max_false_flags, "strength": gate.strength, "chosen_on": "val",
                          "trained_with": command, "metrics": metrics}
     manifest["model_version"] = addon_version(models_dir / SCOPE_HEAD)
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(models_dir, manifest)
     return gate, metrics
 
 
@@ -74,7 +75,7 @@ def previous_gate(models_dir: Path) -> str | None:
 
 def refit_command(models_dir: Path, key: str, default: str) -> str | None:
     """The ``trained_with`` command of the manifest's add-on record ``key`` (``default`` if unrecorded); None without one."""
-    path = Path(models_dir) / "manifest.json"
+    path = manifest_file(models_dir)
     try:
         entry = json.loads(path.read_text()).get(key) if path.is_file() else None
     except (ValueError, AttributeError):

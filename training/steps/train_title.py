@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from training.manifest.folder import load_manifest, save_manifest
+
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,10 @@ def train_title(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     """Fit the title models on ``split`` beside the image heads in ``models_dir``; write them and the manifest entry.
 
     Returns the model and, per task, how many training rows had a title."""
-    import json
 
     from training.data.split import PARTS
 
-    manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(models_dir)
     samples, logits = image_logits(models_dir, dataset, cache_dir, progress)
     titles = [s.title for s in samples]
     row = {s.key: i for i, s in enumerate(samples)}
@@ -61,5 +61,5 @@ def train_title(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     model.save(models_dir / TITLE_FILE)
     manifest["title"] = manifest_entry(model, command)
     manifest["model_version"] = addon_version(models_dir / TITLE_FILE)  # the served model changed: label events and `relabel` tell them apart
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    save_manifest(models_dir, manifest)
     return model, {t: len(p["train"]) for t, p in parts.items()}
