@@ -153,7 +153,7 @@ def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None 
     from training.data.split import Split
     from training.features.backbones import cut_layer
     from training.features.text import present_buckets, tfidf
-    from training.heads.joint import cut_features
+    from training.features.readout import cut_features
     from training.manifest.read import read_models
     from training.steps.train_title import image_logits
 

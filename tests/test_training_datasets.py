@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from training.data.datasets import DatasetError, cap_per_class, is_child_product, load, map_fpi_labels, parse_spec
+from training.data.rows import DatasetError
+from training.data.datasets import is_child_product, load, map_fpi_labels, parse_spec
+from training.data.rows import cap_per_class
 from training.data.synthetic import make_folders, make_fpi, make_manifest
 
 

@@ -194,7 +194,8 @@ def test_each_cut_is_the_layer_just_below_its_blocks(name: str) -> None:
 def test_top_on_cut_features_equals_the_backbone(spec: BackboneSpec) -> None:
     import keras
 
-    from training.features.backbones import build_backbone, build_top, cut_layer
+    from training.features.backbones import build_backbone, cut_layer
+    from training.features.readout import build_top
 
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     full = build_backbone(spec).predict(images, verbose=0)

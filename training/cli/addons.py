@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from training.cli.train import DEFAULT_MODELS, load_dataset
-from training.cli.options import csv_list
+from training.cli.options import DEFAULT_MODELS, csv_list, load_dataset
 
 # options the add-on commands share
 CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path), default=Path(".cache/features"), show_default=True)
@@ -32,7 +31,8 @@ def split_option(help_text: str):  # noqa: ANN201 - a click decorator
 def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.split.Split
     """The trained models must be there; the split they were trained on (default: MODELS/split.json)."""
     from training.data.split import Split
-    from training.manifest.read import ModelsError, read_models
+    from training.errors import ModelsError
+    from training.manifest.read import read_models
 
     try:
         read_models(models_dir)

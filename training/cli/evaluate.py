@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from training.manifest.folder import load_manifest, manifest_file
-
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
-from training.cli.train import DEFAULT_MODELS, load_dataset, parse_tasks, data_options
-from training.cli.options import SCOPES, csv_list
+from training.cli.options import DEFAULT_MODELS, SCOPES, csv_list, data_options, load_dataset, parse_tasks
+from training.manifest.folder import load_manifest, manifest_file
 
 
 @click.command("evaluate")
@@ -46,11 +46,11 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
              agree_file: Path | None, review_policy: str | None, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
+    from training.data.split import in_scope
     from training.evaluation.products import product_summary
     from training.evaluation.scoring import by_category, subset
-    from training.evaluation.served import load_gate
-    from training.data.split import in_scope
     from training.evaluation.scoring import evaluate as run_eval
+    from training.evaluation.served import load_gate
 
     task_list = parse_tasks(tasks)
     inputs = _inputs(inputs_, from_heads)
@@ -84,20 +84,7 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
         click.echo(f"\nScope gate (P(out of scope) > {gate.threshold:.3f}: every label to review), share of photos flagged:")  # type: ignore[union-attr]
         for cat, g in gated["by_category"].items():
             click.echo(f"  {cat:<22} {g['flagged']:>7.1%} of {g['photos']}")
-    agreed = None
-    if predictions_file or agree_file:
-        from training.evaluation.agreement import agreement, agreement_lines, load_predictions, save_predictions
-
-        photo = {m.task: results[m.key] for m in models if m.inputs == "image"}
-        if predictions_file:
-            save_predictions(predictions_file, photo)
-        if agree_file:
-            mine = {t: {"keys": np.asarray(r.keys), "y": r.y, "probs": r.probs, "classes": np.asarray(r.classes),
-                        "threshold": np.asarray(r.threshold if isinstance(r.threshold, (int, float)) else np.nan)} for t, r in photo.items()}
-            agreed = agreement(mine, load_predictions(agree_file))
-            click.echo(f"\nAgreement with {agree_file} (this run against it, same photos):")
-            for line in agreement_lines(agreed):
-                click.echo(line)
+    agreed = _agreement(models, results, predictions_file, agree_file) if predictions_file or agree_file else None
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products,
@@ -107,6 +94,24 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     if report_dir:
         rows = f"the {part} part of {split_file}" if keys is not None else "every labeled row"
         _write_report(report_dir, data, models_dir, models, results, metrics, f"Rows: {rows}; scope {scope}.")
+
+
+def _agreement(models: Sequence[Any], results: dict[str, Any], predictions_file: Path | None, agree_file: Path | None) -> Any:
+    """Save the photo-only predictions (``--predictions``) and/or compare them with an earlier run's (``--agree-with``)."""
+    agreed = None
+    from training.evaluation.agreement import agreement, agreement_lines, load_predictions, save_predictions
+
+    photo = {m.task: results[m.key] for m in models if m.inputs == "image"}
+    if predictions_file:
+        save_predictions(predictions_file, photo)
+    if agree_file:
+        mine = {t: {"keys": np.asarray(r.keys), "y": r.y, "probs": r.probs, "classes": np.asarray(r.classes),
+                    "threshold": np.asarray(r.threshold if isinstance(r.threshold, (int, float)) else np.nan)} for t, r in photo.items()}
+        agreed = agreement(mine, load_predictions(agree_file))
+        click.echo(f"\nAgreement with {agree_file} (this run against it, same photos):")
+        for line in agreement_lines(agreed):
+            click.echo(line)
+    return agreed
 
 
 def _rows(ds, task_list: list[str], models_dir: Path, split_file: Path | None, all_rows: bool, part: str):  # noqa: ANN001, ANN202

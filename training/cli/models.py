@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from training.serving.repository import BUILD_INFO
-from training.serving.quantize import DEFAULT_CALIBRATION
-from training.serving.quantize import DEFAULT_CHECK
-from training.serving.repository import DEFAULT_TARGET
-from training.errors import ModelsError
-from training.serving.triton_config import PRECISIONS
-from pathlib import Path
-from training.serving.repository import SERVING_MODES
-from training.serving.triton_config import TARGETS
-from training.serving.repository import build_repository
-from training.serving.repository_check import check_repository
-import click
-from training.serving.triton_config import default_tuning
 import json
-from training.serving.repository import managed_names
+from pathlib import Path
+
+import click
+
+from training.errors import ModelsError
 from training.manifest.read import read_models
-from training.serving.triton_config import with_overrides
+from training.serving.quantize import DEFAULT_CALIBRATION, DEFAULT_CHECK
+from training.serving.repository import BUILD_INFO, DEFAULT_TARGET, SERVING_MODES, build_repository, managed_names
+from training.serving.repository_check import check_repository
+from training.serving.triton_config import PRECISIONS, TARGETS, default_tuning, with_overrides
 
 
 @click.group("models")

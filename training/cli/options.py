@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-from pathlib import Path
 from collections.abc import Sequence
-from services.settings import TASKS
+from pathlib import Path
+from typing import Any
+
 import click
 
+from services.settings import TASKS
 
 DEFAULT_MODELS = Path("models")
 
@@ -73,7 +74,9 @@ def head_overrides(sets: Sequence[str]) -> dict[str, dict[str, Any]]:
 def load_dataset(data: str, categories: str | None, per_class: int | None, seed: int,
                   reviewed_cache: Path | None = None) -> Any:
     """The dataset; with ``reviewed_cache``, plus the reviewers' labels from the store (training.data.reviewed)."""
-    from training.data.datasets import DatasetError, cap_per_class, load
+    from training.data.rows import DatasetError
+    from training.data.datasets import load
+    from training.data.rows import cap_per_class
 
     try:
         ds = load(data, csv_list(categories) or None)

@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-from training.cli.options import DEFAULT_MODELS
-from training.cli.options import DEFAULT_READOUT
-from training.cli.options import backbone_spec
-from training.cli.options import data_options
-from training.cli.options import head_overrides
-from training.cli.options import load_dataset
-from training.cli.options import model_options
-from training.cli.options import parse_tasks
-from training.cli.options import saved_split
-from training.cli.options import with_readout
-
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -22,29 +11,30 @@ from typing import Any
 import click
 
 from services.settings import TASKS
+from training.cli.options import (
+    DEFAULT_MODELS,
+    DEFAULT_READOUT,
+    backbone_spec,
+    data_options,
+    head_overrides,
+    load_dataset,
+    model_options,
+    parse_tasks,
+    saved_split,
+    with_readout,
+)
+from training.evaluation.report import comparison_table, write_run
 
 
-def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
-                 tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
-                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True,
-                 reviewed: bool = False) -> None:
-    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.heads.joint), then
-    (``title``, where the data has titles) the title models beside them (training.heads.title)."""
-    import shlex
+def _joint_config(seed: int, sets: Sequence[str], fine_tune_blocks: int, fine_tune_epochs: int, fine_tune_lr: float,
+                  target_precision: float | None) -> Any:
+    """The readout heads' JointConfig, with the ``--set TASK.KEY=VALUE`` head settings it takes."""
     from dataclasses import replace
 
     from services.settings import load_settings
-    from training.data.split import make_split
-    from training.evaluation.report import joint_table
-    from training.features.cache import BackboneError
-    from training.heads.joint import JointConfig, train_joint
+    from training.heads.joint import JointConfig
     from training.heads.keras_heads import HeadConfig
-    from training.manifest.write import write_joint_models
 
-    if resize != "pad":
-        raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
-    if fine_tune_blocks > 1:
-        raise click.ClickException("with a readout, --fine-tune-blocks is 0 or 1 (the top block, shared by the three tasks)")
     cfg = JointConfig(seed=seed, fine_tune_epochs=fine_tune_epochs if fine_tune_blocks else 0, fine_tune_lr=fine_tune_lr,
                       target_precision=target_precision or load_settings().target_precision)
     keys = ("hidden", "dropout", "learning_rate", "epochs", "batch_size")
@@ -57,6 +47,43 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
         except (ValueError, TypeError) as exc:
             raise click.ClickException(f"bad --set: {exc}") from None
         cfg = replace(cfg, **{k: getattr(head, k) for k in keys})
+    return cfg
+
+
+def _joint_command(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, tasks: str | None, sets: Sequence[str],
+                   split_file: Path | None, out: Path, fine_tune: tuple[int, int, float], target_precision: float, title: bool) -> str:
+    """The `autolabel train` command line that reproduces this run (recorded in the manifest)."""
+    import shlex
+
+    fine_tune_blocks, fine_tune_epochs, fine_tune_lr = fine_tune
+    h, w = spec.input_size
+    command = shlex.join([
+        "autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
+        *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name, "--weights", spec.weights,
+        "--input-size", str(h) if h == w else f"{h}x{w}", "--readout", str(spec.readout), *(["--tasks", tasks] if tasks else []),
+        *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
+        "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
+        "--target-precision", f"{target_precision:g}", *([] if title else ["--no-title"])])
+    return command
+
+
+def _train_joint(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str, cache_dir: Path,
+                 tasks: str | None, sets: Sequence[str], split_file: Path | None, out: Path, fine_tune_blocks: int,
+                 fine_tune_epochs: int, fine_tune_lr: float, target_precision: float | None, quiet: bool, title: bool = True,
+                 reviewed: bool = False) -> None:
+    """`autolabel train` with a readout: three calibrated heads on one backbone pass (training.heads.joint), then
+    (``title``, where the data has titles) the title models beside them (training.heads.title)."""
+    from training.data.split import make_split
+    from training.evaluation.report import joint_table
+    from training.features.cache import BackboneError
+    from training.heads.joint import train_joint
+    from training.manifest.write import write_joint_models
+
+    if resize != "pad":
+        raise click.ClickException("a readout is trained on padded photos: drop --resize or use --readout none")
+    if fine_tune_blocks > 1:
+        raise click.ClickException("with a readout, --fine-tune-blocks is 0 or 1 (the top block, shared by the three tasks)")
+    cfg = _joint_config(seed, sets, fine_tune_blocks, fine_tune_epochs, fine_tune_lr, target_precision)
     ds = load_dataset(data, categories, per_class, seed, cache_dir if reviewed else None)
     if split_file is not None:
         split = saved_split(split_file, ds, reviewed, quiet)
@@ -68,14 +95,8 @@ def _train_joint(data: str, categories: str | None, per_class: int | None, seed:
     except (BackboneError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     source = " ".join([str(data), *([f"categories={categories}"] if categories else []), f"seed={seed}"])
-    h, w = spec.input_size
-    command = shlex.join([
-        "autolabel", "train", "--data", data, *(["--categories", categories] if categories else []),
-        *(["--per-class", str(per_class)] if per_class else []), "--seed", str(seed), "--backbone", spec.name, "--weights", spec.weights,
-        "--input-size", str(h) if h == w else f"{h}x{w}", "--readout", str(spec.readout), *(["--tasks", tasks] if tasks else []),
-        *(a for item in sets for a in ("--set", item)), "--split", str(split_file or out / "split.json"), "--out", str(out),
-        "--fine-tune-blocks", str(fine_tune_blocks), "--fine-tune-epochs", str(fine_tune_epochs), "--fine-tune-lr", f"{fine_tune_lr:g}",
-        "--target-precision", f"{cfg.target_precision:g}", *([] if title else ["--no-title"])])
+    command = _joint_command(data, categories, per_class, seed, spec, tasks, sets, split_file, out,
+                             (fine_tune_blocks, fine_tune_epochs, fine_tune_lr), cfg.target_precision, title)
     from training.steps.train_others import previous_others
     from training.steps.train_scope import previous_gate
 
@@ -140,11 +161,10 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     """
     from training.features.backbones import fine_tune_blocks_error
     from training.heads.keras_heads import STUDY_CHAMPIONS, HeadConfig
-    from training.heads.per_task import FineTuneConfig, TrainConfig, prepare, train_task
+    from training.heads.per_task import FineTuneConfig, TrainConfig, prepare
     from training.manifest.write import write_models
 
-    spec = backbone_spec(backbone, weights, input_size)
-    spec = with_readout(spec, readout)
+    spec = with_readout(backbone_spec(backbone, weights, input_size), readout)
     if spec.readout is not None:
         _train_joint(data, categories, per_class, seed, spec, resize, cache_dir, tasks, sets, split_file, out, fine_tune_blocks,
                      fine_tune_epochs, fine_tune_lr, target_precision, quiet, title, reviewed)
@@ -172,14 +192,7 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
     run_dir = run_dir or Path("artifacts") / f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
     prep.split.save(run_dir / "split.json")
-    results, comparison = [], []
-    for task, td in prep.tasks.items():
-        modes = ["augment", "class_weight"] if balance == "compare" else [cfg.balance]
-        candidates = [train_task(task, td, heads[task], cfg, prep.cache, mode) for mode in modes]
-        for r in candidates:
-            comparison.append((task, r))
-        best = max(candidates, key=lambda r: r.val["balanced_accuracy"])
-        results.append(best)
+    results, comparison = _fit_tasks(prep, heads, cfg, balance)
     source = " ".join([str(data), *([f"categories={categories}"] if categories else []),
                        *([f"per_class={per_class}"] if per_class else []), f"seed={seed}"])
     rebuild = None
@@ -188,16 +201,36 @@ def train(data: str, categories: str | None, per_class: int | None, seed: int, b
                                  out / "split.json", out, fine)
     manifest = write_models(results, cfg, out, source, rebuild)
     prep.split.save(out / "split.json")
+    _write_histories(out, results)
+    click.echo(comparison_table(comparison))
+    write_run(run_dir, results, data, cfg)
+    click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
+    if fine.blocks:
+        click.echo(f"fine-tuned backbone weights in {out / 'backbones'}/ (not committed; the manifest says how to rebuild them)")
+
+
+def _fit_tasks(prep: Any, heads: dict[str, Any], cfg: Any, balance: str) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """Each task's head (both balance modes with ``compare``, the better on validation kept): (kept, all)."""
+    from training.heads.per_task import train_task
+
+    results, comparison = [], []
+    for task, td in prep.tasks.items():
+        modes = ["augment", "class_weight"] if balance == "compare" else [cfg.balance]
+        candidates = [train_task(task, td, heads[task], cfg, prep.cache, mode) for mode in modes]
+        for r in candidates:
+            comparison.append((task, r))
+        best = max(candidates, key=lambda r: r.val["balanced_accuracy"])
+        results.append(best)
+    return results, comparison
+
+
+def _write_histories(out: Path, results: Sequence[Any]) -> None:
+    """``history.json``: each head's fit (and fine-tune) history, merged into what is there."""
     histories = {r.task: {**r.history.to_dict(), **({"fine_tune": r.fine_tune_history.to_dict()} if r.fine_tune_history else {})}
                  for r in results}
     hist_path = out / "history.json"
     old = json.loads(hist_path.read_text()) if hist_path.is_file() else {}
     hist_path.write_text(json.dumps({**old, **histories}) + "\n")
-    _print_comparison(comparison)
-    _write_run(run_dir, results, data, cfg)
-    click.echo(f"wrote {manifest} and {len(results)} head(s); report {run_dir / 'report.md'}")
-    if fine.blocks:
-        click.echo(f"fine-tuned backbone weights in {out / 'backbones'}/ (not committed; the manifest says how to rebuild them)")
 
 
 def _train_command(data: str, categories: str | None, per_class: int | None, seed: int, spec: Any, resize: str,
@@ -213,41 +246,6 @@ def _train_command(data: str, categories: str | None, per_class: int | None, see
             "--split", str(split), "--out", str(out), "--fine-tune-blocks", str(fine.blocks),
             "--fine-tune-epochs", str(fine.epochs), "--fine-tune-lr", f"{fine.learning_rate:g}"]
     return shlex.join(args)
-
-
-def _print_comparison(comparison: Sequence[tuple[str, Any]]) -> None:
-    click.echo("| task | balance | train rows (+augmented) | val bal. acc | test acc | test bal. acc | test macro-F1 |")
-    click.echo("|---|---|---:|---:|---:|---:|---:|")
-    for task, r in comparison:
-        click.echo(
-            f"| {task} | {r.balance} | {r.n_train} (+{r.n_augmented}) | {r.val['balanced_accuracy']:.3f} |"
-            f" {r.test['accuracy']:.3f} | {r.test['balanced_accuracy']:.3f} | {r.test['macro_f1']:.3f} |"
-        )
-
-
-def _fine_tune_note(r: Any) -> str:
-    if r.fine_tune is None or r.fine_tune_history is None:
-        return ""
-    h = r.fine_tune_history
-    return (f"; then fine-tuned the top {r.fine_tune.blocks} block(s) with the head: {r.fine_tune.optimizer} lr"
-            f" {r.fine_tune.learning_rate:g}, {r.fine_tune.epochs} epochs, kept epoch {h.best_epoch}, {h.seconds:.1f}s")
-
-
-def _write_run(run_dir: Path, results: Sequence[Any], data: str, cfg: Any) -> None:
-    from training.evaluation.report import write_report
-    from training.heads.metrics import confusion
-
-    metrics = {r.task: r.test for r in results}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    notes = [
-        f"Data: `{data}`; backbone {cfg.backbone.describe()} at {cfg.backbone.input_size[0]}x{cfg.backbone.input_size[1]}"
-        f" ({cfg.resize}); test split of seed {cfg.seed}, scored on cached features.",
-        "",
-        *[f"- {r.task}: {r.config.describe()}, balance {r.balance}, {r.n_train} train rows (+{r.n_augmented} augmented),"
-          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" + _fine_tune_note(r) for r in results],
-    ]
-    confusions = {r.task: (confusion(r.y_test, r.p_test.argmax(1), len(r.classes)), r.classes) for r in results}
-    write_report(run_dir, "Training run: test split", metrics, confusions, {r.task: r.history.to_dict() for r in results}, notes)
 
 
 @click.command("sweep")

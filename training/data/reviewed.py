@@ -13,8 +13,9 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from training.data.datasets import Dataset, Sample
+from training.data.rows import Dataset, Sample
 
 
 @dataclass
@@ -36,6 +37,19 @@ class ReviewedReport:
 def _digest_of_key(key: str) -> str | None:
     stem = Path(key).stem
     return stem if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) else None
+
+
+def _usable_labels(record: Any, ds: Dataset, report: ReviewedReport) -> dict[str, str]:
+    """The record's human labels of the dataset's tasks and classes (the rest counted as skipped)."""
+    labels = {}
+    for task, human in record.human_labels.items():
+        if task not in ds.classes:
+            report.skipped[f"{task}: task not trained"] += 1
+        elif human.label not in ds.classes[task]:
+            report.skipped[f"{task}: class {human.label!r} not in the dataset"] += 1
+        else:
+            labels[task] = human.label
+    return labels
 
 
 def add_reviewed(ds: Dataset, settings, cache_dir: Path) -> tuple[Dataset, ReviewedReport]:  # noqa: ANN001
@@ -61,14 +75,7 @@ def add_reviewed(ds: Dataset, settings, cache_dir: Path) -> tuple[Dataset, Revie
         if not record.human_labels:
             continue
         report.records += 1
-        labels = {}
-        for task, human in record.human_labels.items():
-            if task not in ds.classes:
-                report.skipped[f"{task}: task not trained"] += 1
-            elif human.label not in ds.classes[task]:
-                report.skipped[f"{task}: class {human.label!r} not in the dataset"] += 1
-            else:
-                labels[task] = human.label
+        labels = _usable_labels(record, ds, report)
         if not labels:
             continue
         s3 = record.image.s3

@@ -8,7 +8,7 @@ photos, titles, keys and seed (not on the row order) and is saved so later runs 
 
 from __future__ import annotations
 
-from training.data.datasets import Sample
+from training.data.rows import Sample
 
 import json
 import random
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from training.data.datasets import Dataset
+from training.data.rows import Dataset
 from training.data.grouping import DEFAULT_MAX_DISTANCE, group_rows, hash_photos
 
 PARTS = ("train", "val", "test")

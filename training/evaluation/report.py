@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,43 @@ def title_table(model: Any, used: Mapping[str, int]) -> str:
         lines.append(f"| {task} | {used[task]} | {val['image']:.3f} | {val['title']:.3f} | {val['image+title']:.3f} |"
                      f" {aa.get('coverage', 0):.0%} at precision {aa.get('precision', float('nan')):.3f} |")
     return "\n".join(lines)
+
+
+def comparison_table(comparison: Sequence[tuple[str, Any]]) -> str:
+    """`autolabel train --readout none`'s table: each candidate head (balance mode) on validation and test."""
+    lines = ["| task | balance | train rows (+augmented) | val bal. acc | test acc | test bal. acc | test macro-F1 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for task, r in comparison:
+        lines.append(
+            f"| {task} | {r.balance} | {r.n_train} (+{r.n_augmented}) | {r.val['balanced_accuracy']:.3f} |"
+            f" {r.test['accuracy']:.3f} | {r.test['balanced_accuracy']:.3f} | {r.test['macro_f1']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+
+def fine_tune_note(r: Any) -> str:
+    """The fine-tuning of a per-task head, as a clause of the run report (empty without one)."""
+    if r.fine_tune is None or r.fine_tune_history is None:
+        return ""
+    h = r.fine_tune_history
+    return (f"; then fine-tuned the top {r.fine_tune.blocks} block(s) with the head: {r.fine_tune.optimizer} lr"
+            f" {r.fine_tune.learning_rate:g}, {r.fine_tune.epochs} epochs, kept epoch {h.best_epoch}, {h.seconds:.1f}s")
+
+
+
+def write_run(run_dir: Path, results: Sequence[Any], data: str, cfg: Any) -> None:
+    """A per-task training run's report folder: metrics.json and the report page of the test split."""
+    from training.heads.metrics import confusion
+
+    metrics = {r.task: r.test for r in results}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    notes = [
+        f"Data: `{data}`; backbone {cfg.backbone.describe()} at {cfg.backbone.input_size[0]}x{cfg.backbone.input_size[1]}"
+        f" ({cfg.resize}); test split of seed {cfg.seed}, scored on cached features.",
+        "",
+        *[f"- {r.task}: {r.config.describe()}, balance {r.balance}, {r.n_train} train rows (+{r.n_augmented} augmented),"
+          f" kept epoch {r.history.best_epoch}, {r.history.seconds:.1f}s" + fine_tune_note(r) for r in results],
+    ]
+    confusions = {r.task: (confusion(r.y_test, r.p_test.argmax(1), len(r.classes)), r.classes) for r in results}
+    write_report(run_dir, "Training run: test split", metrics, confusions, {r.task: r.history.to_dict() for r in results}, notes)

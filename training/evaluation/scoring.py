@@ -9,11 +9,6 @@ process, for a machine where the repository has not been built.
 
 from __future__ import annotations
 
-from training.data.split import category_of
-
-from training.evaluation.served import Gate
-from training.evaluation.served import TaskModel
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +18,9 @@ from tqdm import tqdm
 
 from services.errors import BadInput
 from services.images import ResizeMode, prepare
-from training.data.datasets import Dataset, Sample
+from training.data.rows import Dataset, Sample
+from training.data.split import category_of
+from training.evaluation.served import Gate, TaskModel
 from training.heads.metrics import classification_metrics, confusion
 
 

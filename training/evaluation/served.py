@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-from collections.abc import Callable
-from training.errors import ModelsError
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from services.images import ResizeMode
-from training.data.datasets import Sample
-from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
-from training.data.split import category_of
-from training.evaluation.runners import image_runner
-from training.evaluation.runners import ir_file
-from training.evaluation.runners import load_savedmodel
-import numpy as np
-from services.inference import parse_class_thresholds
-from services.inference import parse_threshold
-from training.evaluation.runners import read_config_parameters
-from training.evaluation.runners import savedmodel_runner
+from typing import Any
 
+import numpy as np
+
+from services.images import ResizeMode
+from services.inference import parse_class_thresholds, parse_threshold
+from training.data.rows import Sample
+from training.data.split import category_of
+from training.errors import ModelsError
+from training.evaluation.runners import image_runner, ir_file, load_savedmodel, read_config_parameters, savedmodel_runner
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -193,7 +187,7 @@ def _own_model(models_dir: Path, task: str, manifest: dict[str, Any]) -> TaskMod
     import keras
 
     from training.features.backbones import build_backbone
-    from training.manifest.read import task_entry, describe_weights
+    from training.manifest.read import describe_weights, task_entry
 
     e = task_entry(models_dir, task, manifest["tasks"][task])
     size = tuple(manifest["backbone"]["input_size"])

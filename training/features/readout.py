@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.data.datasets import Dataset, Sample
-from training.features.backbones import BackboneSpec, build_readout_top
+from training.data.rows import Dataset, Sample
+from training.features.backbones import BackboneSpec, base_model, cut_layer, readout_vector, top_block_prefixes
 from training.features.cache import FeatureCache, extract_paths
-from training.features.colour import COLOUR
+from training.features.colour import COLOUR, ColourHistogram
 
 
 @dataclass
@@ -77,3 +77,68 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
 def top_inputs(spec: BackboneSpec, maps: Any, colour: Any) -> list[Any]:
     """The inputs of :func:`build_readout_top`'s model: the cut maps, and the colour features if read out."""
     return [maps, colour] if spec.readout is not None and spec.readout.colour else [maps]
+
+
+def build_readout_top(spec: BackboneSpec, cut: str, base=None):  # noqa: ANN001, ANN201 - keras.Model
+    """(cut map, colour vector) -> the readout vector, through the layers above ``cut``.
+
+    With ``base`` (from :func:`build_top`), its layers are used, so training this model
+    fine-tunes them. The readout's layers must be ``cut`` itself or above it.
+    """
+    import keras
+
+    readout = spec.readout
+    if readout is None:
+        raise ValueError("build_readout_top needs a BackboneSpec with a readout")
+    if base is None:
+        base, _ = base_model(spec)
+        base.trainable = False
+    cut_in = keras.Input(shape=tuple(int(d) for d in base.get_layer(cut).output.shape[1:]), name="cut_features")
+    names = [layer.name for layer in base.layers]
+    start = names.index(cut) + 1
+    tensors = {cut: cut_in}
+    x = cut_in
+    last = max(names.index(n) for n in readout.layers)
+    for layer in base.layers[start : last + 1]:
+        x = layer(x)
+        tensors[layer.name] = x
+    missing = [n for n in readout.layers if n not in tensors]
+    if missing:
+        raise ValueError(f"readout layers {missing} are below the cut {cut}")
+    inputs = [cut_in]
+    colour = None
+    if readout.colour:
+        colour = keras.Input(shape=(ColourHistogram.SIZE,), name=COLOUR)
+        inputs.append(colour)
+    out = readout_vector(readout, [tensors[n] for n in readout.layers], colour)
+    return keras.Model(inputs, out, name=f"{spec.name}_readout_top")
+
+
+
+def build_top(spec: BackboneSpec, blocks: int):  # noqa: ANN201 - (keras.Model, keras.Model)
+    """The top ``blocks`` blocks as a model: cut-layer features -> backbone features.
+
+    Returns ``(top, base)``: ``top``'s layers are ``base``'s own layer objects, so training
+    ``top`` changes ``base``, whose weights (``base.save_weights``) then load with
+    ``file:PATH`` like any backbone's. The top blocks are trainable, except batch
+    normalisation (kept in inference mode, as usual when fine-tuning). Do not set
+    ``top.trainable`` (Keras would set it on every layer, batch normalisation included).
+    """
+    import keras
+
+    cut = cut_layer(spec.name, blocks)
+    prefixes = top_block_prefixes(spec.name, blocks)
+    base, _ = base_model(spec)
+    names = [layer.name for layer in base.layers]
+    above = names[names.index(cut) + 1 :]
+    stray = [n for n in above if not n.startswith(prefixes)]
+    if stray:
+        raise ValueError(f"{spec.name}: layers above {cut} outside the top blocks {prefixes}: {stray[:3]}")
+    try:
+        top = keras.Model(base.get_layer(cut).output, base.output, name=f"{spec.name}_top{blocks}")
+    except Exception as exc:  # noqa: BLE001 - a skip connection across the cut
+        raise ValueError(f"{spec.name}: cannot cut at {cut}: {exc}") from None
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name in above and not isinstance(layer, keras.layers.BatchNormalization)
+    return top, base

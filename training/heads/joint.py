@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.data.datasets import Dataset, Sample
+from training.data.rows import Dataset, Sample
 from training.data.split import PARTS, Split
-from training.features.backbones import BackboneSpec, build_readout_top
+from training.features.backbones import BackboneSpec
+from training.features.readout import build_readout_top
 from training.features.colour import COLOUR
 from training.features.readout import Features, top_inputs, cut_features
 from training.heads.calibration import (
@@ -148,6 +149,26 @@ def train_heads(feats: Features, dataset: Dataset, split: Split, cfg: JointConfi
     return heads
 
 
+def _joint_targets(feats: Features, dataset: Dataset, split: Split, tasks: Sequence[str]) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """Labels, per task and part the class weight on the rows of that part with a label (0 elsewhere: right for a
+    split whose parts differ per task too), and the train and val rows of any task."""
+    labels, weights = {}, {}
+    rows: dict[str, set[int]] = {"train": set(), "val": set()}
+    for t in tasks:
+        classes = dataset.classes[t]
+        y = _labels(feats.samples, t, classes)
+        parts = _parts(feats.samples, split, t)
+        cw = class_weights(y[parts["train"]], len(classes))
+        labels[t], weights[t] = np.maximum(y, 0), {}
+        for part in rows:
+            w = np.zeros(len(y), np.float32)
+            w[parts[part]] = [cw[int(v)] for v in y[parts[part]]]
+            weights[t][part] = w
+            rows[part] |= set(parts[part].tolist())
+    tr, va = np.array(sorted(rows["train"])), np.array(sorted(rows["val"]))
+    return labels, weights, tr, va
+
+
 def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: BackboneSpec, cut: str, heads: Mapping[str, Any],
                       cfg: JointConfig, progress: bool = True) -> tuple[Any, History]:
     """Train the top block(s) above ``cut`` and the three heads together; returns (base, history).
@@ -156,7 +177,7 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     served backbone loads); the heads are trained in place."""
     import keras
 
-    from training.features.backbones import build_top
+    from training.features.readout import build_top
 
     if feats.maps is None:
         raise ValueError("joint fine-tuning needs the cut maps (keep_maps=True)")
@@ -172,22 +193,7 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     keras.utils.set_random_seed(cfg.seed)
     model.compile(optimizer=make_optimizer("adam", cfg.fine_tune_lr), loss={t: "sparse_categorical_crossentropy" for t in tasks})
 
-    # per task and part: the class weight on the rows of that part with a label, 0 elsewhere
-    # (right for a split whose parts differ per task too)
-    labels, weights = {}, {}
-    rows: dict[str, set[int]] = {"train": set(), "val": set()}
-    for t in tasks:
-        classes = dataset.classes[t]
-        y = _labels(feats.samples, t, classes)
-        parts = _parts(feats.samples, split, t)
-        cw = class_weights(y[parts["train"]], len(classes))
-        labels[t], weights[t] = np.maximum(y, 0), {}
-        for part in rows:
-            w = np.zeros(len(y), np.float32)
-            w[parts[part]] = [cw[int(v)] for v in y[parts[part]]]
-            weights[t][part] = w
-            rows[part] |= set(parts[part].tolist())
-    tr, va = np.array(sorted(rows["train"])), np.array(sorted(rows["val"]))
+    labels, weights, tr, va = _joint_targets(feats, dataset, split, tasks)
 
     def data(idx: np.ndarray, part: str):  # noqa: ANN202
         sw = {t: weights[t][part][idx] for t in tasks}

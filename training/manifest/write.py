@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from training.manifest.folder import load_manifest, manifest_file, save_manifest
-
-from training.features.backbones import top_block_prefixes as top_prefixes
-
 import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,9 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from training.features.backbones import top_block_prefixes as top_prefixes
 from training.heads.joint import JointConfig, JointResult
 from training.heads.per_task import TaskResult, TrainConfig
 from training.heads.title import TITLE_FILE, TitleModel
+from training.manifest.folder import load_manifest, manifest_file, save_manifest
 
 TUNED_FILE = "backbone/tuned-layers.npz"  # under the models folder: only the fine-tuned layers (committed)
 

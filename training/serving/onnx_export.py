@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from training.manifest.read import ModelsError
+from training.errors import ModelsError
 from training.serving.servables import Servable
 
 OPSET = 17

@@ -3,8 +3,7 @@
 Python API (docs/model-repository.md is the contract):
 
 - :func:`build_repository` ``(models_dir, out_dir, target="cpu") -> Path``
-- :func:`make_tiny_models` ``(models_dir, input_size=(32, 32)) -> Path``: a real, tiny model set
-  for tests (re-exported from :mod:`training.manifest.untrained`).
+- tests build a real, tiny model set first with :func:`training.manifest.untrained.make_tiny_models`.
 
 The repository holds ``backbone``, ``<task>_head``, the standalone ``<task>`` models (full
 SavedModels) and ``autolabel``: an ensemble (backbone once, then the three heads) or, with
@@ -27,13 +26,14 @@ from tqdm import tqdm
 
 from services.settings import SCOPE_CLASSES, SCOPE_OUTPUT, TASKS
 from training.features.text import TITLE_MAX_CHARS
-from training.manifest.read import ModelsError, ModelSet, describe_weights, read_models, weights_source
+from training.errors import ModelsError
+from training.manifest.read import ModelSet, describe_weights, read_models, weights_source
+from training.serving.export import export_model
 from training.serving.graphs import build_graphs
 from training.serving.openvino_build import build_info, converts_to_openvino, feature_heads, precisions
 from training.serving.repository_check import check_repository
 from training.serving.servables import Servable, servables
 from training.serving.triton_config import (
-    MODEL_FILE,
     OPENVINO_CONFIG,
     PRECISIONS,
     TARGETS,
@@ -50,8 +50,6 @@ SERVING_MODES = ("ensemble", "fused")
 # labels equal TensorFlow's on the honest test split (docs/accuracy.md, "OpenVINO"); `--target cpu` is TensorFlow.
 DEFAULT_TARGET = "cpu-openvino"
 BUILD_INFO = "autolabel-build.json"  # beside the models; Triton ignores files at the top level
-PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
-OPENVINO_MODEL = Path(__file__).with_name("triton_openvino_model.py")
 
 
 def managed_names(tasks: list[str] | tuple[str, ...] = TASKS) -> set[str]:
@@ -160,44 +158,6 @@ def _write_model(folder: Path, spec: ModelSpec, labels: dict[str, list[str]], ta
         (folder / name).write_text("\n".join(lines) + "\n")
 
 
-def export_savedmodel(servable: Servable, path: Path) -> Path:
-    """Write ``servable`` as a SavedModel with one ``serving_default`` signature.
-
-    A plain ``tf.Module`` holding each TensorFlow variable once (Keras' ExportArchive
-    stores the VGG16 weights twice: 113 MB instead of 57 MB per model).
-    """
-    import tensorflow as tf
-
-    module = tf.Module()
-    seen: dict[int, Any] = {}
-    for obj in servable.tracked:
-        for v in obj.weights:
-            tv = getattr(v, "value", v)
-            seen.setdefault(id(tv), tv)
-    module.model_variables = list(seen.values())
-    module.serve = tf.function(servable.named_fn(), input_signature=servable.tf_signature())
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve.get_concrete_function()})
-    return path
-
-
-def _export(s: Servable, version_dir: Path, target: str, transform: Callable[[Any], Any] | None = None) -> None:
-    version_dir.mkdir(parents=True, exist_ok=True)
-    if converts_to_openvino(s, target):
-        from training.serving.openvino_export import export_openvino
-
-        export_openvino(s, version_dir / MODEL_FILE[target], export_savedmodel, transform)
-        shutil.copyfile(OPENVINO_MODEL, version_dir / "model.py")
-        return
-    if target == "gpu-onnx":
-        from training.serving.onnx_export import export_onnx
-
-        export_onnx(s, version_dir / MODEL_FILE[target])
-        return
-    export_savedmodel(s, version_dir / "model.savedmodel")
-    if target in ("cpu", "cpu-openvino"):
-        shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
-
-
 def _write_info(out_dir: Path, models: ModelSet, target: str, serving: str, built: list[str], tuning: Tuning, tensorrt: bool,
                 extra: dict[str, Any]) -> None:
     """``autolabel-build.json``: what was built from what, with which tuning."""
@@ -216,6 +176,45 @@ def _write_info(out_dir: Path, models: ModelSet, target: str, serving: str, buil
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _check_arguments(target: str, serving: str, precision: str | None, quantize: Callable[..., Any] | None) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if precision is not None and (target != "cpu-openvino" or precision not in PRECISIONS):
+        raise ValueError(f"precision applies to --target cpu-openvino only, one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "int8" and quantize is None:
+        raise ValueError("int8 needs a quantizer (calibration photos): autolabel models build --precision int8 --data KIND:PATH")
+    if serving not in SERVING_MODES:
+        raise ValueError(f"unknown serving mode {serving!r}; choose one of {', '.join(SERVING_MODES)}")
+
+
+def _log_models(models: ModelSet, log: Callable[[str], None]) -> None:
+    h, w = models.backbone.input_size
+    log(f"backbone: {describe_weights(models.backbone)}, input {h}x{w} uint8, resize {models.resize}")
+    for task, entry in models.tasks.items():
+        if not entry.shared:
+            own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone, entry.fine_tuned)  # type: ignore[arg-type]
+            log(f"{task}: does not share the base ({own}): served standalone, the ensemble calls `{task}`")
+
+
+def _stage(staging: Path, models: ModelSet, graphs: Any, todo: list[Servable], target: str, serving: str, tuning: Tuning,
+           tensorrt: bool, precisions_: tuple[str, str], quantize: Callable[..., Any] | None, progress: bool) -> None:
+    """Write every model folder (config, labels, version 1) of the build into ``staging``."""
+    precision, float_precision = precisions_
+    for s in tqdm(todo, desc=f"export {target}", unit="model", disable=not progress):
+        spec, labels = _model_spec(s, models)
+        spec = replace(spec, openvino=converts_to_openvino(s, target))
+        int8 = spec.openvino and precision == "int8" and s.name == "backbone"
+        own = precision if precision != "int8" or int8 else float_precision
+        _write_model(staging / s.name, spec, labels, target, tuning, tensorrt, own)
+        transform = (lambda m: quantize(m, feature_heads(graphs), float_precision)) if int8 and quantize else None
+        export_model(s, staging / s.name / "1", target, transform)
+    if serving == "ensemble":
+        spec, labels = _ensemble_spec(models, graphs.input_shape)
+        _write_model(staging / "autolabel", spec, labels, target, tuning, tensorrt)
+        (staging / "autolabel" / "1").mkdir()
+        (staging / "autolabel" / "1" / "README").write_text("ensemble: no model file (kept so object stores keep the folder)\n")
 
 
 def build_repository(
@@ -238,14 +237,7 @@ def build_repository(
     (training/serving/quantize.py: calibrated, checked on validation); the other image models get bf16.
     Raises :class:`ModelsError` (no trained heads, inconsistent files) and ``ValueError`` (bad target/serving/tuning).
     Model folders this build does not own are left in place."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if precision is not None and (target != "cpu-openvino" or precision not in PRECISIONS):
-        raise ValueError(f"precision applies to --target cpu-openvino only, one of {', '.join(PRECISIONS)} (got {precision!r})")
-    if precision == "int8" and quantize is None:
-        raise ValueError("int8 needs a quantizer (calibration photos): autolabel models build --precision int8 --data KIND:PATH")
-    if serving not in SERVING_MODES:
-        raise ValueError(f"unknown serving mode {serving!r}; choose one of {', '.join(SERVING_MODES)}")
+    _check_arguments(target, serving, precision, quantize)
     tuning = tuning or default_tuning(target)
     models_dir, out_dir = Path(models_dir), Path(out_dir)
     started = time.monotonic()
@@ -254,12 +246,7 @@ def build_repository(
         log("gpu-onnx: the title branch is TensorFlow string ops with no ONNX form; this build serves the photo only "
             "(use --target gpu-tf or cpu to serve the title)")
         models = replace(models, title=None)
-    h, w = models.backbone.input_size
-    log(f"backbone: {describe_weights(models.backbone)}, input {h}x{w} uint8, resize {models.resize}")
-    for task, entry in models.tasks.items():
-        if not entry.shared:
-            own = f"fine-tuned model {entry.model}" if entry.model else describe_weights(entry.backbone, entry.fine_tuned)  # type: ignore[arg-type]
-            log(f"{task}: does not share the base ({own}): served standalone, the ensemble calls `{task}`")
+    _log_models(models, log)
     precision, float_precision = precisions(target, precision, log)
     graphs = build_graphs(models)
     todo = servables(graphs, fused=serving == "fused")
@@ -267,19 +254,7 @@ def build_repository(
     staging = out_dir.parent / f".{out_dir.name}.building"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for s in tqdm(todo, desc=f"export {target}", unit="model", disable=not progress):
-            spec, labels = _model_spec(s, models)
-            spec = replace(spec, openvino=converts_to_openvino(s, target))
-            int8 = spec.openvino and precision == "int8" and s.name == "backbone"
-            own = precision if precision != "int8" or int8 else float_precision
-            _write_model(staging / s.name, spec, labels, target, tuning, tensorrt, own)
-            transform = (lambda m: quantize(m, feature_heads(graphs), float_precision)) if int8 and quantize else None
-            _export(s, staging / s.name / "1", target, transform)
-        if serving == "ensemble":
-            spec, labels = _ensemble_spec(models, graphs.input_shape)
-            _write_model(staging / "autolabel", spec, labels, target, tuning, tensorrt)
-            (staging / "autolabel" / "1").mkdir()
-            (staging / "autolabel" / "1" / "README").write_text("ensemble: no model file (kept so object stores keep the folder)\n")
+        _stage(staging, models, graphs, todo, target, serving, tuning, tensorrt, (precision, float_precision), quantize, progress)
         problems = check_repository(staging)
         if problems:
             raise ModelsError("the built repository does not check out:\n  " + "\n  ".join(problems))
@@ -291,10 +266,8 @@ def build_repository(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _write_info(out_dir, models, target, serving, built, tuning, tensorrt, build_info(target, precision, quantize))
-    layout = "ensemble: backbone -> " + ", ".join([*(f"{t}_head" if e.shared else t for t, e in models.tasks.items()),
-                                                   *(["scope_head"] if models.scope is not None else [])])
-    if serving == "fused":
-        layout = "one multi-output model"
+    layout = "one multi-output model" if serving == "fused" else "ensemble: backbone -> " + ", ".join(
+        [*(f"{t}_head" if e.shared else t for t, e in models.tasks.items()), *(["scope_head"] if models.scope is not None else [])])
     log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "
         f"autolabel ({layout}); standalone {', '.join(models.tasks)}")
     return out_dir

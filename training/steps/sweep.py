@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from training.data.datasets import Dataset
+from training.data.rows import Dataset
 from training.features.backbones import BackboneSpec
 from training.heads.keras_heads import STUDY_CHAMPIONS, STUDY_TEST_ACCURACY, HeadConfig
 from training.heads.per_task import BALANCE_MODES, TrainConfig, prepare, train_task

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from training.manifest.folder import load_manifest, save_manifest
-
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from training.heads.others import HEADS_DIR, PARTS, ROUTE_BUDGET, fit_head, head_metrics, route_threshold
+from training.manifest.folder import load_manifest, save_manifest
 
 
 def _predict(head_file: Path, readout: np.ndarray) -> np.ndarray:
@@ -39,7 +38,7 @@ def _in_scope_val_p_out(models: Any, dataset: Any, part_of: Mapping[str, str], i
                         progress: bool) -> np.ndarray:
     """The gate's P(out of scope) of the in-scope validation photos (their readout is cached by training)."""
     from training.features.backbones import cut_layer
-    from training.heads.joint import cut_features
+    from training.features.readout import cut_features
 
     rows = [s for s in dataset.samples if part_of.get(s.key) == "val" and s.meta.get("category", "").lower() in inside]
     if not rows:
@@ -55,7 +54,7 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
     """Fit a head per task on the split's photos outside the gate's categories, the P(out of scope) above which
     photos get their labels, and each task's auto-accept threshold for those photos; write them and the manifest's ``others``."""
     from training.features.backbones import cut_layer
-    from training.heads.joint import cut_features
+    from training.features.readout import cut_features
     from training.manifest.read import read_models
     from training.manifest.write import addon_version
 

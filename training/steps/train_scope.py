@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from training.manifest.folder import load_manifest, manifest_file, save_manifest
-
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -15,6 +13,7 @@ import numpy as np
 
 from services.settings import SCOPE_CLASSES as CLASSES
 from training.heads.scope import MAX_FALSE_FLAGS, OUT_ROWS, SCOPE_HEAD, ScopeGate, fit_gate, gate_metrics
+from training.manifest.folder import load_manifest, manifest_file, save_manifest
 
 
 def _rows(dataset: Any, split: Any, in_scope: set[str], seed: int) -> tuple[list[Any], dict[str, str]]:
@@ -38,7 +37,7 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
                 max_false_flags: float = MAX_FALSE_FLAGS, seed: int = 0, progress: bool = True) -> tuple[ScopeGate, dict[str, Any]]:
     """Fit the gate on the readout of ``models_dir``'s backbone; write heads/scope.keras and the manifest's ``scope``."""
     from training.features.backbones import cut_layer
-    from training.heads.joint import cut_features
+    from training.features.readout import cut_features
     from training.manifest.read import read_models
     from training.manifest.write import addon_version
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from training.manifest.folder import load_manifest, save_manifest
-
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 from training.features.text import TextConfig
 from training.heads.calibration import DEFAULT_TARGET_PRECISION
 from training.heads.title import TITLE_FILE, TitleModel, fit_title_model
+from training.manifest.folder import load_manifest, save_manifest
 from training.manifest.write import manifest_entry
 
 
@@ -22,7 +21,8 @@ def image_logits(models_dir: Path, dataset: Any, cache_dir: Path, progress: bool
     import keras
 
     from training.features.backbones import cut_layer
-    from training.heads.joint import cut_features, logits_of
+    from training.features.readout import cut_features
+    from training.heads.joint import logits_of
     from training.manifest.read import read_models
 
     models = read_models(models_dir, tuple(t for t in dataset.tasks))
