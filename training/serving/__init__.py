@@ -1,0 +1,1 @@
+"""Models folder -> Triton repository: graphs, servables, Triton configs, SavedModel/OpenVINO/ONNX export, repository build and check."""
