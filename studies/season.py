@@ -151,9 +151,8 @@ def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None 
 
     from training.data.datasets import load
     from training.data.split import Split
-    from training.features.backbones import cut_layer
     from training.features.text import present_buckets, tfidf
-    from training.features.readout import cut_features
+    from training.features.readout import served_readout
     from training.manifest.read import read_models
     from training.steps.train_title import image_logits
 
@@ -166,7 +165,7 @@ def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None 
     if models.title is None:
         raise SystemExit(f"{models_dir} has no title model: run `autolabel train-title` first")
     samples, logits = image_logits(models_dir, dataset, cache_dir)
-    readout = cut_features(dataset, models.backbone, cut_layer(models.backbone.name, 1), cache_dir, keep_maps=False).readout
+    readout = served_readout(models, dataset, cache_dir).readout
     classes = dataset.classes[TASK]
     title = models.title.load({TASK: classes})
     x = tfidf(present_buckets([s.title for s in samples], title.text), title.idf)

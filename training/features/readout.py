@@ -74,6 +74,12 @@ def cut_features(dataset: Dataset, spec: BackboneSpec, cut: str, cache_dir: Any,
 
 
 
+def served_readout(models: Any, dataset: Dataset, cache_dir: Any, progress: bool = True) -> Features:
+    """The readout the served models read, for every readable sample of ``dataset``: ``models`` (a
+    :class:`training.manifest.read.ModelSet`)'s backbone cut below its top block, through the tuned top block."""
+    return cut_features(dataset, models.backbone, cut_layer(models.backbone.name, 1), cache_dir, keep_maps=False, progress=progress)
+
+
 def top_inputs(spec: BackboneSpec, maps: Any, colour: Any) -> list[Any]:
     """The inputs of :func:`build_readout_top`'s model: the cut maps, and the colour features if read out."""
     return [maps, colour] if spec.readout is not None and spec.readout.colour else [maps]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from training.features.readout import served_readout
 from training.heads.others import HEADS_DIR, PARTS, ROUTE_BUDGET, fit_head, head_metrics, route_threshold
 from training.manifest.folder import load_manifest, save_manifest
 
@@ -37,14 +38,11 @@ def _auto_accept(served: np.ndarray, y: np.ndarray, parts: Mapping[str, np.ndarr
 def _in_scope_val_p_out(models: Any, dataset: Any, part_of: Mapping[str, str], inside: set[str], cache_dir: Path,
                         progress: bool) -> np.ndarray:
     """The gate's P(out of scope) of the in-scope validation photos (their readout is cached by training)."""
-    from training.features.backbones import cut_layer
-    from training.features.readout import cut_features
 
     rows = [s for s in dataset.samples if part_of.get(s.key) == "val" and s.meta.get("category", "").lower() in inside]
     if not rows:
         return np.zeros(0)
-    feats = cut_features(replace(dataset, samples=rows), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
-                         keep_maps=False, progress=progress)
+    feats = served_readout(models, replace(dataset, samples=rows), cache_dir, progress=progress)
     return _predict(models.scope.head, feats.readout)[:, 1]
 
 
@@ -53,8 +51,6 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
                  route_budget: float = ROUTE_BUDGET, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Fit a head per task on the split's photos outside the gate's categories, the P(out of scope) above which
     photos get their labels, and each task's auto-accept threshold for those photos; write them and the manifest's ``others``."""
-    from training.features.backbones import cut_layer
-    from training.features.readout import cut_features
     from training.manifest.read import read_models
     from training.manifest.write import addon_version
 
@@ -66,8 +62,7 @@ def train_others(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, co
     rows = [s for s in dataset.samples if s.key in part_of and s.meta.get("category", "").lower() not in inside]
     if not rows:
         raise ValueError(f"the data has no photos outside {sorted(models.scope.in_scope)} in the split's parts")
-    feats = cut_features(replace(dataset, samples=rows), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
-                         keep_maps=False, progress=progress)
+    feats = served_readout(models, replace(dataset, samples=rows), cache_dir, progress=progress)
     x, samples = feats.readout, feats.samples
     categories = [s.meta.get("category", "") for s in samples]
     p_out = _predict(models.scope.head, x)[:, 1]  # the gate, as served

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from services.settings import SCOPE_CLASSES as CLASSES
+from training.features.readout import served_readout
 from training.heads.scope import MAX_FALSE_FLAGS, OUT_ROWS, SCOPE_HEAD, ScopeGate, fit_gate, gate_metrics
 from training.manifest.folder import load_manifest, manifest_file, save_manifest
 
@@ -36,8 +37,6 @@ def _rows(dataset: Any, split: Any, in_scope: set[str], seed: int) -> tuple[list
 def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, command: str, in_scope: Sequence[str] = ("Apparel",),
                 max_false_flags: float = MAX_FALSE_FLAGS, seed: int = 0, progress: bool = True) -> tuple[ScopeGate, dict[str, Any]]:
     """Fit the gate on the readout of ``models_dir``'s backbone; write heads/scope.keras and the manifest's ``scope``."""
-    from training.features.backbones import cut_layer
-    from training.features.readout import cut_features
     from training.manifest.read import read_models
     from training.manifest.write import addon_version
 
@@ -47,8 +46,7 @@ def train_scope(models_dir: Path, dataset: Any, split: Any, cache_dir: Path, com
     if not any(c.lower() in wanted for c in cats) or all(c.lower() in wanted for c in cats):
         raise ValueError(f"the data needs rows in {sorted(in_scope)} and rows outside (categories found: {sorted(cats)})")
     models = read_models(models_dir)
-    feats = cut_features(replace(dataset, samples=chosen), models.backbone, cut_layer(models.backbone.name, 1), cache_dir,
-                         keep_maps=False, progress=progress)
+    feats = served_readout(models, replace(dataset, samples=chosen), cache_dir, progress=progress)
     categories = [s.meta.get("category", "") for s in feats.samples]
     out = np.array([c.lower() not in wanted for c in categories])
     parts = {p: np.array([i for i, s in enumerate(feats.samples) if part_of[s.key] == p], np.int64) for p in OUT_ROWS}

@@ -20,13 +20,12 @@ def image_logits(models_dir: Path, dataset: Any, cache_dir: Path, progress: bool
     The readout vectors come from the cut cache through the tuned top block (cached too)."""
     import keras
 
-    from training.features.backbones import cut_layer
-    from training.features.readout import cut_features
+    from training.features.readout import served_readout
     from training.heads.joint import logits_of
     from training.manifest.read import read_models
 
     models = read_models(models_dir, tuple(t for t in dataset.tasks))
-    feats = cut_features(dataset, models.backbone, cut_layer(models.backbone.name, 1), cache_dir, keep_maps=False, progress=progress)
+    feats = served_readout(models, dataset, cache_dir, progress=progress)
     out = {}
     for task, entry in models.tasks.items():
         head = keras.models.load_model(entry.head, compile=False)
