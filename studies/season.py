@@ -158,7 +158,7 @@ def study(data: str, models_dir: Path, cache_dir: Path, split_path: Path | None 
 
     kind, _, path = data.partition(":")
     if kind != "fpi":
-        raise SystemExit("season_study reads the catalog year: it needs an fpi:DIR dataset")
+        raise SystemExit("studies.season reads the catalog year: it needs an fpi:DIR dataset")
     dataset = load(data, ["Apparel"])
     split = Split.load(split_path or models_dir / "split.json")
     models = read_models(models_dir)

@@ -28,7 +28,7 @@ def split_option(help_text: str):  # noqa: ANN201 - a click decorator
     return click.option("--split", "split_file", type=click.Path(path_type=Path), default=None, help=help_text)
 
 
-def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.split.Split
+def _models_and_split(models_dir: Path, split_file: Path | None):  # noqa: ANN202 - training.data.split.Split
     """The trained models must be there; the split they were trained on (default: MODELS/split.json)."""
     from training.data.split import Split
     from training.errors import ModelsError

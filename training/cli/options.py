@@ -14,7 +14,7 @@ DEFAULT_MODELS = Path("models")
 
 
 
-SCOPES = ("apparel-mw", "all")  # training.evaluate.in_scope
+SCOPES = ("apparel-mw", "all")  # training.data.split.in_scope
 
 
 
@@ -100,7 +100,7 @@ def load_dataset(data: str, categories: str | None, per_class: int | None, seed:
 
 
 def saved_split(split_file: Path, ds: Any, reviewed: bool, quiet: bool) -> Any:
-    """The saved split; with --reviewed, plus the photos only reviewers labeled (training.split.extend_split)."""
+    """The saved split; with --reviewed, plus the photos only reviewers labeled (training.data.split.extend_split)."""
     from training.data.split import Split, extend_split
 
     if not split_file.is_file():

@@ -19,7 +19,7 @@ from training.heads.metrics import classification_metrics
 
 
 def save_predictions(path: Path, results: Mapping[str, Any]) -> Path:
-    """``results``: task -> training.evaluate.TaskEvaluation (photo-only, scalar thresholds)."""
+    """``results``: task -> training.evaluation.scoring.TaskEvaluation (photo-only, scalar thresholds)."""
     arrays: dict[str, np.ndarray] = {}
     for task, r in results.items():
         arrays[f"{task}/keys"] = np.asarray(r.keys)

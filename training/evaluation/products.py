@@ -12,7 +12,7 @@ from training.heads.calibration import accepted_mask
 
 
 class Scored(Protocol):
-    """One task's scored photos (training.evaluate.TaskEvaluation)."""
+    """One task's scored photos (training.evaluation.scoring.TaskEvaluation)."""
 
     keys: list[str]
     y: np.ndarray

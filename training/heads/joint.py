@@ -6,7 +6,7 @@ photo). Training works on features cached at the cut (``block4_pool`` for VGG16:
 below it is frozen and runs once per photo) plus the photo's colour features:
 
 1. **Readout vectors**: the frozen layers above the cut turn the cached maps into the readout
-   vector (:func:`training.backbones.build_readout_top`).
+   vector (:func:`training.features.readout.build_readout_top`).
 2. **Heads**: per task, standardise -> hidden layer(s) -> logits -> temperature -> softmax,
    trained with class weights (each class weighs the same), the epoch with the lowest
    validation loss kept.

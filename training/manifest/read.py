@@ -83,10 +83,10 @@ class TitleEntry:
     """The manifest's ``title`` record: text featurisation, the file of the text models, per-class thresholds."""
 
     file: Path
-    text: Any  # training.text.TextConfig
+    text: Any  # training.features.text.TextConfig
     thresholds: dict[str, tuple[float, ...]]  # task -> one per class (auto-accept with a title)
 
-    def load(self, classes: Mapping[str, Sequence[str]]) -> Any:  # training.title.TitleModel
+    def load(self, classes: Mapping[str, Sequence[str]]) -> Any:  # training.heads.title.TitleModel
         from training.heads.title import TitleModel
 
         return TitleModel.load(self.file, self.text, classes)

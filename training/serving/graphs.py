@@ -19,7 +19,7 @@ class ServingGraphs:
     heads: dict[str, Any]  # task -> keras.Model features -> probs (shared tasks)
     standalone: dict[str, Any]  # task -> callable image -> probs
     tracked: dict[str, list[Any]]  # model name -> keras objects its SavedModel must track
-    title: Any = None  # training.title.TitleModel: the shared heads also take the title
+    title: Any = None  # training.heads.title.TitleModel: the shared heads also take the title
     scope: Any = None  # keras.Model: features -> [P(in scope), P(out of scope)]
     others: dict[str, Any] = field(default_factory=dict)  # task -> keras.Model features -> probs (other categories)
 
