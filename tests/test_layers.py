@@ -183,6 +183,13 @@ def test_only_the_models_folder_owner_names_manifest_json() -> None:
     assert "manifest.json" in (ROOT / MANIFEST_OWNER).read_text()
 
 
+def test_only_training_cli_uses_click() -> None:
+    """The commands' work lives under steps/, serving/ and evaluation/; cli/ parses, calls one function, prints."""
+    users = sorted(path for path, source in _sources("training").items() if not path.startswith("training/cli/")
+                   and "click" in [top for _, top in imported_packages(source)])
+    assert users == []
+
+
 def _training_oversized(files: dict[str, str]) -> set[str]:
     found = set()
     for path, source in files.items():
