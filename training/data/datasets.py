@@ -287,8 +287,3 @@ def load(spec: str | DataSpec, categories: Sequence[str] | None = None, progress
     if ds.kind == "manifest":
         return load_manifest(ds.path, progress)
     return load_folders(ds.path, progress)
-
-
-# --- subsets -----------------------------------------------------------------------
-
-

@@ -13,7 +13,7 @@ the fine-tuned readout is overconfident, and falls far below both signals (seaso
    class-weighted cross-entropy, a little L2), then a temperature for calibration and the
    auto-accept threshold, as for the image model.
 3. **Served**: the exported head computes both and keeps the image model's output where the
-   title has no words (:func:`fused_probs`): an upload without a title gets exactly the
+   title has no words (:func:`training.serving.servables.fused_probs`): an upload without a title gets exactly the
    image-only labels; title dropout in training is not needed for that.
 """
 
@@ -194,11 +194,3 @@ def fit_title_model(titles: Sequence[str], image_logits: Mapping[str, np.ndarray
     tasks = {t: fit_task(classes[t], x, image_logits[t], labels[t], parts[t], target_precision,
                          (image_thresholds or {}).get(t)) for t in image_logits}
     return TitleModel(text, idf, tasks)
-
-
-# --- the served graph ------------------------------------------------------------------------
-
-
-# --- training on a models folder ---------------------------------------------------------------
-
-

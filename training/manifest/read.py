@@ -272,8 +272,3 @@ def missing_backbone_message(path: Path, task: str, fine_tuned: Mapping[str, Any
         return (f"task {task}'s fine-tuned backbone {path} is missing (fine-tuned backbones are not committed: "
                 f"{_blocks(int(fine_tuned.get('blocks', 0)))} from {fine_tuned.get('from_weights', '?')}); {how}")
     return f"task {task}'s backbone weights {path} are missing (manifest 'backbone'); restore the file or retrain the task"
-
-
-# --- Keras graphs --------------------------------------------------------------------------
-
-

@@ -16,7 +16,8 @@ from training.heads.title import TITLE_FILE, TitleModel
 from training.manifest.folder import load_manifest, manifest_file, save_manifest
 
 TUNED_FILE = "backbone/tuned-layers.npz"  # under the models folder: only the fine-tuned layers (committed)
-
+MANIFEST_FORMAT = 1
+BACKBONES_DIR = "backbones"  # fine-tuned backbone weights, under the models folder (git-ignored: ~59 MB for VGG16)
 
 
 def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data_source: str, command: str) -> Any:
@@ -66,14 +67,6 @@ def write_joint_models(result: JointResult, cfg: JointConfig, out_dir: Any, data
     return save_manifest(out_dir, manifest)
 
 
-MANIFEST_FORMAT = 1
-
-
-
-BACKBONES_DIR = "backbones"  # fine-tuned backbone weights, under the models folder (git-ignored: ~59 MB for VGG16)
-
-
-
 def git_version() -> str:
     try:
         sha = subprocess.run(
@@ -84,14 +77,12 @@ def git_version() -> str:
     return f"{datetime.now(timezone.utc):%Y.%m.%d}-{sha}"
 
 
-
 def addon_version(addon: Path) -> str:
     """The model version after an add-on (title model, scope gate) was fitted beside trained heads:
     :func:`git_version` and a digest of the add-on's file, so two fits at one commit differ."""
     import hashlib
 
     return f"{git_version()}-{hashlib.sha256(Path(addon).read_bytes()).hexdigest()[:6]}"
-
 
 
 def save_head(model: Any, path: Path) -> Path:
@@ -104,11 +95,9 @@ def save_head(model: Any, path: Path) -> Path:
     return path
 
 
-
 def fine_tuned_weights(task: str) -> str:
     """Where a task's fine-tuned backbone weights go, relative to the models folder."""
     return f"{BACKBONES_DIR}/{task}.weights.h5"
-
 
 
 def write_models(

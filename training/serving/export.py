@@ -11,6 +11,9 @@ from training.serving.openvino_build import converts_to_openvino
 from training.serving.servables import Servable
 from training.serving.triton_config import MODEL_FILE
 
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+OPENVINO_MODEL = Path(__file__).with_name("triton_openvino_model.py")
+
 
 def export_savedmodel(servable: Servable, path: Path) -> Path:
     """Write ``servable`` as a SavedModel with one ``serving_default`` signature.
@@ -32,7 +35,6 @@ def export_savedmodel(servable: Servable, path: Path) -> Path:
     return path
 
 
-
 def export_model(s: Servable, version_dir: Path, target: str, transform: Callable[[Any], Any] | None = None) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     if converts_to_openvino(s, target):
@@ -49,10 +51,3 @@ def export_model(s: Servable, version_dir: Path, target: str, transform: Callabl
     export_savedmodel(s, version_dir / "model.savedmodel")
     if target in ("cpu", "cpu-openvino"):
         shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
-
-
-PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
-
-
-
-OPENVINO_MODEL = Path(__file__).with_name("triton_openvino_model.py")

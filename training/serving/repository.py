@@ -271,8 +271,3 @@ def build_repository(
     log(f"built {len(built)} models for target {target} in {out_dir} ({time.monotonic() - started:.0f}s): "
         f"autolabel ({layout}); standalone {', '.join(models.tasks)}")
     return out_dir
-
-
-# --- CLI --------------------------------------------------------------------------------------
-
-
