@@ -8,16 +8,16 @@ photos, titles, keys and seed (not on the row order) and is saved so later runs 
 
 from __future__ import annotations
 
-from training.data.rows import Sample
-
 import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from training.data.rows import Dataset
+import numpy as np
+
 from training.data.grouping import DEFAULT_MAX_DISTANCE, group_rows, hash_photos
+from training.data.rows import Dataset, Sample
 
 PARTS = ("train", "val", "test")
 
@@ -167,3 +167,10 @@ def in_scope(sample: Sample, scope: str) -> bool:
 def category_of(sample: Sample) -> str:
     cat = sample.meta.get("category") or "(none)"
     return f"Apparel ({sample.meta.get('catalog_gender') or '?'})" if cat == "Apparel" else cat
+
+
+def task_arrays(samples: Sequence[Sample], split: Split, task: str, classes: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``task``'s class index per sample (-1 where it has no label) and, per part, the rows of ``samples`` the split puts there."""
+    y = np.array([classes.index(s.label(task)) if s.label(task) is not None else -1 for s in samples], np.int64)
+    row = {s.key: i for i, s in enumerate(samples)}
+    return y, {p: np.array(sorted(row[k] for k in split.keys(task, p) if k in row), np.int64) for p in PARTS}

@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.data.rows import Dataset, Sample
-from training.data.split import PARTS, Split
+from training.data.rows import Dataset
+from training.data.split import Split, task_arrays
 from training.features.backbones import BackboneSpec
-from training.features.readout import build_readout_top
 from training.features.colour import COLOUR
-from training.features.readout import Features, top_inputs, cut_features
+from training.features.readout import Features, build_readout_top, cut_features, top_inputs
 from training.heads.calibration import (
     DEFAULT_TARGET_PRECISION,
     Threshold,
@@ -44,7 +43,7 @@ from training.heads.calibration import (
     fit_temperature,
     softmax,
 )
-from training.heads.keras_heads import History, fit_model, class_weights, make_optimizer
+from training.heads.keras_heads import History, class_weights, fit_model, make_optimizer
 from training.heads.metrics import classification_metrics
 
 
@@ -78,14 +77,7 @@ class TaskOutcome:
     n_train: int = 0
 
 
-def _labels(samples: Sequence[Sample], task: str, classes: Sequence[str]) -> np.ndarray:
-    """Class index per sample, -1 where the task has no label."""
-    return np.array([classes.index(s.label(task)) if s.label(task) is not None else -1 for s in samples], np.int64)
-
-
-def _parts(samples: Sequence[Sample], split: Split, task: str) -> dict[str, np.ndarray]:
-    row = {s.key: i for i, s in enumerate(samples)}
-    return {p: np.array(sorted(row[k] for k in split.keys(task, p) if k in row), np.int64) for p in PARTS}
+TaskArrays = dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]  # task -> (labels, rows per part): data.split.task_arrays
 
 
 def build_head(dim: int, n_classes: int, cfg: JointConfig, mean: np.ndarray, var: np.ndarray, name: str,
@@ -127,7 +119,7 @@ def logits_of(head: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(sub.predict(x, batch_size=512, verbose=0), np.float64)
 
 
-def train_heads(feats: Features, dataset: Dataset, split: Split, cfg: JointConfig, tasks: Sequence[str],
+def train_heads(feats: Features, dataset: Dataset, arrays: TaskArrays, cfg: JointConfig, tasks: Sequence[str],
                 progress: bool = True) -> dict[str, Any]:
     """One head per task on the readout vectors (class-weighted, best validation epoch kept)."""
     import keras
@@ -136,8 +128,7 @@ def train_heads(feats: Features, dataset: Dataset, split: Split, cfg: JointConfi
     x = feats.readout
     for task in tasks:
         classes = dataset.classes[task]
-        y = _labels(feats.samples, task, classes)
-        parts = _parts(feats.samples, split, task)
+        y, parts = arrays[task]
         tr, va = parts["train"], parts["val"]
         keras.utils.set_random_seed(cfg.seed)
         head = build_head(x.shape[1], len(classes), cfg, x[tr].mean(0), x[tr].var(0) + 1e-6, f"{task}_head")
@@ -149,15 +140,14 @@ def train_heads(feats: Features, dataset: Dataset, split: Split, cfg: JointConfi
     return heads
 
 
-def _joint_targets(feats: Features, dataset: Dataset, split: Split, tasks: Sequence[str]) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+def _joint_targets(dataset: Dataset, arrays: TaskArrays, tasks: Sequence[str]) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """Labels, per task and part the class weight on the rows of that part with a label (0 elsewhere: right for a
     split whose parts differ per task too), and the train and val rows of any task."""
     labels, weights = {}, {}
     rows: dict[str, set[int]] = {"train": set(), "val": set()}
     for t in tasks:
         classes = dataset.classes[t]
-        y = _labels(feats.samples, t, classes)
-        parts = _parts(feats.samples, split, t)
+        y, parts = arrays[t]
         cw = class_weights(y[parts["train"]], len(classes))
         labels[t], weights[t] = np.maximum(y, 0), {}
         for part in rows:
@@ -169,7 +159,7 @@ def _joint_targets(feats: Features, dataset: Dataset, split: Split, tasks: Seque
     return labels, weights, tr, va
 
 
-def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: BackboneSpec, cut: str, heads: Mapping[str, Any],
+def fine_tune_jointly(feats: Features, dataset: Dataset, arrays: TaskArrays, spec: BackboneSpec, cut: str, heads: Mapping[str, Any],
                       cfg: JointConfig, progress: bool = True) -> tuple[Any, History]:
     """Train the top block(s) above ``cut`` and the three heads together; returns (base, history).
 
@@ -193,7 +183,7 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     keras.utils.set_random_seed(cfg.seed)
     model.compile(optimizer=make_optimizer("adam", cfg.fine_tune_lr), loss={t: "sparse_categorical_crossentropy" for t in tasks})
 
-    labels, weights, tr, va = _joint_targets(feats, dataset, split, tasks)
+    labels, weights, tr, va = _joint_targets(dataset, arrays, tasks)
 
     def data(idx: np.ndarray, part: str):  # noqa: ANN202
         sw = {t: weights[t][part][idx] for t in tasks}
@@ -225,11 +215,11 @@ def fine_tune_jointly(feats: Features, dataset: Dataset, split: Split, spec: Bac
     return base, hist
 
 
-def calibrate(task: str, head: Any, hist: History, feats: Features, dataset: Dataset, split: Split, cfg: JointConfig) -> TaskOutcome:
+def calibrate(task: str, head: Any, hist: History, feats: Features, dataset: Dataset, arrays: TaskArrays,
+              cfg: JointConfig) -> TaskOutcome:
     """Temperature and threshold on validation; metrics (with ECE and auto-accept figures) per part."""
     classes = dataset.classes[task]
-    y = _labels(feats.samples, task, classes)
-    parts = _parts(feats.samples, split, task)
+    y, parts = arrays[task]
     logits = {p: logits_of(head, feats.readout[idx]) for p, idx in parts.items() if len(idx)}
     t = fit_temperature(logits["val"], y[parts["val"]]) if "val" in logits else 1.0
     probs = {p: softmax(lg / t) for p, lg in logits.items()}
@@ -264,17 +254,18 @@ def train_joint(dataset: Dataset, split: Split, spec: BackboneSpec, cfg: JointCo
     tasks = [t for t in (tasks or dataset.tasks) if t in dataset.tasks]
     cut = cut_layer(spec.name, 1)
     feats = cut_features(dataset, spec, cut, cache_dir, keep_maps=cfg.fine_tune_epochs > 0, progress=progress)
-    heads = train_heads(feats, dataset, split, cfg, tasks, progress)
+    arrays = {t: task_arrays(feats.samples, split, t, dataset.classes[t]) for t in tasks}  # once per task: the rows do not change
+    heads = train_heads(feats, dataset, arrays, cfg, tasks, progress)
     base = ft_hist = None
     if cfg.fine_tune_epochs > 0:
-        base, ft_hist = fine_tune_jointly(feats, dataset, split, spec, cut, heads, cfg, progress)
+        base, ft_hist = fine_tune_jointly(feats, dataset, arrays, spec, cut, heads, cfg, progress)
         top = build_readout_top(spec, cut, base)
         feats.readout = np.concatenate([
             np.asarray(top.predict_on_batch(top_inputs(spec, feats.maps[i : i + 64].astype(np.float32), feats.colour[i : i + 64])))
             for i in range(0, len(feats.samples), 64)
         ])
         feats.maps = None
-    outcomes = {t: calibrate(t, heads[t][0], heads[t][1], feats, dataset, split, cfg) for t in tasks}
+    outcomes = {t: calibrate(t, heads[t][0], heads[t][1], feats, dataset, arrays, cfg) for t in tasks}
     return JointResult(spec, outcomes, base, ft_hist, len(feats.samples), time.perf_counter() - started)
 
 
