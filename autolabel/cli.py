@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "bench": "autolabel.cli:bench",
     "review": "autolabel.review:review_command",
     "relabel": "autolabel.review:relabel_command",
+    "quality": "autolabel.quality:quality_command",
 }
 
 HELP = {
@@ -55,6 +56,7 @@ HELP = {
     "bench": "Benchmarks: serving, pipeline, soak, training.",
     "review": "Run the human review web app (flagged labels -> reviewed labels).",
     "relabel": "Re-emit labeled products' uploads so the served model labels them again.",
+    "quality": "Live precision from blind audits, reviewer agreement, audit backlog, drift; drift references.",
 }
 
 BENCHES = {
