@@ -107,3 +107,47 @@ def test_over_time_buckets_by_decision_time() -> None:
     points = series[("precision", "gender")]
     assert [t for t, _ in points] == [t0, t0 + timedelta(days=1)]
     assert [(e.n, e.agreed) for _, e in points] == [(24, 24), (25, 24)]
+
+
+def _audit_event(pid: str, version: str) -> ProductLabeled:
+    from test_drift import _label
+
+    from services.events import ImageLocation, ModelInfo, S3Location
+
+    labels = {"style": _label(["casual", "formal", "sports"], 0 if version == "v1" else 1, 0.9),
+              "gender": _label(["men", "women"], 0, 0.95), "season": _label(["spring-fall", "summer", "winter"], 1, 0.4, threshold=0.3)}
+    return ProductLabeled(product_id=pid, source_event_id=f"up-{pid}", image=ImageLocation(s3=S3Location(bucket="autolabel", key="images/x.jpg")),
+                          labels=labels, model=ModelInfo(name="m", version=version, backbone="b", weights_source="w"),
+                          needs_review=False, latency_ms=1.0, audit=True, uploaded_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_the_queue_keeps_audits_blind_and_scores_a_relabel_against_the_answer_given(tmp_path) -> None:
+    """On SQLite, without Kafka: an audit is queued though it needs no review; its decision's outcomes
+    feed the estimates; the same upload relabeled by another version is scored against that answer,
+    once, without asking again."""
+    from services.review.quality import read_outcomes
+    from services.review.queue import ReviewQueue
+    from services.review.tables import OutcomeRow
+
+    queue = ReviewQueue(f"sqlite:///{tmp_path / 'q.db'}")
+    ev = _audit_event("p1", "v1")
+    assert queue.offer([ev])["added"] == 1
+    (item,) = queue.claim("alice", 5)
+    assert item.audit is True
+    held = queue.begin_decision("p1", "alice", ev.source_event_id)
+    answer = {"style": "casual", "gender": "women", "season": "summer"}
+    now = datetime.now(UTC)
+    rows = [OutcomeRow(kind="audit", product_id="p1", source_event_id=ev.source_event_id, task=t, model_version="v1",
+                       model_label=ev.labels[t].label, human_label=answer[t], status=ev.labels[t].status, reviewer="alice",  # type: ignore[index]
+                       decided_at=now) for t in answer]
+    assert queue.complete(held, "alice", answer, 1, now, None, rows)
+    relabel = _audit_event("p1", "v2")  # v2 says formal: the person said casual
+    assert queue.offer([relabel])["scored"] == 1
+    assert queue.offer([relabel])["scored"] == 0  # a re-delivery scores nothing twice
+    assert queue.claim("alice", 5) == []  # nobody is asked again
+    with queue.sessions() as s:
+        found = {(e.task, e.model_version): (e.n, e.agreed) for e in estimates(read_outcomes(s)) if e.signal == "precision"
+                 and e.model_version}
+    assert found == {("style", "v1"): (1, 1), ("style", "v2"): (1, 0), ("gender", "v1"): (1, 0), ("gender", "v2"): (1, 0),
+                     ("season", "v1"): (1, 1), ("season", "v2"): (1, 1)}
+    queue.close()

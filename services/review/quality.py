@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.audit import Estimate, Outcome, estimates
+from services.events import ProductLabeled
 from services.review.tables import CLAIMED, PENDING, SAVING, Item, OutcomeRow
 from services.settings import Settings
 
@@ -71,3 +72,19 @@ def export(sessions, settings: Settings) -> list[Estimate]:  # noqa: ANN001 - a 
     TARGET.set(settings.target_precision)
     QUALITY_WINDOW.set(settings.quality_window_s)
     return found
+
+
+def score_relabel(s: Session, ev: ProductLabeled, now: datetime) -> int:
+    """Another model version's label of an upload already audited (a relabel picks the same products): its
+    labels scored against the person's blind answer, once per version, without asking again. The outcomes
+    are dated ``now`` (when this version's labels were judged). Returns the outcomes added."""
+    same = (OutcomeRow.product_id == ev.product_id, OutcomeRow.source_event_id == ev.source_event_id, OutcomeRow.kind == "audit")
+    if s.scalar(select(func.count()).where(*same, OutcomeRow.model_version == ev.model.version)):
+        return 0
+    answers = {r.task: r for r in s.scalars(select(OutcomeRow).where(*same).order_by(OutcomeRow.id))}
+    rows = [OutcomeRow(kind="audit", product_id=ev.product_id, source_event_id=ev.source_event_id, task=task,
+                       model_version=ev.model.version, model_label=lab.label, human_label=answers[task].human_label,
+                       status=lab.status, reviewer=answers[task].reviewer, decided_at=now)
+            for task, lab in ev.labels.items() if task in answers]
+    s.add_all(rows)
+    return len(rows)

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.events import ProductLabeled
+from services.review.quality import score_relabel
 from services.review.tables import (
     CLAIMED, DONE, PENDING, QUARANTINED, SAVING, STALE, Decision, Item, OutcomeRow, UTCDateTime, create_tables, database_url,
     make_engine,
@@ -101,10 +102,11 @@ class ReviewQueue:
         A product has one row: the first flagged label of an upload adds it; a re-delivery
         changes nothing; a newer upload replaces it and queues it again (a new photo starts
         fresh, even after a review); an older upload is ignored; the same upload relabeled by
-        another model version refreshes the labels shown, unless it was reviewed already. A
+        another model version refreshes the labels shown, unless it was reviewed already (an audit
+        reviewed already is scored for that version against the person's answer instead). A
         label that needs no review retires the waiting item it supersedes (:meth:`_retire`).
         """
-        counts = {"added": 0, "updated": 0, "retired": 0, "ignored": 0}
+        counts = {"added": 0, "updated": 0, "retired": 0, "ignored": 0, "scored": 0}
         now = _now()
         with self.sessions.begin() as s:
             # Two consumers may offer the same records at once (a rebalance re-delivers them):
@@ -134,6 +136,8 @@ class ReviewQueue:
                 elif mine == theirs and ev.model.version != item.model_version and item.status in (PENDING, CLAIMED):
                     item.model_version, item.event_json, item.audit = ev.model.version, ev.model_dump_json(), ev.audit
                     counts["updated"] += 1
+                elif mine == theirs and ev.audit and item.audit and item.status == DONE and score_relabel(s, ev, now):
+                    counts["scored"] += 1  # a relabel of an audited upload: scored against the person's answer
                 else:
                     counts["ignored"] += 1
         return counts
