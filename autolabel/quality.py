@@ -69,7 +69,7 @@ def worker_drift(urls: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return out
 
 
-def plot(path: Path, outcomes: list, bucket: timedelta, target: float) -> None:
+def plot(path: Path, outcomes: list, bucket: timedelta, target: float, step: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +90,7 @@ def plot(path: Path, outcomes: list, bucket: timedelta, target: float) -> None:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel(task)
         ax.legend(loc="lower left", fontsize=8)
-    axes[0, 0].set_title(f"live precision of auto-accepted labels (blind audits) and reviewer agreement, per {bucket}, 95 % Wilson")
+    axes[0, 0].set_title(f"live precision (blind audits) and reviewer agreement, per {step or bucket}, 95 % Wilson", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -132,7 +132,7 @@ def quality_command(ctx: click.Context, as_json: bool, plot_path: Path | None, b
     else:
         click.echo(table(found, settings.target_precision, backlog, drift))
     if plot_path is not None:
-        plot(plot_path, outcomes, parse_duration(bucket), settings.target_precision)
+        plot(plot_path, outcomes, parse_duration(bucket), settings.target_precision, bucket)
         click.echo(f"plot: {plot_path}", err=True)
 
 

@@ -156,6 +156,8 @@ def test_audits_are_sampled_shown_blind_and_measure_live_precision(stack_setting
         assert sample(found, "autolabel_live_precision_audits", **sel) == len(audited_accepted)
         assert sample(found, "autolabel_live_precision", **sel) == pytest.approx(live)
         lower, upper = sample(found, "autolabel_live_precision_lower", **sel), sample(found, "autolabel_live_precision_upper", **sel)
+        print(f"{task}: live {live:.3f} [{lower:.3f}, {upper:.3f}] from {len(audited_accepted)} audits; census {census:.3f} "
+              f"of {len(accepted)} accepted labels")
         assert lower <= census <= upper, f"{task}: census precision {census:.3f} outside the live interval [{lower:.3f}, {upper:.3f}]"
         version = next(iter(events.values())).model.version
         assert sample(found, "autolabel_live_precision_audits", task=task, model_version=version, **{"class": "all"}) == len(audited_accepted)
@@ -222,6 +224,7 @@ def test_drift_metrics_stay_low_on_normal_photos_and_move_on_altered_ones(stack_
     publish_files(settings, files, progress=False)
     assert wait_for(lambda: (sample(metrics(url), "autolabel_events_out_total") or 0) >= len(files), 180, interval=1.0)
     normal = psis()
+    print("PSI, normal photos:", {f"{t}/{f}": round(v, 3) for (t, f), v in normal.items()})
     assert len(normal) == 6 and max(normal.values()) < 0.1, normal
 
     # altered photos of other products: the drift metrics move
@@ -229,6 +232,7 @@ def test_drift_metrics_stay_low_on_normal_photos_and_move_on_altered_ones(stack_
     publish_files(settings, altered, progress=False)
     assert wait_for(lambda: (sample(metrics(url), "autolabel_events_out_total") or 0) >= len(files) + len(altered), 180, interval=1.0)
     moved = psis()
+    print("PSI, altered photos:", {f"{t}/{f}": round(v, 3) for (t, f), v in moved.items()})
     assert max(moved.values()) > 0.25, moved
     assert max(moved.values()) > 3 * max(normal.values())
     assert Image.open(io.BytesIO(altered[0].read_bytes())).size == (40, 53)
