@@ -227,7 +227,7 @@ class HumanLabel(BaseModel):
     source: Literal["human"] = "human"
     reviewer: str = Field(min_length=1, max_length=128)
     reviewed_at: datetime
-    model_label: str | None = Field(None, description="The model's label the reviewer saw (equal to label: accepted).")
+    model_label: str | None = Field(None, description="The model's label (equal to label: accepted); the reviewer saw it, except in a blind audit.")
 
 
 ProductLabeled.model_rebuild()
