@@ -89,7 +89,7 @@ class Estimate:
                 "value": None if self.value is None else round(self.value, 4), "lower": round(lo, 4), "upper": round(hi, 4)}
 
 
-def counted(outcome: Outcome) -> Literal["precision", "agreement"] | None:
+def counted(outcome: Outcome | Tally) -> Literal["precision", "agreement"] | None:
     """Which signal an outcome counts for: a blind audit of an accepted label -> precision; a decision on
     a label that was flagged -> agreement; anything else (an audited advisory label, a flagged item's
     accepted task) -> neither."""
@@ -100,17 +100,41 @@ def counted(outcome: Outcome) -> Literal["precision", "agreement"] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Outcomes of one kind, task, model version, model label and status: how many, how many agreed
+    (what a database's GROUP BY gives, so that a scrape does not read every outcome)."""
+
+    kind: str
+    task: str
+    model_version: str
+    model_label: str
+    status: str
+    n: int
+    agreed: int
+
+
 def estimates(outcomes: Iterable[Outcome]) -> list[Estimate]:
     """Per signal and task: over every version and class, per model version, and per predicted class."""
-    counts: dict[tuple[str, str, str, str], list[int]] = {}
+    groups: dict[tuple[str, str, str, str, str], list[int]] = {}
     for o in outcomes:
-        signal = counted(o)
+        c = groups.setdefault((o.kind, o.task, o.model_version, o.model_label, o.status), [0, 0])
+        c[0] += 1
+        c[1] += o.agrees
+    return estimates_of([Tally(*key, n, k) for key, (n, k) in groups.items()])
+
+
+def estimates_of(tallies: Iterable[Tally]) -> list[Estimate]:
+    """:func:`estimates` from grouped counts."""
+    counts: dict[tuple[str, str, str, str], list[int]] = {}
+    for t in tallies:
+        signal = counted(t)  # type: ignore[arg-type] - a Tally has the fields counted() reads
         if signal is None:
             continue
-        for key in ((signal, o.task, ALL, ALL), (signal, o.task, o.model_version, ALL), (signal, o.task, ALL, o.model_label)):
+        for key in ((signal, t.task, ALL, ALL), (signal, t.task, t.model_version, ALL), (signal, t.task, ALL, t.model_label)):
             c = counts.setdefault(key, [0, 0])
-            c[0] += 1
-            c[1] += o.agrees
+            c[0] += t.n
+            c[1] += t.agreed
     return [Estimate(s, t, v, c, n, k) for (s, t, v, c), (n, k) in sorted(counts.items())]  # type: ignore[arg-type]
 
 

@@ -151,3 +151,25 @@ def test_the_queue_keeps_audits_blind_and_scores_a_relabel_against_the_answer_gi
     assert found == {("style", "v1"): (1, 1), ("style", "v2"): (1, 0), ("gender", "v1"): (1, 0), ("gender", "v2"): (1, 0),
                      ("season", "v1"): (1, 1), ("season", "v2"): (1, 1)}
     queue.close()
+
+
+def test_the_database_tallies_give_the_same_estimates(tmp_path) -> None:
+    """What a scrape computes from GROUP BY counts equals the estimates of the outcomes read one by one."""
+    from services.review.quality import read_outcomes, read_tallies
+    from services.review.queue import ReviewQueue
+    from services.review.tables import OutcomeRow
+    from services.audit import estimates_of
+
+    queue = ReviewQueue(f"sqlite:///{tmp_path / 'q.db'}")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [OutcomeRow(kind=kind, product_id=f"p{i}", source_event_id="e", task=task, model_version=f"v{i % 2}",
+                       model_label=["casual", "formal"][i % 2], human_label=["casual", "formal", "sports"][i % 3], status=status,
+                       reviewer="r", decided_at=t0 + timedelta(minutes=i))
+            for i in range(60) for kind, status in (("audit", "accepted"), ("flagged", "review"), ("audit", "advisory"))
+            for task in ("style",)]
+    with queue.sessions.begin() as s:
+        s.add_all(rows)
+    with queue.sessions() as s:
+        assert estimates_of(read_tallies(s, t0)) == estimates(read_outcomes(s, t0))
+        assert estimates_of(read_tallies(s, t0 + timedelta(minutes=30))) == estimates(read_outcomes(s, t0 + timedelta(minutes=30)))
+    queue.close()

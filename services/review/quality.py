@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Gauge
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from services.audit import Estimate, Outcome, estimates
+from services.audit import Estimate, Outcome, Tally, estimates_of
 from services.events import ProductLabeled
 from services.review.tables import CLAIMED, PENDING, SAVING, Item, OutcomeRow
 from services.settings import Settings
@@ -37,6 +37,14 @@ def read_outcomes(s: Session, since: datetime | None = None) -> list[Outcome]:
                     human_label=r.human_label, status=r.status, decided_at=r.decided_at) for r in s.scalars(query)]
 
 
+def read_tallies(s: Session, since: datetime) -> list[Tally]:
+    """The window's outcomes grouped in the database (what a scrape reads)."""
+    agreed = func.sum(case((OutcomeRow.model_label == OutcomeRow.human_label, 1), else_=0))
+    cols = (OutcomeRow.kind, OutcomeRow.task, OutcomeRow.model_version, OutcomeRow.model_label, OutcomeRow.status)
+    rows = s.execute(select(*cols, func.count(), agreed).where(OutcomeRow.decided_at >= since).group_by(*cols)).all()
+    return [Tally(*r[:5], int(r[5]), int(r[6] or 0)) for r in rows]
+
+
 def audit_backlog(s: Session) -> dict[str, int]:
     """Audit items waiting (pending or claimed), per model version."""
     rows = s.execute(select(Item.model_version, func.count()).where(Item.audit.is_(True), Item.status.in_((PENDING, CLAIMED, SAVING)))
@@ -51,7 +59,7 @@ def window_start(settings: Settings) -> datetime:
 def export(sessions, settings: Settings) -> list[Estimate]:  # noqa: ANN001 - a sessionmaker
     """Set the quality gauges from the window's outcomes (series of groups no longer seen are dropped)."""
     with sessions() as s:
-        found = estimates(read_outcomes(s, window_start(settings)))
+        found = estimates_of(read_tallies(s, window_start(settings)))
         backlog = audit_backlog(s)
     for gauge in (PRECISION, PRECISION_LOWER, PRECISION_UPPER, AUDITS, AGREEMENT, AGREEMENT_DECISIONS, AUDIT_BACKLOG):
         gauge.clear()
