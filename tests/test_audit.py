@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from autolabel.labels import format_row
 from services.audit import Outcome, audit_share, audited, estimates, over_time, wilson
 from services.events import ProductLabeled
 from test_worker_decisions import Worker, _event
@@ -39,8 +40,6 @@ def test_only_labels_that_skip_review_are_audited_and_marked() -> None:
     labeled = {e.product_id: e for e in map(ProductLabeled.model_validate_json, w.on("labels"))}
     assert {p for p, e in labeled.items() if e.audit} == {p for p in pids if audited(p, 0.5)}
     assert 0 < sum(e.audit for e in labeled.values()) < len(pids)
-    from autolabel.labels import format_row
-
     assert all(format_row(e).endswith("no (audit)") == e.audit for e in labeled.values())  # `autolabel labels` says so
     assert w.on("review") == []  # audits are not low-confidence labels: the review app queues them from the label topic
     # every label flagged (threshold above every confidence): nothing is audited
