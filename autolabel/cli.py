@@ -64,12 +64,14 @@ BENCHES = {
     "pipeline": "benchmarks.pipeline:pipeline",
     "soak": "benchmarks.soak:soak",
     "training": "benchmarks.training:training",
+    "audit": "autolabel.audit_sim:audit",
 }
 BENCH_HELP = {
     "serving": "Standalone vs shared-backbone vs in-process inference (images/s, p50/p99).",
     "pipeline": "End-to-end events/s and latency through Kafka -> worker -> Triton -> Kafka+S3.",
     "soak": "Fixed-rate load for N minutes: throughput, latency, RSS, lag, losses.",
     "training": "Feature-cache head training vs a plain Keras fit with the frozen base.",
+    "audit": "Blind audits end to end with a simulated reviewer: live precision vs the census of the same photos.",
 }
 
 
