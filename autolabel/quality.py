@@ -70,8 +70,10 @@ def worker_drift(urls: tuple[str, ...]) -> dict[str, dict[str, float]]:
 
 
 def plot(path: Path, outcomes: list, bucket: timedelta, target: float, step: str = "") -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib (the `ml` extra: pip install -e '.[ml]', or pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
