@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "worker": "services.worker:worker_command",
     "labels": "autolabel.labels:labels_command",
     "settings": "autolabel.cli:settings_command",
+    "schemas": "autolabel.cli:schemas_command",
     "demo": "autolabel.demo:demo_command",
     "train": "training.cli:train",
     "train-title": "training.title_cli:train_title_command",
@@ -45,6 +46,7 @@ HELP = {
     "worker": "Run the labeling worker (Faust): events -> Triton -> labels.",
     "labels": "Show label events as a table or JSON lines.",
     "settings": "Print every setting, its value and its environment variable.",
+    "schemas": "Write or check the events' JSON Schemas (docs/schemas/) for consumers.",
     "demo": "The main job: build models, stack up, label the samples, print, stop.",
     "train": "Train the task heads on a dataset.",
     "train-title": "Add the product title as a second signal to trained models.",
@@ -131,6 +133,29 @@ def settings_command(as_json: bool) -> None:
         return
     for name, value in data.items():
         click.echo(f"{ENV_PREFIX}{name.upper():<34} {value}")
+
+
+@click.command("schemas")
+@click.option("--write", is_flag=True, help="Write docs/schemas/ from the event models (after a compatible change, or a new version).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Another folder than docs/schemas/.")
+def schemas_command(write: bool, directory: str | None) -> None:
+    """Check (the default) that docs/schemas/ is the events' schemas as the code defines them, and that no change
+    would break a consumer without a new schema_version; exit 1 naming each problem."""
+    from pathlib import Path
+
+    from services import schemas
+
+    where = Path(directory) if directory else schemas.SCHEMA_DIR
+    if write:
+        for path in schemas.write(where):
+            click.echo(f"wrote {path}")
+        return
+    problems = schemas.check(where)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{len(schemas.EVENTS)} event schemas in {where} are current")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,22 +137,32 @@ class TritonPaths:
 
 
 class InProcess:
-    """(c): the repository's backbone + head SavedModels, in this process, with TensorFlow."""
+    """(c): the repository's backbone + head models, in this process: the heads with TensorFlow, the backbone
+    with TensorFlow (a SavedModel) or OpenVINO (an IR, compiled with its config's ``ov_*`` parameters)."""
 
-    def __init__(self, repo: Path, tasks: Sequence[str]) -> None:
+    def __init__(self, repo: Path, tasks: Sequence[str], backbone: str = "backbone") -> None:
         import tensorflow as tf
 
         self._tf = tf
         self._keep = []
-        self.backbone = self._load(repo / "backbone" / "1" / "model.savedmodel")
+        folder = repo / backbone
+        self.runtime = "openvino" if (folder / "1" / "model.xml").is_file() else "tensorflow"
+        self.backbone = self._openvino(folder) if self.runtime == "openvino" else self._load(folder / "1" / "model.savedmodel")
         self.heads = {t: self._load(repo / f"{t}_head" / "1" / "model.savedmodel") for t in tasks}
 
     def _load(self, path: Path):  # noqa: ANN202
         if not path.is_dir():
-            raise click.ClickException(f"{path} is missing: the in-process path needs the cpu/gpu-tf repository layout")
+            raise click.ClickException(f"{path} is missing: the in-process path needs the cpu/cpu-openvino/gpu-tf repository layout")
         m = self._tf.saved_model.load(str(path))
         self._keep.append(m)
         return m.signatures["serving_default"]
+
+    def _openvino(self, folder: Path):  # noqa: ANN202
+        """The IR compiled as the Python backend's model.py compiles it (training/triton_openvino_model.py)."""
+        from training.openvino_runtime import openvino_runner
+
+        run, _, _ = openvino_runner(folder)
+        return lambda image: {"features": self._tf.constant(run(image.numpy()))}
 
     def __call__(self, x: np.ndarray) -> Outputs:
         f = self.backbone(image=self._tf.constant(x))["features"]

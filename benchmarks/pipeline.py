@@ -28,10 +28,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from benchmarks.openvino_variants import openvino_result, pipeline_variant
+from benchmarks.pipeline_report import markdown, write_doc
 from benchmarks.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_START, DOC_END = "<!-- bench-pipeline:start -->", "<!-- bench-pipeline:end -->"
 
 
 def cpu_seconds(pid: int | tuple[int, ...]) -> float:
@@ -240,62 +241,16 @@ def _pooled(runs: list[dict], count: str = "images") -> dict[str, float]:
                 "concurrency": runs[0]["concurrency"]} if count == "events" else {})}
 
 
-def _cpu_line(run: dict) -> str:
-    return ", ".join(f"{name} {ms:.2f}" for name, ms in run["cpu_ms_per_event"].items())
-
-
-def markdown(result: dict) -> str:
-    d, p, t, u = result["direct"], result["pipeline"], result["trivial"], result["sustained"]
-    ratio = result["ratio_pipeline_direct"]
-    rates = lambda runs: ", ".join(f"{r:.2f}" for r in runs)  # noqa: E731
-    verdict = "kept up" if u["kept_up"] else "fell behind"
-    lines = [
-        DOC_START,
-        f"Measured {result['date']} on {result['machine']} with `{result['command']}`.",
-        f"Model: {result['model']}. Worker batch size {p['batch']} ({t['batch']} for the trivial model), {p.get('concurrency', 1)} batches in flight;"
-        f" photos: the {result['photos']} samples in `samples/`; the broker's log: {result['broker_storage']}.",
-        "",
-        "| path | items | seconds | items/s | latency p50 ms | latency p99 ms |",
-        "|---|---|---|---|---|---|",
-        f"| direct: backbone + heads in-process (TensorFlow), {len(d['runs'])} runs between the pipeline's | {d['images']} | {d['seconds']:.1f}"
-        f" | {d['images_per_s']:.2f} | {d['latency_p50_ms']:.0f} (batch) | {d['latency_p99_ms']:.0f} (batch) |",
-        f"| pipeline: Kafka → worker → Triton → Kafka + S3, same model, {len(p['runs'])} runs | {p['events']} | {p['seconds']:.1f}"
-        f" | {p['events_per_s']:.2f} | {p['latency_p50_ms']:.0f} | {p['latency_p99_ms']:.0f} |",
-        f"| trivial model, a burst produced at once | {t['events']} | {t['seconds']:.1f} | {t['events_per_s']:.0f}"
-        f" | {t['latency_p50_ms']:.0f} | {t['latency_p99_ms']:.0f} |",
-        f"| trivial model, {u['offered_per_s']:.0f} events/s offered for {u['offered_seconds']:.0f} s | {u['events']} | {u['seconds']:.1f}"
-        f" | {u['labeled_per_s_second_half']:.0f} (second half) | {u['latency_p50_ms']:.0f} | {u['latency_p99_ms']:.0f} |",
-        "",
-        f"- pipeline / direct = **{ratio:.2f}** (target ≥ 0.9). Direct runs: {rates(d['runs'])} images/s;"
-        f" pipeline runs: {rates(p['runs'])} events/s.",
-        f"- trivial model, offered {u['offered_per_s']:.0f} events/s for {u['offered_seconds']:.0f} s: **{verdict}**"
-        " (target: sustain 500 per worker) —"
-        f" backlog {u['backlog_quarter']} events after a quarter of the window, {u['backlog_end']} at the end;"
-        f" the last label {u['drain_s']:.1f} s after the last event was sent.",
-        f"- trivial model, burst of {t['events']}: {t['events_per_s']:.0f} events/s end to end.",
-        f"- the worker's own cost: **{u['worker_cpu_ms_per_event']:.2f} ms CPU per event** sustained"
-        f" ({u['events_per_worker_cpu_s']:.0f} events per worker CPU-second),"
-        f" {t['worker_cpu_ms_per_event']:.2f} ms in the burst, {p['cpu_ms_per_event']['worker']:.2f} ms with the real model"
-        f" (batches of {p['batch']}).",
-        "- CPU ms per event of each process (2 cores in all):",
-        f"  real model: {_cpu_line(p)};",
-        f"  trivial burst: {_cpu_line(t)};",
-        f"  trivial sustained: {_cpu_line(u)} (tritonserver's own process: its Python-backend model stubs are separate processes).",
-        "- Burst latency is upload-to-label for events produced all at once, so it includes queueing behind the",
-        "  whole burst: those rows are throughput runs, not latency-under-light-load figures.",
-        DOC_END,
-    ]
-    return "\n".join(lines)
-
-
-def write_doc(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + section + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Pipeline\n\n" + section + "\n"
-    path.write_text(text)
+def _endpoints(settings, state):  # noqa: ANN001, ANN202 - (worker environment, Settings) of the started stack
+    env = {
+        "AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS": state.components["broker"].endpoint,
+        "AUTOLABEL_S3_ENDPOINT_URL": state.components["s3"].endpoint,
+        "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
+        "AUTOLABEL_STATE_DIR": str(settings.state_dir),
+    }
+    live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
+                                       "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+    return env, live
 
 
 @click.command("pipeline")
@@ -315,10 +270,15 @@ def write_doc(path: Path, section: str) -> None:
                    " the worker's S3; s3: Tansu writes every produce request to SeaweedFS on these same cores.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=ROOT / "models", show_default=True)
 @click.option("--input-size", type=click.IntRange(32, 1024), default=None, help="Untrained heads only: backbone input size (default 224).")
+@click.option("--openvino", "openvino", type=click.Choice(["bf16", "f32", "int8"]), default=None,
+              help="Also run each pipeline round with the backbone converted by OpenVINO at this precision (the same heads, "
+                   "served beside TensorFlow's: `autolabel_ov_P`), interleaved with TensorFlow's rounds.")
+@click.option("--data", default=None, help="--openvino int8: the labeled photos (KIND:PATH) the split's training part calibrates on.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results as JSON.")
 @click.option("--docs", "docs_path", type=click.Path(path_type=Path), default=None, help="Update this Markdown file's pipeline section.")
 def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: float, trivial_seconds: float, batch: int, trivial_batch: int,
-             concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, json_path: Path | None, docs_path: Path | None) -> None:
+             concurrency: int, broker_storage: str, models_dir: Path, input_size: int | None, openvino: str | None, data: str | None,
+             json_path: Path | None, docs_path: Path | None) -> None:
     """End-to-end events/s and latency next to the same model in-process."""
     from deploy.local.stack import Stack
     from deploy.local.trivial import write_trivial_repository
@@ -334,19 +294,13 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
     size = tuple(manifest.backbone.input_size)
     repo = build_repository(models, work / "repo", target="cpu")
     write_trivial_repository(repo, name="trivial", size=size)  # type: ignore[arg-type]
+    variant = pipeline_variant(models, work, repo, openvino, data, click.echo) if openvino else None
     settings = Settings(state_dir=work / "state", model_repository=repo, stack_timeout_s=900, stack_broker_storage=broker_storage)  # type: ignore[arg-type]
     stack = Stack(settings)
     click.echo(f"starting the embedded stack (broker log: {broker_storage}; loads the TensorFlow models: minutes on 2 cores)")
     state = stack.up(log=click.echo)
     try:
-        env = {
-            "AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS": state.components["broker"].endpoint,
-            "AUTOLABEL_S3_ENDPOINT_URL": state.components["s3"].endpoint,
-            "AUTOLABEL_TRITON_URL": f"127.0.0.1:{state.components['triton'].ports['grpc']}",
-            "AUTOLABEL_STATE_DIR": str(settings.state_dir),
-        }
-        live = settings.model_copy(update={"kafka_bootstrap_servers": env["AUTOLABEL_KAFKA_BOOTSTRAP_SERVERS"],
-                                           "s3_endpoint_url": env["AUTOLABEL_S3_ENDPOINT_URL"], "triton_url": env["AUTOLABEL_TRITON_URL"]})
+        env, live = _endpoints(settings, state)
         photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
         storage = Storage(live)
         images = [storage.put_image(p) for p in photos]
@@ -360,12 +314,17 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
             click.echo(f"  {run['images_per_s']:.2f} images/s")
             return run
 
-        directs, piped = [direct("")], []
+        directs, piped, piped_ov = [direct("")], [], []
         for r in range(rounds):  # interleaved, so a drift in the machine's speed hits both paths alike
             click.echo(f"pipeline, round {r + 1}/{rounds}: {n_events} events through the worker")
             piped.append(run_pipeline(live, env, "autolabel", images, n_events, batch, work, warmup=2 * batch, servers=servers,
                                       concurrency=concurrency))
             click.echo(f"  {piped[-1]['events_per_s']:.2f} events/s")
+            if variant:
+                click.echo(f"pipeline with {variant}, round {r + 1}/{rounds}: {n_events} events through the worker")
+                piped_ov.append(run_pipeline(live, env, variant, images, n_events, batch, work, warmup=2 * batch, servers=servers,
+                                             concurrency=concurrency))
+                click.echo(f"  {piped_ov[-1]['events_per_s']:.2f} events/s")
             directs.append(direct(f", round {r + 1}/{rounds}"))
         click.echo(f"pipeline, trivial model: a burst of {trivial_events} events")
         trivial = run_pipeline(live, env, "trivial", images, trivial_events, trivial_batch, work, warmup=2 * trivial_batch, servers=servers,
@@ -387,6 +346,8 @@ def pipeline(n_events: int, rounds: int, trivial_events: int, trivial_rate: floa
         "direct": direct_all, "pipeline": piped_all, "pipeline_runs": piped, "trivial": trivial, "sustained": sustained,
         "ratio_pipeline_direct": piped_all["events_per_s"] / direct_all["images_per_s"],
     }
+    if variant:
+        result.update(openvino_result(openvino, variant, _pooled(piped_ov, "events"), piped_ov, piped_all, click.echo))  # type: ignore[arg-type]
     table = markdown(result)
     click.echo(table)
     if json_path:

@@ -10,6 +10,11 @@ In one run, on the same images, at the same client concurrency:
 (d) ``shared+title``: (b) with each photo's title; (e) ``shared-no-scope``: (b) without the
     scope gate's step (an ensemble of the same step models; ``b/e`` is what the gate costs).
 
+``--openvino bf16,int8`` adds, per precision, the same backbone converted with OpenVINO
+(``models build --target cpu-openvino --precision P``) beside the TensorFlow one in the same
+tritonserver (``autolabel_ov_P``: that backbone, the same heads), and runs (b) and (c) with
+it too: keys ``b@ov_P`` and ``c@ov_P``, interleaved with the others.
+
 Paths run in interleaved rounds (a, b, c, a, b, c ...) so a neighbour's load on a shared
 machine hits all of them alike. Reported: images/s, per-request latency p50/p99, and the
 largest probability difference between the paths (they serve the same labels).
@@ -24,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import click
@@ -41,9 +46,10 @@ from benchmarks.inference_paths import (
     run_clients,
     sample_titles,
 )
+from benchmarks.openvino_variants import PATH_NAMES, build_openvino_variants, cpu_flags, label, parse_precisions, variant_ratios
 from services.settings import TASKS
 
-PATHS = {"a": "standalone", "b": "shared", "c": "inprocess", "d": "shared+title", "e": "shared-no-scope"}
+PATHS = PATH_NAMES
 NO_SCOPE = "autolabel_noscope"  # path e: the `autolabel` ensemble without its scope_head step
 
 
@@ -116,7 +122,9 @@ def _machine() -> dict[str, object]:
 
 
 def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_batch: int, rounds: int, warmup: int,
-          triton: TritonPaths | None, inprocess: InProcess | None, progress: bool = True) -> tuple[dict[str, PathResult], dict[str, float]]:
+          triton: TritonPaths | None, inprocess: InProcess | None, progress: bool = True,
+          variants: Mapping[str, InProcess | None] | None = None) -> tuple[dict[str, PathResult], dict[str, float]]:
+    """``variants``: backbone variant -> its in-process path (None without path c); b and c run with each too."""
     calls: dict[str, Callable[[np.ndarray], tuple[PathResult, Outputs]]] = {}
     if "a" in paths:
         calls["a"] = lambda im: run_clients(triton.standalone, im, concurrency, request_batch)  # type: ignore[union-attr]
@@ -132,9 +140,15 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
     if "e" in paths:
         plain = lambda x: triton.shared(x, model=NO_SCOPE)  # type: ignore[union-attr]  # noqa: E731
         calls["e"] = lambda im: run_clients(plain, im, concurrency, request_batch)
+    for v, inproc in (variants or {}).items():
+        if "b" in paths:
+            other = lambda x, v=v: triton.shared(x, model=f"autolabel_{v}")  # type: ignore[union-attr]  # noqa: E731
+            calls[f"b@{v}"] = lambda im, f=other: run_clients(f, im, concurrency, request_batch)
+        if "c" in paths and inproc is not None:
+            calls[f"c@{v}"] = lambda im, f=inproc: run_batched(f, im, concurrency * request_batch)
     for call in calls.values():  # warm-up: first calls pay for graph set-up, connections
         call(images[: max(warmup, 1)])
-    totals = {p: PathResult(PATHS[p]) for p in calls}
+    totals = {p: PathResult(label(p)) for p in calls}
     outputs: dict[str, Outputs] = {}
     bar = tqdm(total=rounds * len(calls), desc="bench serving", unit="pass", disable=not progress)
     for _ in range(rounds):
@@ -143,7 +157,7 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
             totals[p].images += r.images
             totals[p].seconds += r.seconds
             totals[p].latencies_ms += r.latencies_ms
-            bar.set_postfix({PATHS[p]: f"{r.images / r.seconds:.2f} img/s"})
+            bar.set_postfix({label(p): f"{r.images / r.seconds:.2f} img/s"})
             bar.update(1)
     bar.close()
     diffs = {}
@@ -157,7 +171,7 @@ def bench(paths: Sequence[str], images: np.ndarray, concurrency: int, request_ba
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     rows = ["| path | images/s | p50 ms | p99 ms | requests |", "|---|---:|---:|---:|---:|"]
     for key, s in summary.items():
-        rows.append(f"| ({key}) {PATHS[key]} | {s['images_per_s']:.2f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['requests']} |")
+        rows.append(f"| ({key}) {label(key)} | {s['images_per_s']:.2f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['requests']} |")
     return "\n".join(rows)
 
 
@@ -179,8 +193,12 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
               help="Which paths: a=standalone, b=shared, c=inprocess, d=shared with each photo's title (needs title heads), "
                    "e=shared without the scope gate (needs one; b/e is what the gate costs).")
 @click.option("--serving", type=click.Choice(["ensemble", "fused"]), default="ensemble", show_default=True, help="How `autolabel` is built.")
-@click.option("--target", type=click.Choice(["cpu", "gpu-tf", "gpu-onnx"]), default="cpu", show_default=True,
+@click.option("--target", type=click.Choice(["cpu", "cpu-openvino", "gpu-tf", "gpu-onnx"]), default="cpu", show_default=True,
               help="Repository target to build; gpu-* need --tritonserver (a Triton with that backend).")
+@click.option("--openvino", "openvino", default="", help="Comma-separated cpu-openvino precisions (bf16, f32, int8) whose backbone "
+              "runs (b) and (c) beside the target's, in the same server and rounds, e.g. --openvino bf16,int8.")
+@click.option("--data", default=None, help="--openvino int8: the labeled photos (KIND:PATH) the split's training part calibrates on.")
+@click.option("--force-int8", is_flag=True, help="--openvino int8: benchmark it even if the validation guard refuses it (warns).")
 @click.option("--tritonserver", "tritonserver_bin", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Run this tritonserver binary (e.g. /opt/tritonserver/bin/tritonserver) instead of the embedded stack.")
 @click.option("--build-option", "build_options", multiple=True,
@@ -188,21 +206,23 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 @click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n_images: int, images_dir: Path, input_size: int | None,
-            concurrency: int, request_batch: int, rounds: int, warmup: int, paths: str, serving: str, target: str,
-            tritonserver_bin: Path | None, build_options: Sequence[str], json_file: Path | None, quiet: bool) -> None:
+            concurrency: int, request_batch: int, rounds: int, warmup: int, paths: str, serving: str, target: str, openvino: str,
+            data: str | None, force_int8: bool, tritonserver_bin: Path | None, build_options: Sequence[str], json_file: Path | None,
+            quiet: bool) -> None:
     """Standalone vs shared-backbone through Triton vs in-process TensorFlow (images/s, p50/p99)."""
     chosen = [p.strip() for p in paths.split(",") if p.strip()]
     if not chosen or any(p not in PATHS for p in chosen):
         raise click.BadParameter(f"choose from a, b, c, d, e (got {paths!r})", param_hint="--paths")
     if triton_url and repository is None:
         raise click.BadParameter("--triton-url needs --repository (the repository that server loaded)", param_hint="--triton-url")
-    if target != "cpu" and not (tritonserver_bin or triton_url):
+    precisions = parse_precisions(openvino, repository is not None or serving != "ensemble")
+    if target not in ("cpu", "cpu-openvino") and not (tritonserver_bin or triton_url):
         raise click.BadParameter("the embedded tritonserver has the Python backend only: give --tritonserver for gpu-* targets",
                                  param_hint="--target")
     log = click.echo
     work = Path(tempfile.mkdtemp(prefix="autolabel-bench-"))
     stack = proc = None
-    inprocess_repo = repository
+    inprocess_repo, variants = repository, []
     try:
         heads = "prebuilt"
         if repository is None:
@@ -216,6 +236,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
             inprocess_repo = repository
             if target == "gpu-onnx" and "c" in chosen:  # in-process runs the SavedModels
                 inprocess_repo = build_repository(src, work / "repo-tf", "gpu-tf", tuning=tuning, progress=not quiet, log=lambda m: None)
+            variants = build_openvino_variants(src, work, repository, precisions, tuning, data, force_int8, quiet, log)
             if "a" not in chosen:  # load only what the chosen paths call
                 for t in TASKS:
                     shutil.rmtree(repository / t, ignore_errors=True)
@@ -237,13 +258,15 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
             triton = TritonPaths(triton_url, TASKS)
         if "c" in chosen:
             inproc = InProcess(inprocess_repo, TASKS)  # type: ignore[arg-type]
+        others = {v: InProcess(repository, TASKS, backbone=f"backbone_{v}") if "c" in chosen else None for v in variants}
         load_before = os.getloadavg()
-        totals, diffs = bench(chosen, images, concurrency, request_batch, rounds, warmup, triton, inproc, progress=not quiet)
+        totals, diffs = bench(chosen, images, concurrency, request_batch, rounds, warmup, triton, inproc, progress=not quiet,
+                              variants=others)
         load_after = os.getloadavg()
     finally:
         _stop(stack, proc)
         shutil.rmtree(work, ignore_errors=True)
-    summary = {p: totals[p].summary() for p in chosen}
+    summary = {p: totals[p].summary() for p in totals}
     ratios = _ratios(summary)
     log(markdown_table(summary))
     log("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
@@ -255,7 +278,7 @@ def serving(models_dir: Path, repository: Path | None, triton_url: str | None, n
             "heads": heads, "target": info.get("target"), "weights": info.get("weights"), "model_version": info.get("model_version"),
             "serving": info.get("serving"), "tuning": info.get("tuning"), "input_size": list(size), "images": origin,
             "concurrency": concurrency, "request_batch": request_batch, "rounds": rounds,
-            "results": {PATHS[p]: s for p, s in summary.items()}, "ratios": ratios, "max_abs_diff": diffs,
+            "results": {label(p): s for p, s in summary.items()}, "cpu_flags": cpu_flags(), "ratios": ratios, "max_abs_diff": diffs,
             "loadavg_1m": [load_before[0], load_after[0]], "machine": _machine(),
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -299,7 +322,7 @@ def _ratios(summary: dict[str, dict[str, float]]) -> dict[str, float]:
         ratios["d/b"] = round(summary["d"]["images_per_s"] / summary["b"]["images_per_s"], 3)
     if "e" in summary and "b" in summary:  # < 1: what the scope gate costs per photo
         ratios["b/e"] = round(summary["b"]["images_per_s"] / summary["e"]["images_per_s"], 3)
-    return ratios
+    return ratios | variant_ratios(summary)
 
 
 def _stop(stack, proc) -> None:  # noqa: ANN001 - the embedded stack, or an external tritonserver process

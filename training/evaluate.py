@@ -21,10 +21,10 @@ from tqdm import tqdm
 from services.errors import BadInput
 from services.images import ResizeMode, prepare
 from services.inference import parse_class_thresholds, parse_threshold
-from training.calibration import accepted_mask
 from training.datasets import Dataset, Sample
 from training.errors import ModelsError
 from training.metrics import classification_metrics, confusion
+from training.openvino_runtime import image_runner, ir_file
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -99,11 +99,11 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
     if not repo.is_dir():
         raise ModelsError(f"model repository {repo} not found: run `autolabel models build` (or use --from-heads)")
     ens = read_config_parameters(repo / "autolabel" / "config.pbtxt")
-    backbone_dir = _model_dir(repo, "backbone")
+    backbone_dir = _model_dir(repo, "backbone") or ir_file(repo / "backbone")  # a SavedModel, or OpenVINO IR (cpu-openvino)
     backbone_run = None
     models = []
     for task in tasks:
-        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task)
+        head_dir, standalone = _model_dir(repo, f"{task}_head"), _model_dir(repo, task) or ir_file(repo / task)
         params = {**ens, **read_config_parameters(repo / task / "config.pbtxt")}
         labels = params.get("labels") or params.get(f"labels_{task}")
         if not labels and manifest and task in manifest.get("tasks", {}):
@@ -115,8 +115,7 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         resize: ResizeMode = params.get("resize", (manifest or {}).get("resize", "pad"))  # type: ignore[assignment]
         if backbone_dir is not None and head_dir is not None:
             if backbone_run is None:
-                sig, i, o, shape = _savedmodel(backbone_dir)
-                backbone_run, size = _runner(sig, i, o), (int(shape[1]), int(shape[2]))
+                backbone_run, size = image_runner(backbone_dir)
             hsig, hi, ho, _ = _savedmodel(head_dir)
             takes_title = "title" in hsig.structured_input_signature[1]
             origin = f"{repo}/backbone + {repo}/{task}_head"
@@ -134,9 +133,8 @@ def load_repository(repo: Path, tasks: Sequence[str], manifest: dict[str, Any] |
         elif standalone is not None and set(inputs) != {"image"}:
             raise ModelsError(f"{repo}: {task} is served standalone, photo only (--inputs image)")
         elif standalone is not None:
-            sig, i, o, shape = _savedmodel(standalone)
-            models.append(TaskModel(task, classes, _runner(sig, i, o), (int(shape[1]), int(shape[2])), resize, f"{repo}/{task}",
-                                    threshold=threshold))
+            run, size_ = image_runner(standalone)
+            models.append(TaskModel(task, classes, run, size_, resize, f"{repo}/{task}", threshold=threshold))
         else:
             raise ModelsError(f"{repo} serves no model for {task} (neither {task}/ nor backbone/ + {task}_head/)")
     return models
@@ -264,27 +262,6 @@ def subset(ev: TaskEvaluation, keep: set[str]) -> TaskEvaluation:
     idx = [i for i, k in enumerate(ev.keys) if k in keep]
     probs = ev.probs[idx] if len(idx) else np.zeros((0, len(ev.classes)))
     return score(ev.classes, [ev.keys[i] for i in idx], ev.y[idx], probs, ev.threshold)
-
-
-def product_summary(results: dict[str, TaskEvaluation]) -> dict[str, Any]:
-    """Over the products scored for every task: how many no task flags for review, and how many
-    of those have every label right (what a store gets from the labels that skip review)."""
-    tasks = list(results)
-    if not tasks or any(r.threshold is None for r in results.values()):
-        return {}
-    per = {t: {k: i for i, k in enumerate(r.keys)} for t, r in results.items()}
-    common = sorted(set.intersection(*(set(p) for p in per.values())))
-    unflagged = right = 0
-    for k in common:
-        ok_all, sure_all = True, True
-        for t, r in results.items():
-            i = per[t][k]
-            sure_all &= bool(accepted_mask(r.probs[i : i + 1], r.threshold)[0])
-            ok_all &= bool(r.probs[i].argmax() == r.y[i])
-        unflagged += sure_all
-        right += sure_all and ok_all
-    return {"products": len(common), "unflagged": unflagged, "unflagged_share": unflagged / len(common) if common else 0.0,
-            "unflagged_all_right": right, "unflagged_all_right_share": right / unflagged if unflagged else float("nan")}
 
 
 def _rows(dataset: Dataset, m: TaskModel, keys: dict[str, set[str]] | None, skipped: dict[str, int]) -> list[Sample]:

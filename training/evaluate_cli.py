@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from training.cli import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, data_options
 
@@ -28,13 +29,22 @@ from training.cli import DEFAULT_MODELS, SCOPES, _csv, _load_dataset, _tasks, da
 @click.option("--inputs", "inputs_", default="image", show_default=True,
               help="What the served heads read: image, title, image+title, or several comma-separated (one backbone pass); "
                    "title needs heads trained with `autolabel train-title`.")
+@click.option("--predictions", "predictions_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Save the headline rows' per-photo probabilities (photo only) as .npz, for --agree-with.")
+@click.option("--agree-with", "agree_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Compare the labels with another run's --predictions file (e.g. OpenVINO bf16 against TensorFlow).")
+@click.option("--review-policy", "review_policy", default=None,
+              help="Each task's review policy for the products table, as AUTOLABEL_REVIEW_POLICY (task=policy,...; default: that "
+                   "setting, i.e. the served policy): e.g. season=advisory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(data: str, categories: str | None, per_class: int | None, seed: int, tasks: str | None, repository: Path | None,
              from_heads: bool, models_dir: Path, split_file: Path | None, all_rows: bool, part: str, scope: str,
-             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, quiet: bool) -> None:
+             json_file: Path | None, report_dir: Path | None, batch_size: int, inputs_: str, predictions_file: Path | None,
+             agree_file: Path | None, review_policy: str | None, quiet: bool) -> None:
     """Evaluate the served models on a labeled dataset: accuracy, balanced accuracy, macro-F1 per class,
     calibration error, and coverage/precision of the labels the shipped thresholds auto-accept."""
-    from training.evaluate import by_category, evaluate as run_eval, in_scope, load_gate, product_summary, subset
+    from training.evaluate import by_category, evaluate as run_eval, in_scope, load_gate, subset
+    from training.products import product_summary
 
     task_list = _tasks(tasks)
     inputs = _inputs(inputs_, from_heads)
@@ -57,18 +67,37 @@ def evaluate(data: str, categories: str | None, per_class: int | None, seed: int
     results = {t: subset(r, headline_keys) for t, r in every.items()}
     metrics = {t: r.metrics for t, r in results.items()}
     primary = next((i for i in ("image+title", "image") if i in inputs), inputs[0])  # what the worker serves
-    products = product_summary({m.task: results[m.key] for m in models if m.inputs == primary})
+    policies = _policies(review_policy)
+    by_inputs = {i: product_summary({m.task: results[m.key] for m in models if m.inputs == i}, policies)
+                 for i in dict.fromkeys(m.inputs for m in models)}
+    products = by_inputs[primary]
     by_cat = by_category(ds.samples, every, headline_keys)
-    _print_tables(scope, metrics, products, by_cat)
+    _print_tables(scope, metrics, by_inputs, by_cat)
     gated = {"threshold": gate.threshold, "by_category": gate.by_category(ds.samples)} if gate and gate.p_out else None
     if gated:
         click.echo(f"\nScope gate (P(out of scope) > {gate.threshold:.3f}: every label to review), share of photos flagged:")  # type: ignore[union-attr]
         for cat, g in gated["by_category"].items():
             click.echo(f"  {cat:<22} {g['flagged']:>7.1%} of {g['photos']}")
+    agreed = None
+    if predictions_file or agree_file:
+        from training.agreement import agreement, agreement_lines, load_predictions, save_predictions
+
+        photo = {m.task: results[m.key] for m in models if m.inputs == "image"}
+        if predictions_file:
+            save_predictions(predictions_file, photo)
+        if agree_file:
+            mine = {t: {"keys": np.asarray(r.keys), "y": r.y, "probs": r.probs, "classes": np.asarray(r.classes),
+                        "threshold": np.asarray(r.threshold if isinstance(r.threshold, (int, float)) else np.nan)} for t, r in photo.items()}
+            agreed = agreement(mine, load_predictions(agree_file))
+            click.echo(f"\nAgreement with {agree_file} (this run against it, same photos):")
+            for line in agreement_lines(agreed):
+                click.echo(line)
     if json_file:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products, "by_category": by_cat,
-                                         "scope_gate": gated}, indent=2) + "\n")
+        json_file.write_text(json.dumps({"scope": scope, "inputs": inputs, "tasks": metrics, "products": products,
+                                         "products_by_inputs": by_inputs, "by_category": by_cat,
+                                         "scope_gate": gated, **({"agreement": {"with": str(agree_file), "tasks": agreed}} if agreed else {})},
+                                        indent=2) + "\n")
     if report_dir:
         rows = f"the {part} part of {split_file}" if keys is not None else "every labeled row"
         _write_report(report_dir, data, models_dir, models, results, metrics, f"Rows: {rows}; scope {scope}.")
@@ -94,6 +123,20 @@ def _rows(ds, task_list: list[str], models_dir: Path, split_file: Path | None, a
     click.echo(f"  rows: the {part} part of {split_file}" + (" (near-duplicate groups never straddle parts)"
                                                              if split.grouping else " (an ungrouped split)"), err=True)
     return keys, split_file
+
+
+def _policies(value: str | None) -> dict[str, str]:
+    """Review policies from the option, else from AUTOLABEL_REVIEW_POLICY (parsed and checked by the settings)."""
+    from pydantic import ValidationError
+
+    from services.settings import Settings, load_settings
+
+    if value is None:
+        return dict(load_settings().review_policy)
+    try:
+        return dict(Settings(review_policy=value).review_policy)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--review-policy") from None
 
 
 def _inputs(value: str, from_heads: bool) -> list[str]:
@@ -134,16 +177,21 @@ def _models(task_list: list[str], manifest: dict | None, models_dir: Path, repos
     return models
 
 
-def _print_tables(scope: str, metrics: dict, products: dict, by_cat: dict) -> None:
+def _print_tables(scope: str, metrics: dict, by_inputs: dict, by_cat: dict) -> None:
     from training.report import accept_table, category_table, metrics_table, per_class_table
 
     click.echo(f"Scope: {scope}" + (" (Apparel of Men/Women products)" if scope == "apparel-mw" else ""))
     click.echo(metrics_table(metrics))
     click.echo("")
     click.echo(accept_table(metrics))
-    if products:
-        click.echo(f"\nProducts scored for every task: {products['products']}; no task flagged: {products['unflagged']}"
-                   f" ({products['unflagged_share']:.1%}); of those, all labels right: {products['unflagged_all_right_share']:.1%}")
+    for inputs, products in by_inputs.items():
+        if not products:
+            continue
+        policy = ", ".join(f"{t} {p}" for t, p in products["policies"].items())
+        precision = ", ".join(f"{t} {a['share']:.1%} at {a['precision']:.3f}" for t, a in products["accepted"].items())
+        click.echo(f"\nProducts scored for every task ({inputs}; review policy: {policy}): {products['products']}; skip review: "
+                   f"{products['unflagged']} ({products['unflagged_share']:.1%}); of those, every accepted label right: "
+                   f"{products['unflagged_all_right_share']:.1%}. Accepted labels (share of products, precision): {precision}")
     for t, m in metrics.items():
         click.echo("")
         click.echo(per_class_table(t, m))

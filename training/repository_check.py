@@ -70,6 +70,12 @@ def _model_io(model_dir: Path, config) -> tuple[IO, IO] | str:  # noqa: ANN001
 
         f = version / "model.onnx"
         return onnx_io(f) if f.is_file() else f"{f} is missing"
+    if config.backend in ("python", "openvino") and (version / "model.xml").is_file():  # cpu-openvino: OpenVINO IR
+        from training.openvino_export import openvino_io
+
+        if config.backend == "python" and not (version / "model.py").is_file():
+            return f"{version}/model.py is missing"
+        return openvino_io(version / "model.xml")
     if config.platform == "tensorflow_savedmodel" or config.backend == "python":
         f = version / "model.savedmodel"
         if config.backend == "python" and not (version / "model.py").is_file():
@@ -78,12 +84,12 @@ def _model_io(model_dir: Path, config) -> tuple[IO, IO] | str:  # noqa: ANN001
     return f"unsupported platform {config.platform!r} / backend {config.backend!r}"
 
 
-def load_model(model_dir: Path) -> tuple[ParsedModel | None, list[str]]:
+def load_model(model_dir: Path, config_file: str = "config.pbtxt") -> tuple[ParsedModel | None, list[str]]:
     problems: list[str] = []
     try:
-        config = parse_config(model_dir / "config.pbtxt")
+        config = parse_config(model_dir / config_file)
     except Exception as exc:  # noqa: BLE001 - text_format.ParseError and friends
-        return None, [f"{model_dir}/config.pbtxt does not parse: {exc}"]
+        return None, [f"{model_dir}/{config_file} does not parse: {exc}"]
     if config.name != model_dir.name:
         problems.append(f"{model_dir}: config name {config.name!r} differs from the folder name")
     labels: dict[str, list[str]] = {}
@@ -188,6 +194,11 @@ def check_repository(repo: Path, tasks: Sequence[str] = TASKS, only: Sequence[st
     for d in sorted(p for p in repo.iterdir() if (p / "config.pbtxt").is_file() and (only is None or p.name in only)):
         parsed, found = load_model(d)
         problems += found
+        for extra in sorted((d / "configs").glob("*.pbtxt")):  # other servers' configs of the same files (cpu-openvino)
+            other, found = load_model(d, f"configs/{extra.name}")
+            problems += found
+            if other is not None and parsed is not None and (other.inputs, other.outputs) != (parsed.inputs, parsed.outputs):
+                problems.append(f"{d.name}: configs/{extra.name} has other inputs/outputs than config.pbtxt")
         if parsed is not None:
             models[parsed.name] = parsed
     for m in models.values():

@@ -4,6 +4,10 @@ Targets (``autolabel models build --target``):
 
 - ``cpu``: the embedded tritonserver (Python backend only): each model is the generic
   ``model.py`` running its SavedModel with TensorFlow, KIND_CPU;
+- ``cpu-openvino``: the same server; the image models (backbone, standalone tasks) are
+  OpenVINO IR (``model.xml``) run by ``model.py`` with OpenVINO, the heads stay SavedModels.
+  The IR models also get ``configs/openvino.pbtxt`` for Triton's native ``openvino`` backend
+  (``tritonserver --model-config-name=openvino``: official containers);
 - ``gpu-tf``: official Triton containers up to 25.02 (TensorFlow backend):
   ``platform: "tensorflow_savedmodel"``, KIND_GPU;
 - ``gpu-onnx``: newer Triton: tf2onnx-converted models on the ONNX Runtime backend,
@@ -15,9 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-TARGETS = ("cpu", "gpu-tf", "gpu-onnx")
+TARGETS = ("cpu", "cpu-openvino", "gpu-tf", "gpu-onnx")
+CPU_TARGETS = ("cpu", "cpu-openvino")
 DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
-MODEL_FILE = {"cpu": "model.savedmodel", "gpu-tf": "model.savedmodel", "gpu-onnx": "model.onnx"}
+MODEL_FILE = {"cpu": "model.savedmodel", "cpu-openvino": "model.xml", "gpu-tf": "model.savedmodel", "gpu-onnx": "model.onnx"}
+OPENVINO_CONFIG = "openvino"  # configs/openvino.pbtxt: the native backend (tritonserver --model-config-name=openvino)
+PRECISIONS = ("bf16", "f32", "int8")
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,15 @@ class Tuning:
     head_instances: int = 1
     intra_op_threads: int = 0  # cpu target: TensorFlow threads per instance; 0 = all cores
     inter_op_threads: int = 1
+    ov_streams: int = 1  # cpu-openvino: OpenVINO NUM_STREAMS per instance
+    ov_threads: int = 0  # cpu-openvino: OpenVINO INFERENCE_NUM_THREADS per instance; 0 = all cores
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.backbone_instances < 1 or self.head_instances < 1:
             raise ValueError("max_batch_size and instance counts must be >= 1")
-        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.inter_op_threads < 0:
+        if self.ov_streams < 1:
+            raise ValueError("ov_streams must be >= 1")
+        if self.max_queue_delay_us < 0 or self.intra_op_threads < 0 or self.inter_op_threads < 0 or self.ov_threads < 0:
             raise ValueError("queue delay and thread counts must be >= 0")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
             raise ValueError(f"preferred batch sizes must be in 1..{self.max_batch_size}")
@@ -47,15 +58,17 @@ class Tuning:
 # ~0.5 s of VGG16 per image) lets requests that arrive together share a batch. Batches
 # bigger than the concurrency gain nothing on a CPU; 32 leaves room for the worker's
 # request batches (AUTOLABEL_BATCH_MAX_SIZE, split to max_batch_size by the worker).
+# cpu-openvino: 2 OpenVINO streams of 1 thread each (a batch is split over them) measured 8 and 15 % more images/s than
+# 1 stream of 2 threads in two interleaved in-process runs of the bf16 backbone, batches of 4 (docs/benchmarks.md).
 CPU_TUNING = Tuning(max_batch_size=32, preferred_batch_sizes=(), max_queue_delay_us=2000,
-                    backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1)
+                    backbone_instances=1, head_instances=1, intra_op_threads=0, inter_op_threads=1, ov_streams=2, ov_threads=0)
 # GPU starting point, not yet measured on a GPU (deploy/gpu/bench_serving.sh measures it).
 GPU_TUNING = Tuning(max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=1000,
                     backbone_instances=2, head_instances=1)
 
 
 def default_tuning(target: str) -> Tuning:
-    return CPU_TUNING if target == "cpu" else GPU_TUNING
+    return CPU_TUNING if target in CPU_TARGETS else GPU_TUNING
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class ModelSpec:
     parameters: Mapping[str, str] = field(default_factory=dict)
     heavy: bool = True  # backbone-sized: gets backbone_instances
     steps: Sequence[Step] = ()  # non-empty: an ensemble
+    openvino: bool = False  # cpu-openvino: this model is OpenVINO IR (else a SavedModel run with TensorFlow)
 
 
 def _quote(value: str) -> str:
@@ -118,14 +132,18 @@ def _ensemble(spec: ModelSpec) -> str:
     return "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
 
 
-def config_pbtxt(spec: ModelSpec, target: str, tuning: Tuning, tensorrt: bool = False) -> str:
-    """The config.pbtxt of one model for ``target``."""
+def config_pbtxt(spec: ModelSpec, target: str, tuning: Tuning, tensorrt: bool = False, precision: str = "f32",
+                 native_openvino: bool = False) -> str:
+    """The config.pbtxt of one model for ``target``; ``native_openvino``: the IR model's config for Triton's
+    ``openvino`` backend (``configs/openvino.pbtxt``) instead of the Python backend's."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     head = f'name: "{spec.name}"\n'
     if spec.steps:
         head += 'platform: "ensemble"\n'
-    elif target == "cpu":
+    elif native_openvino:
+        head += 'backend: "openvino"\n'
+    elif target in CPU_TARGETS:
         head += 'backend: "python"\n'
     elif target == "gpu-tf":
         head += 'platform: "tensorflow_savedmodel"\n'
@@ -136,9 +154,13 @@ def config_pbtxt(spec: ModelSpec, target: str, tuning: Tuning, tensorrt: bool = 
     if spec.steps:
         return text + _ensemble(spec) + _parameters(params)
     count = tuning.backbone_instances if spec.heavy else tuning.head_instances
-    kind = "KIND_CPU" if target == "cpu" else "KIND_GPU"
+    kind = "KIND_CPU" if target in CPU_TARGETS else "KIND_GPU"
     text += f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n" + _batching(tuning)
-    if target == "cpu":
+    if native_openvino:
+        return text + _parameters({**params, **openvino_backend_parameters(tuning, precision)})
+    if target in CPU_TARGETS and spec.openvino:
+        params.update({"ov_precision": precision, "ov_streams": str(tuning.ov_streams), "ov_threads": str(tuning.ov_threads)})
+    elif target in CPU_TARGETS:
         params["tf_intra_op_threads"] = str(tuning.intra_op_threads)
         params["tf_inter_op_threads"] = str(tuning.inter_op_threads)
     if target == "gpu-onnx" and tensorrt:
@@ -150,6 +172,20 @@ def config_pbtxt(spec: ModelSpec, target: str, tuning: Tuning, tensorrt: bool = 
             "      }\n    ]\n  }\n}\n"
         )
     return text + _parameters(params)
+
+
+def openvino_backend_parameters(tuning: Tuning, precision: str) -> dict[str, str]:
+    """The keys Triton's ``openvino`` backend reads (its README): streams, threads, the latency hint, bf16.
+
+    That backend has no key for f32 on a CPU with bf16 (OpenVINO's default there is bf16): an ``f32``
+    build served by it may run in bf16; the Python backend honours ``ov_precision`` exactly.
+    """
+    params = {"NUM_STREAMS": str(tuning.ov_streams), "PERFORMANCE_HINT": "LATENCY" if tuning.ov_streams == 1 else "THROUGHPUT"}
+    if tuning.ov_threads:
+        params["INFERENCE_NUM_THREADS"] = str(tuning.ov_threads)
+    if precision in ("bf16", "int8"):  # int8: the quantized IR; what stays float runs in bf16
+        params["HINT_BF16"] = "YES"
+    return params
 
 
 def with_overrides(base: Tuning, **values: object) -> Tuning:
