@@ -34,7 +34,15 @@ $(VENV)/.postgres:
 		|| (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
 	@touch $@
 
-test: install $(VENV)/.browser $(VENV)/.postgres
+# The quality alerts' rule tests run Prometheus' own promtool (Debian's prometheus package);
+# without it they fail, not skip (tests/test_quality_alerts.py).
+$(VENV)/.promtool:
+	command -v promtool >/dev/null \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus) \
+		|| (sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+	@touch $@
+
+test: install $(VENV)/.browser $(VENV)/.postgres $(VENV)/.promtool
 	$(PY) -m pytest -m "not faults" tests
 
 test-faults: install

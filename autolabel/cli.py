@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "bench": "autolabel.cli:bench",
     "review": "autolabel.review:review_command",
     "relabel": "autolabel.review:relabel_command",
+    "quality": "autolabel.quality:quality_command",
 }
 
 HELP = {
@@ -57,6 +58,7 @@ HELP = {
     "bench": "Benchmarks: serving, pipeline, soak, training.",
     "review": "Run the human review web app (flagged labels -> reviewed labels).",
     "relabel": "Re-emit labeled products' uploads so the served model labels them again.",
+    "quality": "Live precision from blind audits, reviewer agreement, audit backlog, drift; drift references.",
 }
 
 BENCHES = {
@@ -64,12 +66,14 @@ BENCHES = {
     "pipeline": "benchmarks.pipeline:pipeline",
     "soak": "benchmarks.soak:soak",
     "training": "benchmarks.training:training",
+    "audit": "autolabel.audit_sim:audit",
 }
 BENCH_HELP = {
     "serving": "Standalone vs shared-backbone vs in-process inference (images/s, p50/p99).",
     "pipeline": "End-to-end events/s and latency through Kafka -> worker -> Triton -> Kafka+S3.",
     "soak": "Fixed-rate load for N minutes: throughput, latency, RSS, lag, losses.",
     "training": "Feature-cache head training vs a plain Keras fit with the frozen base.",
+    "audit": "Blind audits end to end with a simulated reviewer: live precision vs the census of the same photos.",
 }
 
 

@@ -155,6 +155,10 @@ def _print_table(got: dict, catalog: dict[str, dict[str, str]]) -> None:
            else "not a product the heads were trained for: every label to review")
     click.echo(f"\n{len(got)} labeled, {reviewed} flagged needs_review" + (f"; {len(outside)} out of scope ({how})" if outside else ""))
     click.echo(LEGEND)
+    only = [e for e in got.values() if e.needs_review and [t for t, lab in e.labels.items() if lab.status == "review"] == ["season"]]
+    if only:  # what the per-task review policy would change (docs/accuracy.md, "Review policy")
+        click.echo(f"{len(only)} of them wait only for their season label: with AUTOLABEL_REVIEW_POLICY=season=advisory they would "
+                   "skip review (65 % of unseen products from the photo, 78 % with the title; docs/accuracy.md)")
 
 
 def _print_thresholds(got: dict, models_dir: Path) -> None:

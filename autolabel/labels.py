@@ -26,6 +26,8 @@ def format_row(e: ProductLabeled) -> str:
     review = "yes" if e.needs_review else "no"
     if e.scope is not None and not e.scope.in_scope:  # every label flagged for that, or judged by the other categories' heads
         review += f" (out of scope, P {e.scope.probability:.2f}{': other heads' if e.scope.other_heads else ''})"
+    if e.audit:  # sampled for a blind audit: queued for a person although no label needs review
+        review += " (audit)"
     cells.append(review)
     return " ".join(cells)
 

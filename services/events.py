@@ -188,6 +188,10 @@ class ProductLabeled(_Event):
     scope: ScopeCheck | None = Field(
         None, description="The scope gate's verdict, where the model has one: out of scope sends every label to review, "
         "or with heads for the other categories, each label that falls under their threshold.")
+    # optional, newer: absent in older records (False)
+    audit: bool = Field(
+        False, description="Sampled for a blind audit (AUTOLABEL_AUDIT_RATE): no label needs review, but the product is "
+        "queued for a person all the same, shown without the model's labels; the outcome measures live precision.")
     human_labels: dict[Literal["style", "gender", "season"], "HumanLabel"] | None = Field(
         None, description="In the stored record only: what a reviewer decided for this upload (source: human)."
     )
@@ -207,6 +211,8 @@ class ProductLabeled(_Event):
             raise ValueError(f"labels missing for {sorted(missing)}")
         if self.needs_review != any(t.needs_review for t in self.labels.values()):
             raise ValueError("needs_review must be true exactly when a task needs review")
+        if self.audit and self.needs_review:
+            raise ValueError("only a product whose labels skip review is audited")
         if (self.scope is not None and not self.scope.in_scope and not self.scope.other_heads
                 and any(t.status == "accepted" for t in self.labels.values())):
             raise ValueError("a photo out of scope has no task accepted (unless the model has heads for it)")
@@ -221,7 +227,7 @@ class HumanLabel(BaseModel):
     source: Literal["human"] = "human"
     reviewer: str = Field(min_length=1, max_length=128)
     reviewed_at: datetime
-    model_label: str | None = Field(None, description="The model's label the reviewer saw (equal to label: accepted).")
+    model_label: str | None = Field(None, description="The model's label (equal to label: accepted); the reviewer saw it, except in a blind audit.")
 
 
 ProductLabeled.model_rebuild()
@@ -243,6 +249,8 @@ class ProductLabelsReviewed(_Event):
     model: ModelInfo
     reviewer: str = Field(min_length=1, max_length=128)
     reviewed_at: datetime = Field(default_factory=_now)
+    # optional, newer: absent in older records (False)
+    audit: bool = Field(False, description="A blind audit: the reviewer chose every label without seeing the model's.")
 
 
 class ErrorCode(StrEnum):

@@ -13,6 +13,7 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EVENTS_IN = Counter("autolabel_events_in_total", "Product-image events consumed")
 EVENTS_OUT = Counter("autolabel_events_out_total", "Label events published and stored")
 REVIEW_OUT = Counter("autolabel_review_total", "Label events flagged needs_review")
+AUDIT_OUT = Counter("autolabel_audit_sampled_total", "Label events that skip review sampled for a blind audit (AUTOLABEL_AUDIT_RATE)")
 OUT_OF_SCOPE = Counter("autolabel_out_of_scope_total", "Label events whose photo the scope gate called out of scope (every label flagged)")
 DEAD_LETTERS = Counter("autolabel_dead_letters_total", "Events dead-lettered", ["code"])
 UNDELIVERABLE = Counter(

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from services import observability as obs
 from services.dead_letters import subject_ids
+from services.drift import DriftMonitor
 from services.errors import BadInput, classify_publish_error
 from services.events import DeadLetter, Outcome, ProductLabeled, RawMessage
 from services.retry import Retry
@@ -63,8 +64,10 @@ class Output:
     record can stop the worker, and none is retried forever but for a transient failure.
     """
 
-    def __init__(self, producer: Producer, store: OutputStore, retry: Retry, settings: Settings) -> None:
+    def __init__(self, producer: Producer, store: OutputStore, retry: Retry, settings: Settings,
+                 drift: DriftMonitor | None = None) -> None:
         self.producer, self.store, self.retry, self.settings = producer, store, retry, settings
+        self.drift = drift  # the drift metrics, fed with every label published
         self.log_each = settings.log_level in {"debug", "info"}  # one line per label event, or none at all
 
     async def emit(self, results: list[tuple[RawMessage, Outcome]]) -> None:
@@ -162,6 +165,9 @@ class Output:
             obs.E2E_LATENCY.observe(o.latency_ms / 1000)
         obs.EVENTS_OUT.inc(len(published))
         obs.REVIEW_OUT.inc(sum(o.needs_review for o in published))
+        obs.AUDIT_OUT.inc(sum(o.audit for o in published))
+        if self.drift is not None:
+            self.drift.observe(published)
         obs.OUT_OF_SCOPE.inc(sum(o.scope is not None and not o.scope.in_scope for o in published))
         if self.log_each:
             for o in published:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from services import observability as obs
 from services.errors import BadInput, InferenceError
+from services.audit import audited
 from services.events import DeadLetter, ErrorCode, Outcome, ProductImageUploaded, ProductLabeled, RawMessage, ScopeCheck, TaskLabel
 from services.images import ImageLimits, prepare
 from services.inference import TritonLabeler
@@ -226,9 +227,11 @@ class Pipeline:
         now = datetime.now(UTC)
         for i, (labels, scope) in labeled.items():
             event = loaded[i][0]  # type: ignore[index]
+            unsure = any(t.needs_review for t in labels.values())
             outcomes[i] = ProductLabeled(
                 product_id=event.product_id, source_event_id=event.event_id, image=event.image, scope=scope,
-                labels=labels, model=served.info, needs_review=any(t.needs_review for t in labels.values()),
+                labels=labels, model=served.info, needs_review=unsure,
+                audit=not unsure and audited(event.product_id, self.settings.audit_rate),
                 latency_ms=max(0.0, (now - event.uploaded_at).total_seconds() * 1000), labeled_at=now,
                 uploaded_at=event.uploaded_at, inputs=["image"] if scope and scope.other_heads else self._inputs(titles[i]),
                 metadata=dict(event.metadata) or None,

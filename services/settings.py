@@ -122,7 +122,20 @@ class Settings(BaseSettings):
     target_precision: float = Field(
         0.95, gt=0, le=1,
         description="`autolabel train`: each task's threshold is the lowest whose auto-accepted validation labels reach "
-        "this precision (Wilson lower bound).",
+        "this precision (Wilson lower bound); live precision from audits is held to it (`autolabel quality`, alerts).",
+    )
+    audit_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of the products whose labels skip review that are also queued for a blind audit (chosen by a hash "
+        "of the product id: a relabel audits the same products); their outcomes measure live precision. 0 = off.",
+    )
+    drift_reference: Path | None = Field(
+        None, description="The worker's drift reference: per task class shares, top-probability histogram and auto-accept "
+        "rate (`autolabel quality reference`); unset = no drift metrics but the auto-accept rate.",
+    )
+    drift_window: int = Field(1000, ge=10, le=1_000_000, description="The worker's drift metrics cover its last this many labels.")
+    quality_window_s: float = Field(
+        7 * 86400.0, gt=0, description="Live precision and reviewer agreement cover the audit outcomes of this many seconds."
     )
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Larger images are dead-lettered.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are dead-lettered.")
@@ -219,7 +232,7 @@ class Settings(BaseSettings):
     stack_triton_grpc_port: int = Field(0, ge=0, le=65535, description="Embedded Triton gRPC port; 0 = free.")
     stack_triton_metrics_port: int = Field(0, ge=0, le=65535, description="Embedded Triton metrics; 0 = free.")
 
-    @field_validator("threshold_style", "threshold_gender", "threshold_season", "scope_threshold", mode="before")
+    @field_validator("threshold_style", "threshold_gender", "threshold_season", "scope_threshold", "drift_reference", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -32,6 +32,7 @@ from faust.types import TP
 
 from services import observability as obs
 from services.attempts import AttemptLedger, Gate
+from services.drift import DriftMonitor, load_reference
 from services.events import RawMessage
 from services.endpoints import require_kafka, require_s3
 from services.inference import TritonLabeler
@@ -84,8 +85,9 @@ class Batches:
         store = LabelStore(settings)
         retry = Retry(settings)
         ledger = AttemptLedger(store, settings.consumer_group, settings.topic_images, settings.worker_name, committed)
-        return cls(settings, Pipeline(settings, store, TritonLabeler(settings), retry), Output(producer, store, retry, settings),
-                   ledger, retry)
+        reference = load_reference(settings.drift_reference) if settings.drift_reference else None
+        output = Output(producer, store, retry, settings, DriftMonitor(reference, settings.drift_window))
+        return cls(settings, Pipeline(settings, store, TritonLabeler(settings), retry), output, ledger, retry)
 
     async def consume(self, batches: AsyncIterable[list[E]], ack: Callable[[E], Awaitable[object]],
                       to_message: Callable[[E], RawMessage] = raw_message) -> None:

@@ -41,6 +41,9 @@ REQUIRED = {
     "worker down": "up",
     "Triton errors": "nv_inference_request_failure",
     "upload-to-label p99": "autolabel_e2e_latency_seconds_bucket",
+    "live precision below target": "autolabel_live_precision_upper",
+    "drift": "autolabel_drift_psi",
+    "auto-accept rate collapsing": "autolabel_task_labels_total",
 }
 SEVERITIES = {"warning", "critical"}
 
@@ -96,14 +99,16 @@ def worker_metric_names() -> set[str]:
     histograms _bucket/_sum/_count), read from the prometheus_client objects themselves."""
     from prometheus_client.metrics import MetricWrapperBase
 
+    import services.drift as drift
     import services.observability as obs
     import services.review.api as review_api
     import services.review.consumer as review_consumer
+    import services.review.quality as review_quality
     import services.review.security as review_security
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
     names: set[str] = set()
-    for value in [v for m in (obs, review_api, review_consumer, review_security) for v in vars(m).values()]:
+    for value in [v for m in (obs, drift, review_api, review_consumer, review_quality, review_security) for v in vars(m).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names |= {family.name + s for s in suffixes[family.type]}

@@ -42,6 +42,11 @@ WORKER_METRICS = (
     "autolabel_triton_latency_seconds",
     "autolabel_batch_size",
     "autolabel_in_flight",
+    # quality (docs/quality.md): live precision from audits, drift, the auto-accept rate, the audit backlog
+    "autolabel_live_precision_upper",
+    "autolabel_drift_psi",
+    "autolabel_task_labels_total",
+    "autolabel_audit_backlog",
 )
 THIRD_PARTY_METRICS = ("kafka_consumergroup_lag", "nv_inference_queue_duration_us", "nv_gpu_utilization")
 # The last Triton release with the TensorFlow backend (deprecated in 25.03).
@@ -430,11 +435,13 @@ def test_worker_metric_names_match_observability_module() -> None:
     the live Prometheus registry, not from the module's text)."""
     from prometheus_client import REGISTRY
 
+    import services.drift  # the worker's drift metrics
     import services.observability as obs
+    import services.review.quality  # noqa: F401 - the review app's live precision
 
     names = {f.name + ("_total" if f.type == "counter" else "") for f in REGISTRY.collect()}
     for metric in WORKER_METRICS:
-        assert metric in names, f"services/observability.py registers no {metric}"
+        assert metric in names, f"services/observability.py (or drift, review.quality) registers no {metric}"
     # The dead-letter counter is labelled by `code`, which the DLQ panel groups by.
     assert obs.DEAD_LETTERS._labelnames == ("code",)
 

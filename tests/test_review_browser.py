@@ -102,3 +102,49 @@ def test_a_reviewer_corrects_a_label_with_the_keyboard(stack_settings, review_ap
                                  for r in read_topic(settings, settings.topic_reviewed, idle_s=1.0)], 20)
     assert [(r.product_id, r.corrected) for r in reviewed] == [(first, ["style"])]
     app.stop()
+
+
+def test_an_audit_is_shown_blind_and_needs_every_task(stack_settings, review_app):
+    """An audit item: nothing pre-selected, no probabilities; Enter does nothing until every task is
+    chosen (the form's required radios), then the decision is saved as an audit."""
+    exe = chromium()
+    if exe is None:
+        pytest.skip("no chromium executable (make test installs Debian's chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    settings, _ = stack_settings
+    photo = sorted(SAMPLES.glob("*.jpg"))[0]
+    sure = flagged_event(settings, "audited-1", photo.read_bytes(), style=(0.9, 0.05, 0.05))
+    assert not sure.needs_review
+    send_flagged(settings, [sure.model_copy(update={"audit": True})])
+    app = review_app()
+    app.wait_waiting(1)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 720})
+            page.goto(f"{app.url}/login")
+            page.fill("#token", TOKENS["alice"])
+            page.click("button[type=submit]")
+            page.wait_for_selector("#photo")
+            assert page.is_visible("#audit")
+            assert page.evaluate("document.querySelectorAll('input[type=radio]:checked').length") == 0
+            assert page.evaluate("document.querySelector('meter.bar, label.predicted, fieldset.unsure') === null")
+            assert "0.90" not in page.inner_text("#review-form")
+            page.keyboard.press("Enter")  # nothing chosen: the browser refuses to submit
+            page.wait_for_timeout(500)
+            assert page.is_visible("#audit") and page.inner_text("#reviewed-count") == "0"
+            for key in ("2", "2", "1"):  # style formal, gender women, season spring-fall
+                page.keyboard.press(key)
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            page.wait_for_selector("#empty")
+        finally:
+            browser.close()
+
+    reviewed = wait_for(lambda: [ProductLabelsReviewed.model_validate_json(r.value)
+                                 for r in read_topic(settings, settings.topic_reviewed, idle_s=1.0)], 20)
+    assert [(r.product_id, r.audit, r.labels) for r in reviewed] == [
+        ("audited-1", True, {"style": "formal", "gender": "women", "season": "spring-fall"})]
+    assert sorted(reviewed[0].corrected) == ["gender", "style"]  # the model said casual, men, spring-fall
+    app.stop()

@@ -232,7 +232,7 @@ def _event(pid: str, event_id: str = "e1", at: datetime | None = None, version: 
 
 def test_offer_is_idempotent_by_product_and_upload(open_queue):
     q = open_queue()
-    assert q.offer([_event("a"), _event("b"), _event("a")]) == {"added": 2, "updated": 0, "retired": 0, "ignored": 1}
+    assert q.offer([_event("a"), _event("b"), _event("a")]) == {"added": 2, "updated": 0, "retired": 0, "ignored": 1, "scored": 0}
     assert q.offer([_event("a"), _event("c", flagged=False)])["ignored"] == 2
     assert q.stats().waiting == 2
     later = datetime(2026, 1, 2, tzinfo=UTC)
@@ -431,7 +431,7 @@ def test_a_label_that_needs_no_review_retires_the_item_it_supersedes(open_queue)
         _event("f", "e1", at=t1, version="v2", flagged=False),  # relabeled by another model, now sure: retired
         _event("g", "e1", at=t1, flagged=False),  # no item at all
     ])
-    assert counts == {"added": 0, "updated": 0, "retired": 3, "ignored": 4}
+    assert counts == {"added": 0, "updated": 0, "retired": 3, "ignored": 4, "scored": 0}
     assert {p: q.get(p).status for p in "abcdef"} == {"a": "stale", "b": "stale", "c": "done", "d": "pending", "e": "pending",
                                                     "f": "stale"}
     assert q.get("g") is None

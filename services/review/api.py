@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services import observability as obs
 from services.errors import BadInput
-from services.events import ModelInfo, ProductLabelsReviewed, ScopeCheck, validate_product_id
+from services.events import ModelInfo, ProductLabelsReviewed, ScopeCheck, TaskLabel, validate_product_id
 from services.images import ImageLimits, decode
 from services.review import auth
 from services.review.queue import Item, ReviewQueue
@@ -39,12 +39,15 @@ class ReviewRequest(BaseModel):
 
 
 class TaskView(BaseModel):
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    threshold: float
-    needs_review: bool
-    status: str = Field(description="accepted, review (waits for a person) or advisory (under its threshold, not queued).")
+    classes: list[str] = Field(description="The task's classes, in the model's order.")
+    # null in an audit item: it is shown blind (no model label, probabilities or threshold to anchor on)
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    threshold: float | None
+    needs_review: bool | None
+    status: str = Field(description="accepted, review (waits for a person), advisory (under its threshold, not queued), "
+                        "or audit (a blind audit: the model's label is hidden; choose every task's label yourself).")
 
 
 class QueueItem(BaseModel):
@@ -58,6 +61,8 @@ class QueueItem(BaseModel):
     inputs: list[str] = Field(description="What the model read: the photo, and the title where it had one.")
     scope: ScopeCheck | None = Field(description="Out of scope: every label was sent to review for that.")
     claimed_until: datetime | None
+    audit: bool = Field(False, description="A blind audit of labels that skipped review: every task must be labeled, "
+                        "the model's labels are not shown (docs/quality.md).")
 
 
 class QueueStats(BaseModel):
@@ -79,14 +84,24 @@ class Problem(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404, 409, 413, 422, 429, 503)}
 
 
+def task_view(lab: TaskLabel, blind: bool) -> TaskView:
+    """A task as a reviewer sees it; ``blind`` (an audit): its classes only."""
+    if blind:
+        return TaskView(classes=list(lab.probabilities), label=None, confidence=None, probabilities=None, threshold=None,
+                        needs_review=None, status="audit")
+    return TaskView(classes=list(lab.probabilities), label=lab.label, confidence=lab.confidence, probabilities=lab.probabilities,
+                    threshold=lab.threshold, needs_review=lab.needs_review, status=lab.status)
+
+
 def item_json(request: Request, item: Item) -> dict[str, Any]:
     ev = item.event
+    blind = bool(item.audit)
     return QueueItem(
         product_id=item.product_id, source_event_id=item.source_event_id, uploaded_at=ev.upload_order()[0],
         photo_url=str(request.url_for("photo", product_id=validate_product_id(item.product_id))),
-        labels={t: TaskView(label=lab.label, confidence=lab.confidence, probabilities=lab.probabilities, threshold=lab.threshold,
-                            needs_review=lab.needs_review, status=lab.status) for t, lab in ev.labels.items()},
-        metadata=ev.metadata or {}, model=ev.model, inputs=list(ev.inputs), scope=ev.scope, claimed_until=item.claimed_until,
+        labels={t: task_view(lab, blind) for t, lab in ev.labels.items()},
+        metadata=ev.metadata or {}, model=ev.model, inputs=list(ev.inputs), scope=None if blind else ev.scope,
+        claimed_until=item.claimed_until, audit=blind,
     ).model_dump(mode="json")
 
 

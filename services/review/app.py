@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.middleware.sessions import SessionMiddleware
 
-from services.review import auth
+from services.review import auth, quality
 from services.review.api import api, swagger_files
 from services.review.decisions import Reviewing
 from services.review.pages import REQUESTS_REFUSED, pages
@@ -48,6 +48,7 @@ def metrics(request: Request) -> Response:
     stats = request.app.state.queue.stats()
     for status in ("pending", "claimed", "done", "stale", "quarantined"):
         QUEUE_ITEMS.labels(status).set(getattr(stats, status))
+    quality.export(request.app.state.queue.sessions, request.app.state.settings)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -16,6 +16,7 @@ from services import observability as obs
 from services.errors import TransientError
 from services.events import HumanLabel, ProductLabelsReviewed
 from services.review.queue import AlreadyDecided, Conflict, InProgress, Item, NewerUpload, NotFound, ReviewQueue
+from services.review.tables import OutcomeRow
 from services.settings import TASKS, Settings
 from services.storage import ReviewConflict, Storage
 
@@ -101,6 +102,9 @@ class Reviewing:
             classes = list(ev.labels[task].probabilities)  # type: ignore[index]
             if label not in classes:
                 raise HTTPException(422, f"unknown class {label!r} for {task}; the model's classes are {classes}")
+        audit = bool(item.audit)
+        if audit and set(labels) != set(ev.labels):
+            raise HTTPException(422, f"an audit needs every task's label, chosen by you: missing {sorted(set(ev.labels) - set(labels))}")
         now = datetime.now(UTC)
         model_labels = {t: lab.label for t, lab in ev.labels.items()}
         final = {t: labels.get(t, model_labels[t]) for t in model_labels}
@@ -117,14 +121,17 @@ class Reviewing:
         reviewed = ProductLabelsReviewed(
             product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=ev.upload_order()[0],
             image=ev.image, labels=final, model_labels=model_labels, corrected=corrected, model=ev.model,
-            reviewer=reviewer, reviewed_at=now,
+            reviewer=reviewer, reviewed_at=now, audit=audit,
         )
         try:
             self.producer().send(self.settings.topic_reviewed, key=ev.product_id.encode(), value=reviewed.to_bytes()).get(timeout=30)
         except KafkaError as exc:  # the labels are stored; the item is claimed again: saving again sends the event
             raise HTTPException(503, f"the broker is unavailable; save again to publish the decision ({type(exc).__name__})") from None
-        self.queue.complete(item, reviewer, final, len(corrected), now, reviewed.model_dump_json())
-        REVIEWS.labels("corrected" if corrected else "accepted").inc()
+        outcomes = [OutcomeRow(kind="audit" if audit else "flagged", product_id=ev.product_id, source_event_id=ev.source_event_id,
+                               task=t, model_version=ev.model.version, model_label=model_labels[t], human_label=final[t],
+                               status=ev.labels[t].status, reviewer=reviewer, decided_at=now) for t in final]  # type: ignore[index]
+        self.queue.complete(item, reviewer, final, len(corrected), now, reviewed.model_dump_json(), outcomes)
+        REVIEWS.labels("audited" if audit else "corrected" if corrected else "accepted").inc()
         for t in corrected:
             CORRECTIONS.labels(t).inc()
         return reviewed

@@ -70,6 +70,8 @@ def page(request: Request, notice: str | None = None) -> Response:
     if item is not None:
         # the tasks the model is unsure of first: the cursor starts there
         item["order"] = sorted(item["labels"], key=lambda t: (not item["labels"][t]["needs_review"], TASKS.index(t)))
+        if item["audit"]:  # blind: every task, in the tasks' order (none is marked unsure)
+            item["order"] = [t for t in TASKS if t in item["labels"]]
     return TEMPLATES.TemplateResponse(request, "review.html", {
         "reviewer": reviewer, "item": item, "csrf": auth.csrf_token(request), "waiting": stats.waiting,
         "done": stats.done, "reviewed": n, "per_minute": per_min, "message": NOTICES.get(notice or ""),

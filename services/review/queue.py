@@ -22,8 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.events import ProductLabeled
+from services.review.quality import score_relabel
 from services.review.tables import (
-    CLAIMED, DONE, PENDING, QUARANTINED, SAVING, STALE, Decision, Item, UTCDateTime, create_tables, database_url, make_engine,
+    CLAIMED, DONE, PENDING, QUARANTINED, SAVING, STALE, Decision, Item, OutcomeRow, UTCDateTime, create_tables, database_url,
+    make_engine,
 )
 from services.settings import Settings
 
@@ -100,22 +102,23 @@ class ReviewQueue:
         A product has one row: the first flagged label of an upload adds it; a re-delivery
         changes nothing; a newer upload replaces it and queues it again (a new photo starts
         fresh, even after a review); an older upload is ignored; the same upload relabeled by
-        another model version refreshes the labels shown, unless it was reviewed already. A
+        another model version refreshes the labels shown, unless it was reviewed already (an audit
+        reviewed already is scored for that version against the person's answer instead). A
         label that needs no review retires the waiting item it supersedes (:meth:`_retire`).
         """
-        counts = {"added": 0, "updated": 0, "retired": 0, "ignored": 0}
+        counts = {"added": 0, "updated": 0, "retired": 0, "ignored": 0, "scored": 0}
         now = _now()
         with self.sessions.begin() as s:
             # Two consumers may offer the same records at once (a rebalance re-delivers them):
             # the rows are locked in product order (no deadlock), a product's events keep theirs.
             for ev in sorted(events, key=lambda e: e.product_id):
                 at = ev.upload_order()[0]
-                if not ev.needs_review:
+                if not ev.needs_review and not ev.audit:
                     counts["retired" if self._retire(s, ev, at) else "ignored"] += 1
                     continue
                 if self._insert_new(s, Item(product_id=ev.product_id, source_event_id=ev.source_event_id, uploaded_at=at,
                                             model_version=ev.model.version, event_json=ev.model_dump_json(),
-                                            status=PENDING, queued_at=now)):
+                                            status=PENDING, queued_at=now, audit=ev.audit)):
                     counts["added"] += 1
                     continue
                 # the row exists: read its newest version and hold it until the commit
@@ -126,13 +129,15 @@ class ReviewQueue:
                 mine, theirs = (at, ev.source_event_id), (item.uploaded_at, item.source_event_id)
                 if mine > theirs:
                     item.source_event_id, item.uploaded_at = ev.source_event_id, at
-                    item.model_version, item.event_json = ev.model.version, ev.model_dump_json()
+                    item.model_version, item.event_json, item.audit = ev.model.version, ev.model_dump_json(), ev.audit
                     item.status, item.queued_at, item.claimed_by, item.claimed_until = PENDING, now, None, None
                     item.reviewed_by = item.reviewed_at = None
                     counts["updated"] += 1
                 elif mine == theirs and ev.model.version != item.model_version and item.status in (PENDING, CLAIMED):
-                    item.model_version, item.event_json = ev.model.version, ev.model_dump_json()
+                    item.model_version, item.event_json, item.audit = ev.model.version, ev.model_dump_json(), ev.audit
                     counts["updated"] += 1
+                elif mine == theirs and ev.audit and item.audit and item.status == DONE and score_relabel(s, ev, now):
+                    counts["scored"] += 1  # a relabel of an audited upload: scored against the person's answer
                 else:
                     counts["ignored"] += 1
         return counts
@@ -277,9 +282,9 @@ class ReviewQueue:
             return s.get(Item, product_id)
 
     def complete(self, item: Item, reviewer: str, labels: dict[str, str], corrected: int, at: datetime,
-                 reviewed_json: str | None = None) -> bool:
-        """Mark the reviewed upload done and record the decision, in one transaction. False
-        when the row moved on meanwhile (a newer upload replaced it): the decision is still logged."""
+                 reviewed_json: str | None = None, outcomes: list[OutcomeRow] | None = None) -> bool:
+        """Mark the reviewed upload done and record the decision (and its per-task outcomes), in one
+        transaction. False when the row moved on meanwhile (a newer upload replaced it): the decision is still logged."""
         with self.sessions.begin() as s:
             res = s.execute(
                 update(Item).where(Item.product_id == item.product_id, Item.source_event_id == item.source_event_id,
@@ -289,6 +294,7 @@ class ReviewQueue:
             s.add(Decision(product_id=item.product_id, source_event_id=item.source_event_id, reviewer=reviewer,
                            labels_json=json.dumps(labels, sort_keys=True), corrected=corrected, decided_at=at,
                            reviewed_json=reviewed_json))
+            s.add_all(outcomes or [])
             return res.rowcount == 1
 
     def mark_stale(self, item: Item) -> None:

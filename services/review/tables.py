@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, String, Text, TypeDecorator, create_engine, event, text
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, TypeDecorator, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,6 +56,8 @@ class Item(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # a blind audit (the label event's `audit`): shown without the model's labels; None in rows older than it
+    audit: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=False)
 
     @property
     def event(self) -> ProductLabeled:
@@ -76,6 +78,24 @@ class Decision(Base):
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     # the ProductLabelsReviewed event published for it: a repeated save answers with it
     reviewed_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OutcomeRow(Base):
+    """One task of one decision: the model's label against the person's (live precision, agreement)."""
+
+    __tablename__ = "review_outcomes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # audit (blind) or flagged
+    product_id: Mapped[str] = mapped_column(String(128))
+    source_event_id: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str] = mapped_column(Text)
+    model_label: Mapped[str] = mapped_column(Text)
+    human_label: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # the model label's: accepted, review, advisory
+    reviewer: Mapped[str] = mapped_column(String(128))
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 def database_url(settings: Settings) -> str:

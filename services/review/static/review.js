@@ -27,7 +27,9 @@
     } else if (e.key === "ArrowUp") {
       active = Math.max(active - 1, 0); show(); e.preventDefault();
     } else if (e.key === "Enter") {
-      document.getElementById("review-form").submit(); e.preventDefault();
+      var form = document.getElementById("review-form");
+      if (form.requestSubmit) { form.requestSubmit(); } else { form.submit(); }  // requestSubmit: an audit's every task is required
+      e.preventDefault();
     } else if (e.key === "ArrowRight") {
       document.getElementById("skip-form").submit(); e.preventDefault();
     }
