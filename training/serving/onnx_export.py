@@ -43,11 +43,7 @@ def export_onnx(servable: Servable, path: Path, opset: int = OPSET) -> Path:
 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    got_in, got_out = onnx_io(path)
-    want_in = {servable.input_name: (servable.input_dtype, servable.input_shape)}
-    want_out = {n: ("float32", s) for n, s in servable.outputs.items()}
-    if got_in != want_in or got_out != want_out:
-        raise ModelsError(f"{path}: tf2onnx produced inputs {got_in}, outputs {got_out}; expected {want_in}, {want_out}")
+    servable.check_converted(path, "tf2onnx", *onnx_io(path))
     return path
 
 

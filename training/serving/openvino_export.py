@@ -78,11 +78,7 @@ def export_openvino(servable: Servable, path: Path, export_savedmodel: Callable[
         save_ir(model, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    got_in, got_out = openvino_io(path)
-    want_in = {servable.input_name: (servable.input_dtype, servable.input_shape)}
-    want_out = {n: ("float32", s) for n, s in servable.outputs.items()}
-    if got_in != want_in or got_out != want_out:
-        raise ModelsError(f"{path}: OpenVINO produced inputs {got_in}, outputs {got_out}; expected {want_in}, {want_out}")
+    servable.check_converted(path, "OpenVINO", *openvino_io(path))
     return path
 
 

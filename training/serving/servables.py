@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from services.settings import SCOPE_OUTPUT
+from training.errors import ModelsError
 from training.features.text import TextConfig
 from training.heads.title import TaskTitle
 from training.serving.graphs import ServingGraphs
@@ -41,6 +43,13 @@ class Servable:
 
         sig = [tf.TensorSpec([None, *self.input_shape], getattr(tf, self.input_dtype), name=self.input_name)]
         return sig + ([tf.TensorSpec([None, 1], tf.string, name="title")] if self.title else [])
+
+    def check_converted(self, path: Path, tool: str, got_in: dict, got_out: dict) -> None:
+        """A converted file's {name: (dtype, dims without batch)} inputs and outputs are this servable's; ModelsError otherwise."""
+        want_in = {self.input_name: (self.input_dtype, self.input_shape)}
+        want_out = {n: ("float32", s) for n, s in self.outputs.items()}
+        if got_in != want_in or got_out != want_out:
+            raise ModelsError(f"{path}: {tool} produced inputs {got_in}, outputs {got_out}; expected {want_in}, {want_out}")
 
     def named_fn(self) -> Callable[..., dict[str, Any]]:
         """``fn`` with its arguments named like the inputs (those names key the signature)."""
