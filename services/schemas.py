@@ -91,16 +91,24 @@ def _values(node: dict[str, Any], defs: dict[str, Any]) -> set[Any] | None:
     return None
 
 
+def _removed_values(old: dict, new: dict, old_defs: dict, new_defs: dict) -> list[Any]:
+    """Allowed values of ``old`` that ``new`` no longer allows (both restricted to a set of values), sorted."""
+    old_values, new_values = _values(old, old_defs), _values(new, new_defs)
+    if old_values is None or new_values is None:
+        return []
+    return sorted(map(json.loads, old_values - new_values))
+
+
 def _compare(old: Any, new: Any, old_defs: dict, new_defs: dict, where: str, out: list[str], depth: int = 0) -> None:
     old, new = _resolve(old, old_defs), _resolve(new, new_defs)
     if depth > 20 or not isinstance(old, dict) or not isinstance(new, dict):
         return
-    lost = _types(old, old_defs) - _types(new, new_defs) - {"any"}
-    if lost and "any" not in _types(new, new_defs):
+    new_types = _types(new, new_defs)
+    lost = _types(old, old_defs) - new_types - {"any"}
+    if lost and "any" not in new_types:
         out.append(f"{where}: type {sorted(lost)} no longer allowed")
-    old_values, new_values = _values(old, old_defs), _values(new, new_defs)
-    if old_values is not None and new_values is not None and old_values - new_values:
-        out.append(f"{where}: values {sorted(map(json.loads, old_values - new_values))} removed")
+    if gone := _removed_values(old, new, old_defs, new_defs):
+        out.append(f"{where}: values {gone} removed")
     for branch in ("anyOf", "oneOf"):  # an object inside a union (e.g. a nullable one)
         objects = [n for n in new.get(branch, []) if _resolve(n, new_defs).get("properties")]
         for o in (n for n in old.get(branch, []) if _resolve(n, old_defs).get("properties")):
@@ -116,10 +124,8 @@ def _compare(old: Any, new: Any, old_defs: dict, new_defs: dict, where: str, out
     out += [f"{where}.{p}: no longer always present" for p in sorted(old_required - new_required) if p in new_props]
     out += [f"{where}.{p}: newly required (breaks producers)" for p in sorted(new_required - old_required)]
     if "propertyNames" in old and "propertyNames" in new:  # a map's keys: the tasks of `labels`
-        kept = _values(new["propertyNames"], new_defs)
-        gone = (_values(old["propertyNames"], old_defs) or set()) - (kept or set()) if kept is not None else set()
-        if gone:
-            out.append(f"{where}: keys {sorted(map(json.loads, gone))} removed")
+        if gone := _removed_values(old["propertyNames"], new["propertyNames"], old_defs, new_defs):
+            out.append(f"{where}: keys {gone} removed")
     for part in ("additionalProperties", "items"):
         if isinstance(old.get(part), dict) and isinstance(new.get(part), dict):
             _compare(old[part], new[part], old_defs, new_defs, f"{where}[*]" if part == "additionalProperties" else f"{where}[]",
